@@ -1,0 +1,66 @@
+"""Where a run's outputs live under --output (local directory or gs:// prefix).
+
+    OUT/LATEST                          pointer to the newest published index
+    OUT/runs/RUN_ID/embeddings/*.parquet
+    OUT/runs/RUN_ID/failures/*.parquet
+    OUT/runs/RUN_ID/summary.json
+    OUT/runs/RUN_ID/index/              the index artifact
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+
+from imgsim.storage import join
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def new_run_id(now: datetime.datetime | None = None) -> str:
+    """A UTC timestamp that sorts in time order, e.g. 20261125T033100Z."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id or ""):
+        raise ValueError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+    return run_id
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    output: str
+    run_id: str
+
+    def __post_init__(self):
+        check_run_id(self.run_id)
+
+    @property
+    def runs_dir(self) -> str:
+        return join(self.output, "runs")
+
+    @property
+    def run_dir(self) -> str:
+        return join(self.output, "runs", self.run_id)
+
+    @property
+    def embeddings_dir(self) -> str:
+        return join(self.run_dir, "embeddings")
+
+    @property
+    def failures_dir(self) -> str:
+        return join(self.run_dir, "failures")
+
+    @property
+    def summary_path(self) -> str:
+        return join(self.run_dir, "summary.json")
+
+    @property
+    def index_dir(self) -> str:
+        return join(self.run_dir, "index")
+
+    @property
+    def latest_path(self) -> str:
+        return join(self.output, "LATEST")

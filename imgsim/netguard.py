@@ -1,0 +1,103 @@
+"""The address guard: catalogue URLs must not steer workers at internal hosts.
+
+A pipeline inside a cloud network can reach the metadata server
+(169.254.169.254), private services and loopback. Catalogue URLs come from
+outside, so by default only globally routable addresses are fetched. The host
+is checked twice: after DNS resolution, to give a clear reason early, and on
+the socket's actual peer address when a connection opens, which also catches
+DNS rebinding and every redirect hop.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from imgsim.failures import StageError
+
+ALLOWED_SCHEMES = ("http", "https")
+
+
+def split_url(url) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, or StageError invalid_url / unsupported_scheme."""
+    if not isinstance(url, str) or not url.strip():
+        raise StageError("invalid_url", "empty URL")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as e:
+        raise StageError("invalid_url", str(e)) from None
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise StageError("invalid_url", f"no scheme in {url[:200]!r}")
+    if scheme not in ALLOWED_SCHEMES:
+        raise StageError("unsupported_scheme", f"{scheme}:// is not fetched")
+    if not parts.hostname:
+        raise StageError("invalid_url", f"no host in {url[:200]!r}")
+    return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
+
+
+def is_blocked(address: str) -> bool:
+    """True for addresses that are not globally routable (or are multicast)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (not ip.is_global) or ip.is_multicast
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The host's addresses; StageError dns_error when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise StageError("dns_error", f"{host}: {e.strerror or e}") from None
+    except UnicodeError as e:
+        raise StageError("invalid_url", f"bad host name {host!r}: {e}") from None
+    return sorted({info[4][0] for info in infos})
+
+
+def check_addresses(host: str, addresses: Iterable[str]) -> None:
+    blocked = [a for a in addresses if is_blocked(a)]
+    if blocked:
+        raise StageError(
+            "blocked_address",
+            f"{host} resolves to {blocked[0]}, which is not a public address "
+            "(--allow-private-addresses lifts this)")
+
+
+class BlockedPeer(Exception):
+    """A connection reached a non-public peer; fetch maps it to blocked_address.
+
+    Deliberately not an OSError, so that urllib3 does not wrap it as a
+    retryable connection error."""
+
+
+def guarded_pool_classes(allowed: Callable[[str], bool]) -> dict:
+    """urllib3 pool classes whose connections verify the connected peer address."""
+
+    def check(sock: socket.socket, host: str) -> socket.socket:
+        peer = sock.getpeername()[0]
+        if not allowed(peer):
+            sock.close()
+            raise BlockedPeer(f"{host} connected to {peer}, which is not a public address")
+        return sock
+
+    class GuardedHTTPConnection(HTTPConnection):
+        def _new_conn(self):
+            return check(super()._new_conn(), self.host)
+
+    class GuardedHTTPSConnection(HTTPSConnection):
+        def _new_conn(self):
+            return check(super()._new_conn(), self.host)
+
+    class GuardedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = GuardedHTTPConnection
+
+    class GuardedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = GuardedHTTPSConnection
+
+    return {"http": GuardedHTTPPool, "https": GuardedHTTPSPool}

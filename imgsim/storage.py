@@ -1,0 +1,257 @@
+"""Local directories and gs:// buckets behind one small interface, without Beam.
+
+The index artifact, the LATEST pointer and the consumer library use this
+module; they must work where apache_beam is not installed. gs:// goes through
+google-cloud-storage, which honours STORAGE_EMULATOR_HOST (the tests' local
+emulator). Local writes go through a temporary file and os.replace, so a
+reader never sees half a file.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import BinaryIO, Optional
+
+GCS_SCHEME = "gs://"
+
+
+class PreconditionFailed(Exception):
+    """A compare-and-swap write lost: the object changed since it was read."""
+
+
+def is_gcs(path: str) -> bool:
+    return path.startswith(GCS_SCHEME)
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    rest = uri[len(GCS_SCHEME):]
+    bucket, _, name = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, name
+
+
+def join(base: str, *parts: str) -> str:
+    if is_gcs(base):
+        out = base.rstrip("/")
+        for part in parts:
+            out += "/" + part.strip("/")
+        return out
+    return os.path.join(base, *parts)
+
+
+class ObjectStore:
+    """Reads and writes paths that are either local or gs://. Creates its GCS client lazily."""
+
+    def __init__(self, client=None):
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            from google.cloud import storage  # only paid for when a gs:// path is used
+            self._client = storage.Client()
+        return self._client
+
+    def _blob(self, uri: str):
+        bucket, name = split_gcs(uri)
+        return self.client.bucket(bucket).blob(name)
+
+    # reading
+    def exists(self, path: str) -> bool:
+        if is_gcs(path):
+            return self._blob(path).exists()
+        return os.path.exists(path)
+
+    def read_bytes(self, path: str) -> bytes:
+        if is_gcs(path):
+            return self._blob(path).download_as_bytes()
+        with open(path, "rb") as f:
+            return f.read()
+
+    def open_read(self, path: str) -> BinaryIO:
+        if is_gcs(path):
+            return self._blob(path).open("rb")
+        return open(path, "rb")
+
+    def read_with_generation(self, path: str) -> tuple[Optional[bytes], int]:
+        """(content, generation); (None, 0) when absent. Locally the generation is the mtime in ns."""
+        if is_gcs(path):
+            from google.api_core.exceptions import NotFound
+            blob = self._blob(path)
+            try:
+                data = blob.download_as_bytes()
+            except NotFound:
+                return None, 0
+            return data, int(blob.generation)
+        try:
+            with open(path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime_ns
+        except FileNotFoundError:
+            return None, 0
+
+    def generation(self, path: str) -> Optional[int]:
+        """The object's generation (local: mtime in ns), or None when absent."""
+        if is_gcs(path):
+            from google.api_core.exceptions import NotFound
+            blob = self._blob(path)
+            try:
+                blob.reload()
+            except NotFound:
+                return None
+            return int(blob.generation)
+        try:
+            return os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def download_to_file(self, path: str, local_path: str) -> None:
+        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
+        if is_gcs(path):
+            tmp = local_path + ".part"
+            self._blob(path).download_to_filename(tmp)
+            os.replace(tmp, local_path)
+        else:
+            shutil.copyfile(path, local_path)
+
+    def list(self, prefix: str) -> list[str]:
+        """Every object (file) under prefix, recursively, as full paths."""
+        if is_gcs(prefix):
+            bucket, name = split_gcs(prefix)
+            if name and not name.endswith("/"):
+                name += "/"
+            return sorted(f"{GCS_SCHEME}{bucket}/{b.name}"
+                          for b in self.client.list_blobs(bucket, prefix=name))
+        out = []
+        for root, _, files in os.walk(prefix):
+            out.extend(os.path.join(root, f) for f in files)
+        return sorted(out)
+
+    def glob(self, pattern: str) -> list[str]:
+        """Paths matching a glob ('*' does not cross '/', '**' does)."""
+        base = fixed_prefix(pattern)
+        regex = _glob_regex(pattern)
+        return [p for p in self.list(base.rstrip("/") or ".") if regex.fullmatch(p)]
+
+    # writing
+    def write_bytes(self, path: str, data: bytes, content_type: str = "application/octet-stream",
+                    if_generation_match: Optional[int] = None) -> None:
+        """Write whole. if_generation_match: compare-and-swap (0 = must not exist yet)."""
+        if is_gcs(path):
+            from google.api_core.exceptions import PreconditionFailed as GcsPreconditionFailed
+            kwargs = {} if if_generation_match is None else {"if_generation_match": if_generation_match}
+            try:
+                self._blob(path).upload_from_string(data, content_type=content_type, **kwargs)
+            except GcsPreconditionFailed as e:
+                raise PreconditionFailed(f"{path} changed since it was read ({e.message})") from None
+            return
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if if_generation_match is not None:
+                _local_compare_and_swap(tmp, path, if_generation_match)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def upload_file(self, local_path: str, path: str) -> None:
+        if is_gcs(path):
+            self._blob(path).upload_from_filename(local_path)
+        else:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = path + ".part"
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, path)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete everything under prefix; returns how many objects went."""
+        if is_gcs(prefix):
+            paths = self.list(prefix)
+            for path in paths:
+                self._blob(path).delete()
+            return len(paths)
+        if not os.path.exists(prefix):
+            return 0
+        count = sum(len(files) for _, _, files in os.walk(prefix))
+        shutil.rmtree(prefix)
+        return count
+
+    def check_writable(self, directory: str) -> None:
+        """Write and delete a probe object; raises with the storage's own reason if it cannot."""
+        probe = join(directory, f".imgsim-write-probe-{os.getpid()}")
+        self.write_bytes(probe, b"probe")
+        if is_gcs(probe):
+            self._blob(probe).delete()
+        else:
+            os.unlink(probe)
+
+
+def fixed_prefix(pattern: str) -> str:
+    """The part of a glob before its first wildcard, cut back to the last '/'."""
+    cut = len(pattern)
+    for ch in "*?[":
+        i = pattern.find(ch)
+        if i != -1:
+            cut = min(cut, i)
+    if cut == len(pattern):
+        return pattern.rsplit("/", 1)[0] + "/" if "/" in pattern else ""
+    head = pattern[:cut]
+    return head[: head.rfind("/") + 1] if "/" in head else ""
+
+
+def _glob_regex(pattern: str) -> "re.Pattern":
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i)
+            if end == -1:
+                out.append(re.escape(pattern[i]))
+                i += 1
+            else:
+                body = pattern[i + 1:end]
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def _local_compare_and_swap(tmp: str, path: str, expected_generation: int) -> None:
+    """Atomic rename guarded by a lock file, so two local publishers cannot interleave."""
+    lock_path = path + ".lock"
+    try:
+        lock_fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise PreconditionFailed(f"{path} is being replaced by another writer ({lock_path} exists)") from None
+    try:
+        try:
+            current = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            current = 0
+        if current != expected_generation:
+            raise PreconditionFailed(
+                f"{path} changed since it was read (generation {current} != {expected_generation})")
+        os.replace(tmp, path)
+    finally:
+        os.close(lock_fd)
+        os.unlink(lock_path)

@@ -1,0 +1,108 @@
+"""Finding VGG16 weights and naming them by checksum.
+
+``--weights`` is ``imagenet`` (Keras downloads the official files once and
+verifies their published MD5), a local path, or a gs:// URI (copied once into
+a local cache, because Keras loads from the file system). The checksum goes
+into the model signature, so two runs with the same weights agree however the
+file was reached.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Optional
+
+from imgsim.storage import ObjectStore, is_gcs
+
+IMAGENET = "imagenet"
+_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteWeights:
+    """A weights file at a URL with a known MD5, fetched through keras.utils.get_file."""
+
+    fname: str
+    url: str
+    md5: str
+
+
+# The files keras.applications.VGG16(weights="imagenet") uses (tests check these against Keras).
+IMAGENET_WITH_TOP = RemoteWeights(
+    "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+    _KERAS_BASE + "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+    "64373286793e3c8b2b4e3219cbf3544b")
+IMAGENET_NO_TOP = RemoteWeights(
+    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    _KERAS_BASE + "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "6d6bbae143d832006294945121d1f1fc")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalWeights:
+    path: str
+    checksum: str
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "imgsim", "weights")
+
+
+def imagenet_file(include_top: bool) -> RemoteWeights:
+    return IMAGENET_WITH_TOP if include_top else IMAGENET_NO_TOP
+
+
+def weights_checksum(spec: str, include_top: bool, store: Optional[ObjectStore] = None,
+                     cache_dir: Optional[str] = None) -> str:
+    """The checksum the signature records, fetching the file only when it must be hashed."""
+    if spec == IMAGENET:
+        return "md5:" + imagenet_file(include_top).md5
+    return resolve(spec, include_top, store, cache_dir).checksum
+
+
+def resolve(spec: str, include_top: bool, store: Optional[ObjectStore] = None,
+            cache_dir: Optional[str] = None, imagenet: Optional[RemoteWeights] = None) -> LocalWeights:
+    """A local file for the weights spec; raises FileNotFoundError or ValueError with a clear message."""
+    if spec == IMAGENET:
+        return download_remote(imagenet or imagenet_file(include_top), cache_dir)
+    if is_gcs(spec):
+        return _cached_copy(spec, store or ObjectStore(), cache_dir or default_cache_dir())
+    if "://" in spec:
+        raise ValueError(f"--weights {spec!r}: use 'imagenet', a local path or a gs:// URI")
+    path = os.path.abspath(os.path.expanduser(spec))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--weights {spec!r}: no such file")
+    return LocalWeights(path, "sha256:" + file_sha256(path))
+
+
+def download_remote(remote: RemoteWeights, cache_dir: Optional[str] = None) -> LocalWeights:
+    """Keras' own cached, MD5-verified download (into ~/.keras/models unless cache_dir is given)."""
+    from keras.utils import get_file
+    try:
+        path = get_file(remote.fname, origin=remote.url, file_hash=remote.md5,
+                        cache_subdir="models", cache_dir=cache_dir)
+    except Exception as e:
+        raise ValueError(f"could not download the ImageNet weights from {remote.url}: {e}") from None
+    return LocalWeights(path, "md5:" + remote.md5)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached_copy(uri: str, store: ObjectStore, cache_dir: str) -> LocalWeights:
+    generation = store.generation(uri)
+    if generation is None:
+        raise FileNotFoundError(f"--weights {uri!r}: no such object")
+    # Keyed by URI and generation: a replaced object is fetched again, an unchanged one never.
+    key = hashlib.sha256(f"{uri}#{generation}".encode()).hexdigest()[:16]
+    local = os.path.join(cache_dir, f"{key}-{os.path.basename(uri)}")
+    if not os.path.exists(local):
+        store.download_to_file(uri, local)
+    return LocalWeights(local, "sha256:" + file_sha256(local))

@@ -1,0 +1,1 @@
+"""Entry points: option parsing, the launcher and the pipeline graph."""

@@ -1,0 +1,72 @@
+"""`imgsim run`: check the configuration, fill in Dataflow's defaults, launch, report.
+
+Local runs wait and print the summary; Dataflow runs print the job and
+return (add --wait to follow the job to its end).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, WorkerOptions
+
+from imgsim.pipelines.embed_pipeline import is_local, run_with
+from imgsim.pipelines.options import ConfigError, ImgsimOptions, RunConfig, unknown_flags
+from imgsim.storage import ObjectStore
+
+_LOG = logging.getLogger("imgsim")
+
+
+def find_setup_file() -> Optional[str]:
+    """imgsim's setup.py when running from a source checkout (the Dataflow workers' install)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidate = os.path.join(os.path.dirname(here), "setup.py")
+    return candidate if os.path.isfile(candidate) else None
+
+
+def prepare_options(argv: list[str]) -> PipelineOptions:
+    unknown = unknown_flags(argv)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {' '.join(unknown)} (see imgsim run --help)")
+    options = PipelineOptions(argv)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if str(runner).endswith("DataflowRunner"):
+        setup = options.view_as(SetupOptions)
+        has_image = bool(options.view_as(WorkerOptions).sdk_container_image)
+        if not setup.setup_file and not has_image:
+            setup.setup_file = find_setup_file()
+            if not setup.setup_file:
+                raise ConfigError("DataflowRunner needs --setup_file (imgsim's setup.py) or "
+                                  "--sdk_container_image with imgsim installed")
+    return options
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        options = prepare_options(argv)
+        config = RunConfig.from_options(options)
+    except ConfigError as e:
+        print(f"imgsim run: error: {e}", file=sys.stderr)
+        return 2
+    _LOG.info("run %s: input %s -> %s", config.layout.run_id, json.dumps(config.input.describe()),
+              config.layout.run_dir)
+    result, config = run_with(options, config)
+    if not is_local(options) and not options.view_as(ImgsimOptions).wait:
+        job = getattr(result, "job_id", lambda: None)()
+        print(json.dumps({"run_id": config.layout.run_id, "job_id": job, "run_dir": config.layout.run_dir}))
+        return 0
+    state = result.wait_until_finish()
+    store = ObjectStore()
+    if not store.exists(config.layout.summary_path):
+        print(f"imgsim run: the job ended ({state}) without writing {config.layout.summary_path}",
+              file=sys.stderr)
+        return 1
+    summary = json.loads(store.read_bytes(config.layout.summary_path))
+    print(json.dumps({k: summary[k] for k in ("run_id", "counts", "accounted", "failures_by_reason",
+                                              "wall_seconds", "images_per_second")}
+                     | {"summary": config.layout.summary_path}))
+    return 0 if summary["accounted"] else 1

@@ -1,0 +1,40 @@
+"""imgsim: image similarity at collection scale (VGG16 embeddings, Beam, ScaNN).
+
+The repository keeps the layout of a Dataflow project (``pipelines/``,
+``transforms/`` at the top level) but installs everything under the single
+``imgsim`` namespace so that generic names such as ``transforms`` never land
+in site-packages. Dataflow workers install this file through ``--setup_file``.
+"""
+from setuptools import setup
+
+# Kept in step with constraints.txt (exact pins) and infra/Dockerfile (Beam version).
+BEAM_VERSION = "2.77.0"
+
+setup(
+    name="imgsim",
+    version="0.1.0",
+    description="Find similar images in large collections: VGG16 embeddings, Apache Beam, ScaNN.",
+    python_requires=">=3.11,<3.12",
+    packages=["imgsim", "imgsim.pipelines", "imgsim.transforms"],
+    package_dir={
+        "imgsim": "imgsim",
+        "imgsim.pipelines": "pipelines",
+        "imgsim.transforms": "transforms",
+    },
+    install_requires=[
+        # scann 1.4.2's TensorFlow ops are built against TF 2.20: TF 2.21 breaks `import scann`.
+        "tensorflow-cpu>=2.20,<2.21",
+        "scann==1.4.2",
+        "numpy>=2,<2.5",
+        "pyarrow>=14,<26",
+        "Pillow>=10.3",
+        "requests>=2.31,<3",
+        "google-cloud-storage>=2.14,<4",
+    ],
+    extras_require={
+        # The Beam pipeline (`imgsim run`). Consumers of the index artifact do not need it.
+        "pipeline": [f"apache-beam[gcp]=={BEAM_VERSION}"],
+        "test": ["pytest>=8", "gcp-storage-emulator>=2024.8", "python-hcl2>=4"],
+    },
+    entry_points={"console_scripts": ["imgsim=imgsim.cli:main"]},
+)

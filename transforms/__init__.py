@@ -1,0 +1,1 @@
+"""Beam PTransforms and DoFns: each stage of the pipeline composes the Beam-free core in imgsim."""

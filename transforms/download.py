@@ -1,0 +1,131 @@
+"""Downloading image bytes, many at a time, so that I/O hides behind inference.
+
+Beam calls a DoFn one element at a time per thread, and on DirectRunner the
+whole chain (download, decode, inference) runs in one thread. So each
+DoFn instance keeps a pool of download threads: process() submits and
+returns at once, emitting whatever has finished; only when too many
+downloads are in flight does it wait. The model therefore computes one batch
+while the next images arrive. Results that finish after their element's
+process() call are emitted as WindowedValues carrying the original window.
+
+Host limits and robots.txt rules are shared by all threads of a worker
+process through apache_beam.utils.shared.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+from apache_beam.utils.windowed_value import WindowedValue
+
+from imgsim.failures import STAGE_DOWNLOAD, StageError
+from imgsim.fetch import FetchConfig, Politeness
+from imgsim.records import SOURCE_STORAGE, CatalogueRow, FetchedImage
+from imgsim.storage import ObjectStore
+from imgsim.transforms.failures import FAILURES, NAMESPACE, failed, failure_from
+
+
+class DownloadImages(beam.PTransform):
+    """rows -> outputs with `images` (FetchedImage) and FAILURES."""
+
+    def __init__(self, config: FetchConfig, threads: int = 16):
+        super().__init__()
+        if threads < 1:
+            raise ValueError("download threads must be at least 1")
+        self._config = config
+        self._threads = threads
+
+    def expand(self, rows):
+        return rows | "Download" >> beam.ParDo(
+            _DownloadFn(self._config, self._threads, shared.Shared())).with_outputs(FAILURES, main="images")
+
+
+class _DownloadFn(beam.DoFn):
+    def __init__(self, config: FetchConfig, threads: int, shared_handle: shared.Shared):
+        self._config = config
+        self._threads = threads
+        self._shared = shared_handle
+        self._max_in_flight = 2 * threads
+        self._downloaded = Metrics.counter(NAMESPACE, "downloaded")
+        self._bytes = Metrics.counter(NAMESPACE, "bytes_downloaded")
+        self._latency_ms = Metrics.distribution(NAMESPACE, "download_ms")
+
+    def setup(self):
+        politeness = self._shared.acquire(lambda: Politeness(self._config), tag=repr(self._config))
+        self._fetcher = politeness.fetcher(self._config, pool_size=self._threads)
+        self._store = ObjectStore()
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="imgsim-download")
+
+    def start_bundle(self):
+        self._pending = {}
+
+    def process(self, row: CatalogueRow, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        self._pending[self._pool.submit(self._download, row)] = (timestamp, window)
+        yield from self._emit(wait_until=self._max_in_flight - 1)
+
+    def finish_bundle(self):
+        yield from self._emit(wait_until=0)
+
+    def teardown(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "_fetcher", None) is not None:
+            self._fetcher.close()
+
+    def _emit(self, wait_until: int):
+        """Emit finished downloads; block while more than wait_until are still running."""
+        while self._pending:
+            done = [f for f in self._pending if f.done()]
+            if not done:
+                if len(self._pending) <= wait_until:
+                    return
+                done, _ = concurrent.futures.wait(self._pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                timestamp, window = self._pending.pop(future)
+                result, seconds = future.result()
+                if isinstance(result, FetchedImage):
+                    # Metrics are per thread in Beam: count here, on the bundle's thread.
+                    self._downloaded.inc()
+                    self._bytes.inc(len(result.data))
+                    self._latency_ms.update(int(seconds * 1000))
+                    yield WindowedValue(result, timestamp, [window])
+                else:
+                    tagged = failed(result)
+                    yield beam.pvalue.TaggedOutput(tagged.tag, WindowedValue(tagged.value, timestamp, [window]))
+
+    def _download(self, row: CatalogueRow):
+        """Runs on a pool thread; never raises: (FetchedImage or Failure, seconds)."""
+        started = time.monotonic()
+        return self._fetch_row(row), time.monotonic() - started
+
+    def _fetch_row(self, row: CatalogueRow):
+        try:
+            if row.source == SOURCE_STORAGE:
+                data, status, attempts = self._read_storage(row.url), None, 1
+            else:
+                result = self._fetcher.fetch(row.url)
+                data, status, attempts = result.data, result.status, result.attempts
+        except StageError as e:
+            return failure_from(row, STAGE_DOWNLOAD, e)
+        except Exception as e:  # a bug or an unforeseen library error must still account for the row
+            return failure_from(row, STAGE_DOWNLOAD, StageError(
+                "internal_error", f"{type(e).__name__}: {e}"[:300]))
+        return FetchedImage(row=row, data=data, sha256=hashlib.sha256(data).hexdigest(),
+                            http_status=status, attempts=attempts)
+
+    def _read_storage(self, path: str) -> bytes:
+        cap = self._config.max_bytes
+        try:
+            with self._store.open_read(path) as f:
+                data = f.read(cap + 1)
+        except Exception as e:
+            raise StageError("read_error", f"{type(e).__name__}: {e}"[:300]) from None
+        if len(data) > cap:
+            raise StageError("too_large", f"file exceeds {cap} bytes")
+        if not data:
+            raise StageError("empty_body", "the file is empty")
+        return data

@@ -1,0 +1,102 @@
+"""Batched VGG16 inference through Beam's RunInference, with a model handler of our own.
+
+Beam's TensorFlow handler imports tensorflow_hub and cannot load Keras 3
+models, so Vgg16ModelHandler builds the model with imgsim.model. The base
+class supplies batching (min/max batch size) and sharing: one model per
+worker process, used by all its threads (or, with large_model, one per
+machine across processes). A batch the model raises on becomes
+`inference_error` failures for its rows instead of failing the job.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from imgsim import weights
+from imgsim.failures import STAGE_EMBED, Failure
+from imgsim.model import Embedder, ModelSpec, load_embedder
+from imgsim.records import DecodedImage
+from imgsim.transforms.failures import FAILURES, NAMESPACE, counted, failed
+
+
+class WeightsChanged(RuntimeError):
+    """The weights a worker loaded are not the ones the launcher signed the run with."""
+
+
+class Vgg16ModelHandler(ModelHandler[DecodedImage, PredictionResult, Embedder]):
+    def __init__(self, spec: ModelSpec, weights_checksum: str, min_batch_size: int = 1,
+                 max_batch_size: int = 32, large_model: bool = False, model_copies: Optional[int] = None):
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError("batch sizes must satisfy 1 <= min_batch_size <= max_batch_size")
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         large_model=large_model, model_copies=model_copies)
+        self._spec = spec
+        self._checksum = weights_checksum
+
+    def load_model(self) -> Embedder:
+        local = weights.resolve(self._spec.weights, self._spec.include_top)
+        if local.checksum != self._checksum:
+            raise WeightsChanged(
+                f"--weights {self._spec.weights} now has checksum {local.checksum}, but the run "
+                f"was started with {self._checksum}; embeddings of one run must come from one model")
+        return load_embedder(self._spec, local.path)
+
+    def run_inference(self, batch: Sequence[DecodedImage], model: Embedder,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        vectors, valid = model(np.stack([image.pixels for image in batch]))
+        return [PredictionResult(image, (vector, bool(ok))) for image, vector, ok in zip(batch, vectors, valid)]
+
+    def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:
+        # The default pickles every element just to measure it.
+        return sum(image.pixels.nbytes for image in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "imgsim_vgg16"
+
+
+class EmbedImages(beam.PTransform):
+    """decoded images -> (embedding rows, failures)."""
+
+    def __init__(self, handler: Vgg16ModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, decoded):
+        predictions, errors = decoded | "RunInference" >> RunInference(self._handler).with_exception_handling()
+        outputs = predictions | "ToRows" >> beam.ParDo(_ToEmbeddingRow()).with_outputs(FAILURES, main="rows")
+        batch_failures = errors.failed_inferences | "FailedBatches" >> beam.ParDo(_FailedBatch())
+        failures = (outputs[FAILURES], batch_failures) | "EmbedFailures" >> beam.Flatten()
+        return outputs.rows, failures
+
+
+def embedding_row(image: DecodedImage, vector: np.ndarray) -> dict:
+    row = image.row
+    return {"id": row.id, "url": row.url, "sha256": image.sha256, "width": image.width,
+            "height": image.height, "embedding": vector, **row.metadata}
+
+
+class _ToEmbeddingRow(beam.DoFn):
+    def __init__(self):
+        self._embedded = Metrics.counter(NAMESPACE, "embedded")
+
+    def process(self, prediction: PredictionResult):
+        image: DecodedImage = prediction.example
+        vector, ok = prediction.inference
+        if not ok:
+            yield failed(Failure(image.row.id, image.row.url, STAGE_EMBED, "degenerate_embedding",
+                                 "the raw vector is all zeros or not finite"))
+            return
+        self._embedded.inc()
+        yield embedding_row(image, vector)
+
+
+class _FailedBatch(beam.DoFn):
+    def process(self, element):
+        batch, error = element
+        detail = f"{type(error).__name__}: {error}"[:300]
+        for image in batch:
+            yield counted(Failure(image.row.id, image.row.url, STAGE_EMBED, "inference_error", detail))

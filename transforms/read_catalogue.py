@@ -1,0 +1,72 @@
+"""Reading the input collection into CatalogueRows, whatever its form.
+
+A manifest is read as a stream on one worker (its rows are tiny; the fan-out
+comes after, at de-duplication). A glob is expanded on one worker and sorted,
+so --limit takes the same files every time. The museum API is paged in
+parallel (see cma_pages).
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from imgsim import manifest
+from imgsim.failures import Failure
+from imgsim.fetch import FetchConfig
+from imgsim.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
+from imgsim.records import SOURCE_STORAGE, CatalogueRow
+from imgsim.storage import ObjectStore
+from imgsim.transforms.cma_pages import ReadCmaPages
+from imgsim.transforms.failures import FAILURES, NAMESPACE, failed
+
+
+class ReadCatalogue(beam.PTransform):
+    """pipeline -> (rows, failures): one CatalogueRow or read Failure per input record."""
+
+    def __init__(self, spec: InputSpec, api_fetch_config: FetchConfig = FetchConfig()):
+        super().__init__()
+        self._spec = spec
+        self._api_fetch_config = api_fetch_config
+
+    def expand(self, pbegin):
+        spec = self._spec
+        if isinstance(spec, CmaInput):
+            outputs = pbegin | ReadCmaPages(spec.query, self._api_fetch_config)
+        else:
+            reader = _ReadManifest(spec) if isinstance(spec, ManifestInput) else _ExpandGlob(spec)
+            outputs = (pbegin
+                       | "Start" >> beam.Create([None])
+                       | "Read" >> beam.ParDo(reader).with_outputs(FAILURES, main="rows"))
+        return outputs.rows, outputs[FAILURES]
+
+
+class _ReadManifest(beam.DoFn):
+    def __init__(self, spec: ManifestInput):
+        self._spec = spec
+        self._read = Metrics.counter(NAMESPACE, "rows_read")
+
+    def process(self, _):
+        spec = self._spec
+        with ObjectStore().open_read(spec.path) as raw:
+            for item in manifest.iter_rows(raw, spec.path, spec.schema, spec.limit):
+                self._read.inc()
+                if isinstance(item, Failure):
+                    yield failed(item)
+                else:
+                    yield item
+
+
+class _ExpandGlob(beam.DoFn):
+    def __init__(self, spec: GlobInput):
+        self._spec = spec
+        self._read = Metrics.counter(NAMESPACE, "rows_read")
+
+    def process(self, _):
+        prefix = self._spec.prefix
+        paths = ObjectStore().glob(self._spec.pattern)
+        if self._spec.limit is not None:
+            paths = paths[: self._spec.limit]
+        for position, path in enumerate(paths):
+            self._read.inc()
+            yield CatalogueRow(id=path[len(prefix):], url=path, metadata={}, position=position,
+                               source=SOURCE_STORAGE)

@@ -1,0 +1,88 @@
+"""Writing a run's outputs: embeddings and failures as Parquet, then the summary.
+
+The summary is written last: its side inputs include the names of the files
+the Parquet sinks finalised, so summary.json existing means the run's data
+is complete.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+
+from imgsim.layout import RunLayout
+from imgsim.outputs import FAILURES_SCHEMA
+from imgsim.storage import ObjectStore, join
+from imgsim.summary import build_summary
+
+
+class WriteEmbeddings(beam.PTransform):
+    """embedding rows (dicts) -> PCollection of the Parquet files written."""
+
+    def __init__(self, layout: RunLayout, schema: pa.Schema):
+        super().__init__()
+        self._layout = layout
+        self._schema = schema
+
+    def expand(self, rows):
+        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+            join(self._layout.embeddings_dir, "part"), self._schema, file_name_suffix=".parquet")
+
+
+class WriteFailures(beam.PTransform):
+    """Failures -> PCollection of the Parquet files written (one empty file when nothing failed)."""
+
+    def __init__(self, layout: RunLayout):
+        super().__init__()
+        self._layout = layout
+
+    def expand(self, failures):
+        return (failures
+                | "AsRows" >> beam.Map(lambda failure: failure.as_row())
+                | "WriteParquet" >> beam.io.WriteToParquet(
+                    join(self._layout.failures_dir, "part"), FAILURES_SCHEMA, file_name_suffix=".parquet"))
+
+
+class WriteRunSummary(beam.PTransform):
+    """{input_rows, embeddings, failures, written} -> PCollection with the summary dict."""
+
+    def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float):
+        super().__init__()
+        self._layout = layout
+        self._input_description = input_description
+        self._signature = signature
+        self._started_at = started_at
+
+    def expand(self, pcolls):
+        embedded = pcolls["embeddings"] | "CountEmbedded" >> beam.combiners.Count.Globally()
+        failure_counts = (pcolls["failures"]
+                          | "StageAndReason" >> beam.Map(lambda failure: (failure.stage, failure.reason))
+                          | "CountFailures" >> beam.combiners.Count.PerElement())
+        return (pcolls["input_rows"].pipeline
+                | "Once" >> beam.Create([None])
+                | "Write" >> beam.ParDo(
+                    _WriteSummary(self._layout, self._input_description, self._signature, self._started_at),
+                    input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"]),
+                    embedded=beam.pvalue.AsSingleton(embedded),
+                    failure_counts=beam.pvalue.AsList(failure_counts),
+                    written=beam.pvalue.AsList(pcolls["written"])))
+
+
+class _WriteSummary(beam.DoFn):
+    def __init__(self, layout, input_description, signature, started_at):
+        self._layout = layout
+        self._input_description = input_description
+        self._signature = signature
+        self._started_at = started_at
+
+    def process(self, _, input_rows, embedded, failure_counts, written):
+        summary = build_summary(
+            run_id=self._layout.run_id, input_description=self._input_description,
+            signature=self._signature, input_rows=input_rows, embedded=embedded,
+            failure_counts=failure_counts, started_at=self._started_at, finished_at=time.time(),
+            extra={"files": sorted(written)})
+        ObjectStore().write_bytes(self._layout.summary_path,
+                                  json.dumps(summary, indent=2).encode(), content_type="application/json")
+        yield summary
