@@ -1,0 +1,96 @@
+"""Shared fixtures: the real weights and images in ../shared, a local HTTP server,
+Google auth stubbed (no credential retries), and a GCS emulator on 127.0.0.1."""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("IMGSIM_SHARED_DIR", ROOT.parent / "shared"))
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from catalogue_server import CatalogueServer  # noqa: E402
+
+
+def pytest_configure(config):
+    if not (SHARED / "models" / "vgg16_imagenet_notop.weights.h5").is_file():
+        raise pytest.UsageError(f"the shared assets are missing: expected {SHARED} (set IMGSIM_SHARED_DIR)")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def notop_weights() -> str:
+    return str(SHARED / "models" / "vgg16_imagenet_notop.weights.h5")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in sorted((SHARED / "data" / "photos").glob("*.jpg"))}
+
+
+@pytest.fixture(scope="session")
+def full_weights(tmp_path_factory, notop_weights) -> str:
+    """A full VGG16 weights file: the real convolutional weights, seeded random fc1/fc2/predictions."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = keras.applications.VGG16(weights=None, include_top=True)
+    base = keras.applications.VGG16(weights=None, include_top=False)
+    base.load_weights(notop_weights)
+    for layer in base.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    path = tmp_path_factory.mktemp("weights") / "vgg16_full_random_top.weights.h5"
+    model.save_weights(str(path))
+    del model, base
+    return str(path)
+
+
+@pytest.fixture
+def server():
+    s = CatalogueServer().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def anonymous_google(monkeypatch):
+    """Without this, every google-auth lookup retries the metadata server for ~20 s."""
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "imgsim-test"))
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "imgsim-test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def jpeg(pixels, quality: int = 90, **save_args) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    image.save(buf, "JPEG", quality=quality, **save_args)
+    return buf.getvalue()
+
+
+def png(image, **save_args) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG", **save_args)
+    return buf.getvalue()

@@ -1,0 +1,61 @@
+"""Running the pipeline on DirectRunner in the test process and reading its outputs back."""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgsim.outputs import signature_of
+
+
+def write_manifest(path, rows: Iterable[dict], columns=None) -> str:
+    rows = list(rows)
+    columns = columns or list(rows[0])
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def run_pipeline(*args: str) -> dict:
+    """Run `imgsim run` in-process on DirectRunner and return what it wrote."""
+    from imgsim.pipelines.embed_pipeline import run
+
+    argv = ["--runner", "DirectRunner", "--allow-private-addresses", "--progress-interval", "0", *args]
+    result, config = run(argv)
+    result.wait_until_finish()
+    return read_run(config.layout.output, config.layout.run_id)
+
+
+def read_run(output: str, run_id: str) -> dict:
+    run_dir = os.path.join(output, "runs", run_id)
+    embeddings = _read_dir(os.path.join(run_dir, "embeddings"))
+    failures = _read_dir(os.path.join(run_dir, "failures"))
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    return {"embeddings": embeddings, "failures": failures, "summary": summary,
+            "signature": signature_of(embeddings.schema), "run_dir": run_dir}
+
+
+def _read_dir(path: str) -> pa.Table:
+    files = sorted(glob.glob(os.path.join(path, "*.parquet")))
+    assert files, f"no Parquet files in {path}"
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables)
+
+
+def by_id(table: pa.Table) -> dict:
+    return {row["id"]: row for row in table.to_pylist()}
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
