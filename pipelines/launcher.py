@@ -48,7 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         options = prepare_options(argv)
-        config = RunConfig.from_options(options)
+        config = RunConfig.from_options(options, remote_workers=not is_local(options))
     except ConfigError as e:
         print(f"imgsim run: error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from imgsim.layout import RunLayout, new_run_id
 from imgsim.manifest import ManifestError
 from imgsim.model import ARCHITECTURE, LAYER_DIMS, PRECISIONS, ModelSpec
 from imgsim.signature import ModelSignature
-from imgsim.storage import ObjectStore
+from imgsim.storage import ObjectStore, is_gcs
 
 
 class ConfigError(ValueError):
@@ -105,9 +105,13 @@ class RunConfig:
                               preprocessing=self.decode.preprocessing_id, precision=self.model.precision)
 
     @classmethod
-    def from_options(cls, options: PipelineOptions, *, check_weights_fit: bool = True) -> "RunConfig":
+    def from_options(cls, options: PipelineOptions, *, check_weights_fit: bool = True,
+                     remote_workers: bool = False) -> "RunConfig":
+        """remote_workers: the workers are other machines (Dataflow), so local paths cannot work."""
         o = options.view_as(ImgsimOptions)
         try:
+            if remote_workers:
+                _check_reachable_from_workers(o)
             return cls._build(o, check_weights_fit)
         except ConfigError:
             raise
@@ -156,6 +160,14 @@ def _weights_checksum(model: ModelSpec, check_fit: bool) -> str:
         from imgsim.model import build_model  # imports TensorFlow: only when a file must be checked
         build_model(model, local.path)
     return local.checksum
+
+
+def _check_reachable_from_workers(o: ImgsimOptions) -> None:
+    for flag, value, allowed in (("--input", o.input, ("cma",)), ("--output", o.output, ()),
+                                 ("--weights", o.weights, (weights.IMAGENET,))):
+        if value and value not in allowed and not is_gcs(value):
+            raise ConfigError(f"{flag} {value!r} is a local path, which Dataflow workers cannot read: "
+                              "use a gs:// location")
 
 
 def _check_output(layout: RunLayout) -> None:

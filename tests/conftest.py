@@ -94,3 +94,27 @@ def png(image, **save_args) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG", **save_args)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator for the whole session; STORAGE_EMULATOR_HOST points every client at it."""
+    from gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator().start()
+    saved = {k: os.environ.get(k) for k in emulator.env()}
+    os.environ.update(emulator.env())
+    yield emulator
+    emulator.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def weights_cache(tmp_path, monkeypatch):
+    """A private cache for gs:// weights copies."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,78 @@
+"""The `imgsim` command as a user runs it: a real subprocess over a real HTTP catalogue."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from imgsim.cli import main
+from imgsim.outputs import vectors
+from pipeline_helpers import read_run, write_manifest
+
+
+def imgsim(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "imgsim.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def test_run_embeds_the_clip_art_benchmark_with_every_row_accounted(server, shared, notop_weights, tmp_path):
+    """The README's main command over ~290 real images served by HTTP; neighbours share labels."""
+    clipart = shared / "data" / "openclipart"
+    labels = {r["file"]: r["label"] for r in csv.DictReader(open(clipart / "labels.csv"))}
+    rows = [{"id": name, "url": server.file(f"/clipart/{name}", (clipart / name).read_bytes(), "image/png"),
+             "label": label} for name, label in labels.items()]
+    rows += [{"id": p.name, "url": server.file(f"/photos/{p.name}", p.read_bytes()), "label": "photo"}
+             for p in sorted((shared / "data" / "photos").glob("*.jpg"))]
+    rows.append({"id": "missing", "url": server.url("/clipart/missing.png"), "label": "none"})
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    proc = imgsim("run", "--input", manifest, "--output", str(tmp_path / "out"), "--weights", notop_weights,
+                  "--layer", "pool", "--run-id", "bench", "--allow-private-addresses", "--progress-interval", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["accounted"] and report["counts"] == {"input_rows": len(rows), "embedded": len(rows) - 1,
+                                                          "failed": 1}
+    assert "progress:" in proc.stderr and "img/s" in proc.stderr
+
+    result = read_run(str(tmp_path / "out"), "bench")
+    table = result["embeddings"]
+    got = {r["id"]: r["label"] for r in table.select(["id", "label"]).to_pylist()}
+    clip = [i for i, name in enumerate(table.column("id").to_pylist()) if name in labels]
+    v = vectors(table)[clip]
+    names = [table.column("id")[i].as_py() for i in clip]
+    sims = v @ v.T
+    np.fill_diagonal(sims, -np.inf)
+    top5 = np.argsort(-sims, axis=1)[:, :5]
+    precision_at_5 = np.mean([[got[names[j]] == got[names[i]] for j in row] for i, row in enumerate(top5)])
+    assert precision_at_5 >= 0.5, precision_at_5  # reference ≈0.55; random weights ≈0.36
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "nowhere.csv", "--output", "o"], "cannot open the manifest"),
+    (["--input", "cma", "--output", "o", "--layer", "fc9"], "unknown layer"),
+    (["--input", "cma", "--output", "o", "--precision", "fp8"], "unknown precision"),
+    (["--input", "cma"], "--output is required"),
+    (["--input", "cma", "--output", "o", "--weights", "missing.weights.h5"], "no such file"),
+    (["--input", "cma", "--output", "o", "--max-batch-size", "0"], "--max-batch-size"),
+    (["--input", "cma", "--output", "o", "--run-id", "../escape"], "--run-id"),
+    (["--input", "cma", "--output", "o", "--bogus-flag"], "unknown option"),
+])
+def test_bad_configuration_fails_fast_with_one_line(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("imgsim run: error:")
+
+
+def test_a_notop_file_with_an_fc_layer_fails_fast(tmp_path, capsys, notop_weights, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--input", "cma", "--output", "o", "--weights", notop_weights, "--layer", "fc2"]) == 2
+    assert "no fc1/fc2 weights" in capsys.readouterr().err
+
+
+def test_help_lists_imgsim_and_beam_options(capsys):
+    assert main(["run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--input" in out and "--allow-private-addresses" in out and "--runner DataflowRunner" in out
