@@ -9,7 +9,9 @@ from typing import Optional
 USAGE = """usage: imgsim COMMAND [options]
 
 commands:
-  run     embed a collection with the Beam pipeline (imgsim run --help)
+  run     embed a collection and publish its index, with the Beam pipeline (imgsim run --help)
+  index   build and publish an index from existing embeddings, without re-running inference
+  query   ask a published index for the items most like an id or an image
 """
 
 
@@ -31,6 +33,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"imgsim run needs the pipeline extra: pip install 'imgsim[pipeline]' ({e})", file=sys.stderr)
             return 2
         return launcher.main(rest)
+    if command in ("index", "query"):
+        from imgsim import commands
+
+        return commands.index_main(rest) if command == "index" else commands.query_main(rest)
     print(f"imgsim: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

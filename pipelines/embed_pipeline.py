@@ -16,6 +16,7 @@ from imgsim import cma
 from imgsim.inputs import CmaInput, ManifestInput
 from imgsim.outputs import embeddings_schema
 from imgsim.pipelines.options import RunConfig
+from imgsim.transforms.build_index import BuildIndex
 from imgsim.transforms.decode import DecodeImages
 from imgsim.transforms.dedupe import DeduplicateIds
 from imgsim.transforms.download import DownloadImages
@@ -54,16 +55,18 @@ def build(p: beam.Pipeline, config: RunConfig, show_progress: bool = False) -> d
                 | "AllFailures" >> beam.Flatten())
 
     schema = embeddings_schema(config.signature, metadata_schema(config))
-    written = ((embeddings | "WriteEmbeddings" >> WriteEmbeddings(config.layout, schema),
-                failures | "WriteFailures" >> WriteFailures(config.layout))
-               | "AllWritten" >> beam.Flatten())
-    summary = {"input_rows": input_rows, "embeddings": embeddings, "failures": failures,
-               "written": written} | "WriteRunSummary" >> WriteRunSummary(
+    embedding_files = embeddings | "WriteEmbeddings" >> WriteEmbeddings(config.layout, schema)
+    failure_files = failures | "WriteFailures" >> WriteFailures(config.layout)
+    written = (embedding_files, failure_files) | "AllWritten" >> beam.Flatten()
+    outputs = {"input_rows": input_rows, "embeddings": embeddings, "failures": failures, "written": written}
+    if config.index is not None:
+        outputs["index"] = {"embedding_files": embedding_files, "input_rows": input_rows} | "BuildIndex" >> BuildIndex(
+            config.layout, config.index, config.input.describe(), config.latest_generation)
+    outputs["summary"] = outputs | "WriteRunSummary" >> WriteRunSummary(
         config.layout, config.input.describe(), config.signature.to_dict(), config.started_at)
     if show_progress and config.progress_interval > 0:
         (embeddings, failures) | "ReportProgress" >> ReportProgress(input_rows, config.progress_interval)
-    return {"input_rows": input_rows, "embeddings": embeddings, "failures": failures,
-            "written": written, "summary": summary}
+    return outputs
 
 
 def is_local(options: PipelineOptions) -> bool:

@@ -66,7 +66,26 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return 1
     summary = json.loads(store.read_bytes(config.layout.summary_path))
-    print(json.dumps({k: summary[k] for k in ("run_id", "counts", "accounted", "failures_by_reason",
-                                              "wall_seconds", "images_per_second")}
-                     | {"summary": config.layout.summary_path}))
-    return 0 if summary["accounted"] else 1
+    report = {k: summary[k] for k in ("run_id", "counts", "accounted", "failures_by_reason",
+                                      "wall_seconds", "images_per_second")}
+    report["summary"] = config.layout.summary_path
+    if config.index is not None:
+        report["index"] = summary.get("index")
+    print(json.dumps(report))
+    return exit_code(summary, index_expected=config.index is not None)
+
+
+def exit_code(summary: dict, index_expected: bool) -> int:
+    """0: every row accounted for and (if asked) the index published as LATEST; 1 otherwise."""
+    problems = []
+    if not summary["accounted"]:
+        problems.append("the run did not account for every input row")
+    index = summary.get("index")
+    if index_expected:
+        if not index or not index.get("published"):
+            problems.append("no index was published: " + ((index or {}).get("reason") or "unknown reason"))
+        elif not index.get("latest_updated"):
+            problems.append(index.get("latest", "LATEST was not updated"))
+    for problem in problems:
+        print(f"imgsim run: {problem}", file=sys.stderr)
+    return 1 if problems else 0

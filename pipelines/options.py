@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Optional
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from imgsim import cma, weights
+from imgsim import artifact, cma, weights
+from imgsim.artifact import ArtifactError
+from imgsim.commands import add_index_arguments, index_settings
 from imgsim.fetch import DEFAULT_USER_AGENT, FetchConfig
+from imgsim.indexer import IndexSettings
 from imgsim.images import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig
 from imgsim.inputs import InputSpec, resolve_input
 from imgsim.layout import RunLayout, new_run_id
@@ -78,6 +82,9 @@ class ImgsimOptions(PipelineOptions):
                        help="honour robots.txt")
         g.add_argument("--max-image-pixels", dest="max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
                        help="larger images are refused as decompression bombs")
+        parser.add_argument("--no-index", dest="no_index", action="store_true",
+                            help="write embeddings only; build and publish no index")
+        add_index_arguments(parser)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +103,8 @@ class RunConfig:
     max_batch_size: int = 32
     large_model: bool = False
     progress_interval: float = 10.0
+    index: Optional[IndexSettings] = IndexSettings()  # None: no index step
+    latest_generation: int = 0  # LATEST's version when the run started (0: none yet)
     started_at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -115,7 +124,7 @@ class RunConfig:
             return cls._build(o, check_weights_fit)
         except ConfigError:
             raise
-        except (ValueError, FileNotFoundError, ManifestError) as e:
+        except (ValueError, FileNotFoundError, ManifestError, ArtifactError) as e:
             raise ConfigError(str(e)) from None
 
     @classmethod
@@ -143,13 +152,16 @@ class RunConfig:
         query = cma.CmaQuery(api_url=o.cma_api_url, cc0=o.cma_cc0, type=o.cma_type,
                              department=o.cma_department, page_size=o.cma_page_size)
         spec = resolve_input(o.input, limit=o.limit, cma_query=query)
+        index = None if o.no_index else index_settings(o)
         layout = RunLayout(o.output, o.run_id or new_run_id())
         _check_output(layout)
+        latest = artifact.read_latest(ObjectStore(), o.output)
         checksum = _weights_checksum(model, check_weights_fit)
         return cls(input=spec, layout=layout, model=model, weights_checksum=checksum, decode=decode,
                    fetch=fetch, api_fetch=api_fetch, download_threads=o.download_threads,
                    min_batch_size=o.min_batch_size, max_batch_size=o.max_batch_size,
-                   large_model=o.large_model, progress_interval=o.progress_interval)
+                   large_model=o.large_model, progress_interval=o.progress_interval, index=index,
+                   latest_generation=latest.generation if latest else 0)
 
 
 def _weights_checksum(model: ModelSpec, check_fit: bool) -> str:

@@ -46,7 +46,9 @@ class WriteFailures(beam.PTransform):
 
 
 class WriteRunSummary(beam.PTransform):
-    """{input_rows, embeddings, failures, written} -> PCollection with the summary dict."""
+    """{input_rows, embeddings, failures, written[, index]} -> PCollection with the summary dict.
+
+    With an index step, the summary waits for its report and includes it."""
 
     def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float):
         super().__init__()
@@ -60,6 +62,9 @@ class WriteRunSummary(beam.PTransform):
         failure_counts = (pcolls["failures"]
                           | "StageAndReason" >> beam.Map(lambda failure: (failure.stage, failure.reason))
                           | "CountFailures" >> beam.combiners.Count.PerElement())
+        index = pcolls.get("index")
+        if index is None:
+            index = pcolls["input_rows"].pipeline | "NoIndex" >> beam.Create([])
         return (pcolls["input_rows"].pipeline
                 | "Once" >> beam.Create([None])
                 | "Write" >> beam.ParDo(
@@ -67,7 +72,8 @@ class WriteRunSummary(beam.PTransform):
                     input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"]),
                     embedded=beam.pvalue.AsSingleton(embedded),
                     failure_counts=beam.pvalue.AsList(failure_counts),
-                    written=beam.pvalue.AsList(pcolls["written"])))
+                    written=beam.pvalue.AsList(pcolls["written"]),
+                    index=beam.pvalue.AsList(index)))
 
 
 class _WriteSummary(beam.DoFn):
@@ -77,12 +83,14 @@ class _WriteSummary(beam.DoFn):
         self._signature = signature
         self._started_at = started_at
 
-    def process(self, _, input_rows, embedded, failure_counts, written):
+    def process(self, _, input_rows, embedded, failure_counts, written, index):
+        run_dir = self._layout.run_dir.rstrip("/") + "/"
         summary = build_summary(
             run_id=self._layout.run_id, input_description=self._input_description,
             signature=self._signature, input_rows=input_rows, embedded=embedded,
             failure_counts=failure_counts, started_at=self._started_at, finished_at=time.time(),
-            extra={"files": sorted(written)})
+            extra={"files": sorted(f[len(run_dir):] if f.startswith(run_dir) else f for f in written),
+                   "index": index[0] if index else None})
         ObjectStore().write_bytes(self._layout.summary_path,
                                   json.dumps(summary, indent=2).encode(), content_type="application/json")
         yield summary

@@ -1,0 +1,192 @@
+"""Using a published index downstream, without Beam.
+
+    from imgsim.consumer import ImageIndex
+    index = ImageIndex.open("gs://bucket/imgsim")       # follows LATEST; or run_id=...
+    index.similar("1915.534", k=10)                      # the item itself first
+    index.search(vectors, k=10)                          # your own unit or raw vectors
+    index.search_image("photo.jpg", k=10)                # embeds with the index's own model
+
+`open` copies the artifact into a local cache (ScaNN loads from a local
+directory), reusing files whose checksum still matches, and verifies every
+file against the manifest before loading anything. `search_image` builds the
+model the manifest names and refuses weights whose checksum differs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import threading
+from typing import Optional, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgsim import artifact
+from imgsim.artifact import ArtifactError
+from imgsim.signature import ModelSignature
+from imgsim.storage import ObjectStore, is_gcs, join
+
+_NOT_METADATA = ("row", "embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    id: str
+    score: float
+    metadata: dict
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "score": round(float(self.score), 6), **self.metadata}
+
+
+class ModelMismatch(ValueError):
+    """The model at hand would produce vectors the index cannot be compared with."""
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgsim", "index")
+
+
+def resolve_index_dir(location: str, run_id: Optional[str] = None, store: Optional[ObjectStore] = None) -> str:
+    """The index directory for an output root (via LATEST or run_id) or an index directory itself."""
+    store = store or ObjectStore()
+    if run_id:
+        return join(location, "runs", run_id, "index")
+    if store.exists(join(location, artifact.MANIFEST)):
+        return location
+    latest = artifact.read_latest(store, location)
+    if latest is None:
+        raise ArtifactError(f"no index at {location}: neither LATEST nor {artifact.MANIFEST} exists")
+    return join(location, latest.index)
+
+
+class ImageIndex:
+    def __init__(self, local_dir: str, manifest: dict, source: str):
+        self.local_dir = local_dir
+        self.manifest = manifest
+        self.source = source
+        self.signature = ModelSignature.from_dict(manifest["model_signature"])
+        self._searcher = artifact.load_searcher(local_dir)
+        path = os.path.join(local_dir, "ids.parquet")
+        columns = [c for c in pq.read_schema(path).names if c not in _NOT_METADATA]
+        self._info = pq.read_table(path, columns=columns)
+        self._ids = self._info.column("id").to_pylist()
+        self._row_of = {item: row for row, item in enumerate(self._ids)}
+        self._vectors: Optional[np.ndarray] = None
+        self._embedder = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, location: str, run_id: Optional[str] = None, cache_dir: Optional[str] = None,
+             store: Optional[ObjectStore] = None) -> "ImageIndex":
+        """Open the index at an output root (LATEST, or run_id) or an index directory, local or gs://."""
+        store = store or ObjectStore()
+        index_dir = resolve_index_dir(location, run_id, store)
+        if not is_gcs(index_dir) and not os.path.isdir(index_dir):
+            raise ArtifactError(f"no index at {index_dir}")
+        key = hashlib.sha256(os.path.abspath(index_dir).encode() if not is_gcs(index_dir)
+                             else index_dir.encode()).hexdigest()[:16]
+        local = os.path.join(cache_dir or default_cache_dir(), key)
+        manifest = artifact.fetch_artifact(store, index_dir, local)
+        return cls(local, manifest, index_dir)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+    def vector(self, item_id: str) -> np.ndarray:
+        return self._all_vectors()[self._row(item_id)]
+
+    def similar(self, item_id: str, k: int = 10) -> list[Match]:
+        """The k items most like item_id, best first; the item itself comes first."""
+        return self.search(self.vector(item_id)[None, :], k)[0]
+
+    def search(self, vectors, k: int = 10) -> list[list[Match]]:
+        """The k nearest items for each query vector (normalised here, so raw vectors work too)."""
+        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if queries.shape[1] != self.signature.dim:
+            raise ValueError(f"query vectors have {queries.shape[1]} dimensions; the index has {self.signature.dim}")
+        norms = np.linalg.norm(queries, axis=1, keepdims=True)
+        queries = queries / np.where(norms > 0, norms, 1.0)
+        k = max(1, min(k, len(self)))
+        rows, scores = self._searcher.search_batched(queries, final_num_neighbors=k)
+        return [[self._match(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0]
+                for rr, ss in zip(np.asarray(rows), np.asarray(scores))]
+
+    def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None) -> list[Match]:
+        """Embed an image (path, gs:// URI or bytes) with the index's model, then search."""
+        from imgsim.images import decode_image
+
+        data = image if isinstance(image, (bytes, bytearray)) else ObjectStore().read_bytes(image)
+        embedder, decode_config = self._model(weights)
+        vectors, valid = embedder(decode_image(bytes(data), decode_config).pixels[None])
+        if not valid[0]:
+            raise ValueError("the image gives an all-zero embedding; it cannot be searched")
+        return self.search(vectors, k)[0]
+
+    def neighbors(self, item_id: str) -> list[Match]:
+        """The precomputed exact neighbours of item_id (neighbors.parquet), itself excluded."""
+        table = pq.read_table(os.path.join(self.local_dir, "neighbors.parquet"),
+                              filters=[("id", "=", item_id)])
+        if not table.num_rows:
+            raise KeyError(item_id)
+        row = table.to_pylist()[0]
+        return [self._match(self._row(i), s) for i, s in zip(row["neighbor_ids"], row["scores"])]
+
+    def groups(self) -> pa.Table:
+        return pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
+
+    # internals
+    def _row(self, item_id: str) -> int:
+        try:
+            return self._row_of[item_id]
+        except KeyError:
+            raise KeyError(f"id {item_id!r} is not in the index") from None
+
+    def _match(self, row: int, score: float) -> Match:
+        info = {k: v for k, v in self._info.slice(row, 1).to_pylist()[0].items() if k != "id"}
+        return Match(self._ids[row], score, info)
+
+    def _all_vectors(self) -> np.ndarray:
+        with self._lock:
+            if self._vectors is None:
+                from imgsim.outputs import vectors
+
+                table = pq.read_table(os.path.join(self.local_dir, "ids.parquet"), columns=["embedding"])
+                self._vectors = vectors(table)
+            return self._vectors
+
+    def _model(self, weights: Optional[str]):
+        from imgsim import weights as weights_lib
+        from imgsim.model import ModelSpec, load_embedder
+
+        with self._lock:
+            if self._embedder is None:
+                sig = self.signature
+                decode_config = decode_config_for(sig.preprocessing)
+                spec = ModelSpec(layer=sig.layer, weights=weights or sig.weights, precision=sig.precision)
+                local = weights_lib.resolve(spec.weights, spec.include_top)
+                if local.checksum != sig.weights_checksum:
+                    raise ModelMismatch(
+                        f"the weights {spec.weights} (checksum {local.checksum}) are not the ones this index "
+                        f"was built with ({sig.weights_checksum}); pass weights= the same file")
+                self._embedder = (load_embedder(spec, local.path), decode_config)
+            return self._embedder
+
+
+def decode_config_for(preprocessing: str):
+    """The DecodeConfig that reproduces a signature's preprocessing, or ModelMismatch."""
+    from imgsim.images import DecodeConfig
+
+    for resize in ("pad", "crop"):
+        candidate = DecodeConfig(resize=resize)
+        if candidate.preprocessing_id == preprocessing:
+            return candidate
+    raise ModelMismatch(f"this imgsim cannot reproduce the index's preprocessing {preprocessing!r} "
+                        f"(it makes {DecodeConfig().preprocessing_id!r} variants); use the imgsim version "
+                        f"that built the index")

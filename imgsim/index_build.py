@@ -1,0 +1,113 @@
+"""Exact neighbours, near-duplicate groups and recall, with numpy only.
+
+All of it works on unit-length float32 rows, so a matrix product gives
+cosine similarities. The all-pairs pass goes block by block (bounded memory)
+and yields both the top-k table and the pairs above the duplicate threshold.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Optional
+
+import numpy as np
+
+_BLOCK_ELEMENTS = 1 << 25  # similarity values per block: 128 MiB of float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbors:
+    rows: np.ndarray  # int64 (n, k): row numbers of each row's nearest other rows, best first
+    scores: np.ndarray  # float32 (n, k)
+
+
+def similarity_blocks(vectors: np.ndarray, queries: Optional[np.ndarray] = None
+                      ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first query row, block of query x vector similarities), a few thousand queries at a time."""
+    queries = vectors if queries is None else queries
+    n = max(1, vectors.shape[0])
+    step = max(1, min(len(queries), _BLOCK_ELEMENTS // n))
+    for start in range(0, len(queries), step):
+        yield start, queries[start:start + step] @ vectors.T
+
+
+def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of each row's k largest entries, best first."""
+    k = min(k, sims.shape[1])
+    if k == 0:
+        return np.zeros((len(sims), 0), np.int64), np.zeros((len(sims), 0), np.float32)
+    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(sims, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(vals, order, axis=1)
+
+
+def exact_neighbors_and_pairs(vectors: np.ndarray, k: int, pair_threshold: Optional[float] = None
+                              ) -> tuple[Neighbors, np.ndarray]:
+    """Each row's k nearest other rows, and every pair (i < j, score) with score >= pair_threshold."""
+    n = len(vectors)
+    rows = np.zeros((n, min(k, max(n - 1, 0))), np.int64)
+    scores = np.zeros(rows.shape, np.float32)
+    pairs = []
+    for start, sims in similarity_blocks(vectors):
+        own = np.arange(start, start + len(sims))
+        sims[np.arange(len(sims)), own] = -np.inf  # an item is not its own neighbour
+        idx, vals = top_k(sims, rows.shape[1])
+        rows[start:start + len(sims)], scores[start:start + len(sims)] = idx, vals
+        if pair_threshold is not None:
+            qi, vj = np.nonzero(sims >= pair_threshold)
+            keep = own[qi] < vj
+            pairs.append(np.stack([own[qi][keep], vj[keep], sims[qi[keep], vj[keep]]], axis=1))
+    found = np.concatenate(pairs) if pairs else np.zeros((0, 3))
+    return Neighbors(rows, scores), found
+
+
+def pairs_from_neighbors(neighbors: Neighbors, threshold: float) -> np.ndarray:
+    """Pairs above threshold among each row's listed neighbours (the approximate path for huge n)."""
+    i, col = np.nonzero(neighbors.scores >= threshold)
+    j = neighbors.rows[i, col]
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    unique = np.unique(np.stack([lo, hi], axis=1), axis=0) if len(lo) else np.zeros((0, 2), np.int64)
+    return unique
+
+
+def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """Rows joined by pairs into groups (size >= 2), largest first, then by first row."""
+    parent = np.arange(n)
+
+    def find(x):
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in pairs[:, :2].astype(np.int64) if len(pairs) else []:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for row in np.unique(pairs[:, :2].astype(np.int64)) if len(pairs) else []:
+        members.setdefault(find(row), []).append(int(row))
+    return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+
+
+def recall_at_k(vectors: np.ndarray, queries: np.ndarray, approx_rows: np.ndarray, k: int,
+                exclude_self: Optional[np.ndarray] = None, tolerance: float = 1e-3) -> float:
+    """ann-benchmarks recall: an approximate neighbour counts when its true score is within
+    `tolerance` of the k-th exact score (ties are not errors).
+
+    exclude_self: for queries taken from the data, their own row numbers (left out of both lists).
+    """
+    hits = 0
+    for start, sims in similarity_blocks(vectors, queries):
+        stop = start + len(sims)
+        if exclude_self is not None:
+            sims[np.arange(len(sims)), exclude_self[start:stop]] = -np.inf
+        _, exact = top_k(sims, k)
+        kth = exact[:, -1:]
+        approx = approx_rows[start:stop, :k]
+        valid = approx >= 0
+        true = np.take_along_axis(sims, np.where(valid, approx, 0), axis=1)
+        hits += int(np.sum(valid & (true >= kth - tolerance)))
+    return hits / (len(queries) * k) if len(queries) else 1.0

@@ -1,0 +1,189 @@
+"""Turning a run's embeddings into a staged index artifact (ScaNN, tables, manifest).
+
+Used by the pipeline's final step (on a Dataflow worker) and by `imgsim
+index` (no Beam). The recall of the ScaNN configuration is measured against
+exact brute force on a sample of the collection's own vectors; below
+`min_recall` the index is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from imgsim import artifact
+from imgsim.index_build import (connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors,
+                                recall_at_k, Neighbors)
+from imgsim.index_config import IndexOptions
+from imgsim.outputs import signature_of, vectors
+from imgsim.signature import ModelSignature
+
+
+class RecallTooLow(Exception):
+    def __init__(self, report: dict):
+        super().__init__(f"recall@{report['recall']['k']} {report['recall']['value']:.4f} is below "
+                         f"--min-recall {report['recall']['min']}: the index was not published")
+        self.report = report
+
+
+class IndexInputError(ValueError):
+    """The embeddings cannot form one index (mixed model signatures, nothing to index)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexSettings:
+    options: IndexOptions = IndexOptions()
+    neighbors_k: int = 20
+    recall_k: int = 10
+    recall_queries: int = 1000
+    min_recall: float = 0.95
+    duplicate_threshold: float = 0.95
+    exact_neighbors_max: int = 200_000
+    keep_runs: Optional[int] = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_recall <= 1.0:
+            raise ValueError("--min-recall must be between 0 and 1")
+        if not -1.0 <= self.duplicate_threshold <= 1.0:
+            raise ValueError("--duplicate-threshold is a cosine similarity, between -1 and 1")
+        if self.neighbors_k < 1 or self.recall_k < 1 or self.recall_queries < 1:
+            raise ValueError("--neighbors-k, the recall k and --recall-queries must be at least 1")
+        if self.keep_runs is not None and self.keep_runs < 1:
+            raise ValueError("--keep-runs must be at least 1")
+
+
+def combine_embeddings(tables: Sequence[pa.Table]) -> tuple[pa.Table, ModelSignature, int]:
+    """One table from embedding files of one model signature; repeated ids keep their first row."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        raise IndexInputError("there are no embeddings to index")
+    signature = signature_of(tables[0].schema)
+    for t in tables[1:]:
+        other = signature_of(t.schema)
+        if not other.matches(signature):
+            raise IndexInputError("embeddings of different models cannot share an index: "
+                                  + "; ".join(signature.differences(other)))
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    repeated = table.num_rows - len(first)
+    if repeated:
+        table = table.take(np.sort(first))
+    return table, signature, repeated
+
+
+def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, settings: IndexSettings, *,
+                   run_id: str, input_description: dict, counts: dict, seed: int = 0) -> dict:
+    """Stage the complete artifact in `staging`; returns the manifest. Raises RecallTooLow."""
+    data = vectors(table)
+    n = len(data)
+    config = settings.options.resolve(n, k=settings.recall_k)
+    searcher = config.build(data)
+    scann_dir = os.path.join(staging, artifact.SCANN_DIR)
+    os.makedirs(scann_dir, exist_ok=True)
+    searcher.serialize(scann_dir, relative_path=True)
+
+    recall = measure_recall(searcher, data, settings, seed)
+    recall_report = {"k": settings.recall_k, "value": round(recall, 5), "queries": min(n, settings.recall_queries),
+                     "min": settings.min_recall, "tolerance": 1e-3}
+    report = {"count": n, "recall": recall_report, "scann": config.to_dict()}
+    if recall < settings.min_recall:
+        raise RecallTooLow(report)
+
+    if n <= settings.exact_neighbors_max:
+        neighbors, pairs = exact_neighbors_and_pairs(data, settings.neighbors_k, settings.duplicate_threshold)
+        exact = True
+    else:
+        neighbors = approximate_neighbors(searcher, data, settings.neighbors_k)
+        pairs = pairs_from_neighbors(neighbors, settings.duplicate_threshold)
+        exact = False
+    groups = connected_groups(n, pairs)
+
+    ids = table.column("id")
+    artifact.write_table(table.add_column(0, "row", pa.array(np.arange(n, dtype=np.int64))),
+                         os.path.join(staging, "ids.parquet"))
+    artifact.write_table(neighbors_table(ids, neighbors), os.path.join(staging, "neighbors.parquet"))
+    artifact.write_table(groups_table(ids, groups), os.path.join(staging, "groups.parquet"))
+
+    fields = {
+        "run_id": run_id,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_signature": signature.to_dict(),
+        "dimension": signature.dim,
+        "count": n,
+        "scann": {**config.to_dict(), "version": _scann_version(),
+                  "distance": "dot_product"},
+        "recall": recall_report,
+        "neighbors": {"k": neighbors.rows.shape[1], "exact": exact},
+        "groups": {"threshold": settings.duplicate_threshold, "count": len(groups),
+                   "items": int(sum(len(g) for g in groups))},
+        "input": input_description,
+        "counts": counts,
+    }
+    return artifact.write_manifest(staging, fields)
+
+
+def measure_recall(searcher, data: np.ndarray, settings: IndexSettings, seed: int = 0) -> float:
+    """recall@k of the searcher against exact search, on a sample of the collection's own vectors."""
+    n, k = len(data), settings.recall_k
+    if n < 2:
+        return 1.0
+    k = min(k, n - 1)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, settings.recall_queries), replace=False))
+    found, _ = searcher.search_batched(data[rows], final_num_neighbors=k + 1)
+    approx = np.array([_without(r, f, k) for r, f in zip(rows, np.asarray(found))], dtype=np.int64)
+    return recall_at_k(data, data[rows], approx, k, exclude_self=rows)
+
+
+def approximate_neighbors(searcher, data: np.ndarray, k: int, batch: int = 4096) -> Neighbors:
+    rows, scores = [], []
+    for start in range(0, len(data), batch):
+        found, sims = searcher.search_batched(data[start:start + batch], final_num_neighbors=k + 1)
+        for offset, (f, s) in enumerate(zip(np.asarray(found), np.asarray(sims))):
+            keep = f != start + offset
+            rows.append(_pad(f[keep][:k], k, -1))
+            scores.append(_pad(s[keep][:k], k, np.nan))
+    return Neighbors(np.array(rows, np.int64), np.array(scores, np.float32))
+
+
+def neighbors_table(ids: pa.ChunkedArray, neighbors: Neighbors) -> pa.Table:
+    id_list = ids.to_pylist()
+    rows = neighbors.rows
+    valid = rows >= 0
+    neighbor_ids = [[id_list[j] for j in r[v]] for r, v in zip(rows, valid)]
+    scores = [s[v].astype(np.float32) for s, v in zip(neighbors.scores, valid)]
+    return pa.table({"id": ids, "neighbor_ids": pa.array(neighbor_ids, pa.list_(pa.string())),
+                     "scores": pa.array(scores, pa.list_(pa.float32()))})
+
+
+def groups_table(ids: pa.ChunkedArray, groups: list[list[int]]) -> pa.Table:
+    id_list = ids.to_pylist()
+    group, members, sizes = [], [], []
+    for number, rows in enumerate(groups):
+        for row in rows:
+            group.append(number)
+            members.append(id_list[row])
+            sizes.append(len(rows))
+    return pa.table({"group": pa.array(group, pa.int64()), "id": pa.array(members, pa.string()),
+                     "group_size": pa.array(sizes, pa.int64())})
+
+
+def _without(own: int, found: np.ndarray, k: int) -> np.ndarray:
+    kept = found[found != own][:k]
+    return _pad(kept, k, -1)
+
+
+def _pad(values: np.ndarray, k: int, fill) -> np.ndarray:
+    if len(values) >= k:
+        return values[:k]
+    return np.concatenate([values, np.full(k - len(values), fill, dtype=np.asarray(values).dtype if len(values) else float)])
+
+
+def _scann_version() -> str:
+    from importlib.metadata import version
+
+    return version("scann")

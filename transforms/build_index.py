@@ -1,0 +1,61 @@
+"""The pipeline's final step: build, validate and publish the ScaNN index, on a worker.
+
+It waits for the embeddings sink to finalise (its file names arrive as a side
+input), reads those files, and hands them to imgsim.commands.build_and_publish.
+An index below --min-recall, or a LATEST that another run replaced meanwhile,
+is reported in the summary rather than raised: the run's data is still good.
+Storage errors do raise, so the runner retries the step; LATEST is written
+last, so a failed attempt leaves the previous one untouched.
+"""
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+
+from imgsim import indexer
+from imgsim.commands import build_and_publish
+from imgsim.layout import RunLayout
+from imgsim.outputs import read_tables
+
+_LOG = logging.getLogger("imgsim.index")
+
+
+class BuildIndex(beam.PTransform):
+    """{embedding_files, input_rows} -> PCollection with one index report dict."""
+
+    def __init__(self, layout: RunLayout, settings: indexer.IndexSettings, input_description: dict,
+                 expected_latest_generation: int):
+        super().__init__()
+        self._layout = layout
+        self._settings = settings
+        self._input_description = input_description
+        self._generation = expected_latest_generation
+
+    def expand(self, pcolls):
+        return (pcolls["input_rows"].pipeline
+                | "Once" >> beam.Create([None])
+                | "BuildAndPublish" >> beam.ParDo(
+                    _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation),
+                    files=beam.pvalue.AsList(pcolls["embedding_files"]),
+                    input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"])))
+
+
+class _BuildIndexFn(beam.DoFn):
+    def __init__(self, layout, settings, input_description, generation):
+        self._layout = layout
+        self._settings = settings
+        self._input_description = input_description
+        self._generation = generation
+
+    def process(self, _, files, input_rows):
+        try:
+            tables = read_tables(sorted(files))
+            report = build_and_publish(tables, self._settings, self._layout, self._generation,
+                                       self._input_description, {"input_rows": input_rows})
+        except indexer.RecallTooLow as e:
+            report = {"published": False, "reason": str(e), **e.report}
+        except indexer.IndexInputError as e:
+            report = {"published": False, "reason": str(e)}
+        _LOG.info("index: %s", report.get("latest") or report.get("reason"))
+        yield report
