@@ -8,6 +8,7 @@ reader never sees half a file.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -77,23 +78,30 @@ class ObjectStore:
         return open(path, "rb")
 
     def read_with_generation(self, path: str) -> tuple[Optional[bytes], int]:
-        """(content, generation); (None, 0) when absent. Locally the generation is the mtime in ns."""
+        """(content, generation); (None, 0) when absent. Locally the generation is a content hash."""
         if is_gcs(path):
             from google.api_core.exceptions import NotFound
+            from google.api_core.exceptions import PreconditionFailed as GcsPreconditionFailed
             blob = self._blob(path)
-            try:
-                data = blob.download_as_bytes()
-            except NotFound:
-                return None, 0
-            return data, int(blob.generation)
+            for _ in range(5):  # metadata first, then the bytes of exactly that generation
+                try:
+                    blob.reload()
+                    generation = int(blob.generation)
+                    return blob.download_as_bytes(if_generation_match=generation), generation
+                except NotFound:
+                    return None, 0
+                except GcsPreconditionFailed:
+                    continue  # replaced between the two requests: read again
+            raise PreconditionFailed(f"{path} keeps changing while being read")
         try:
             with open(path, "rb") as f:
-                return f.read(), os.fstat(f.fileno()).st_mtime_ns
+                data = f.read()
         except FileNotFoundError:
             return None, 0
+        return data, _content_generation(data)
 
     def generation(self, path: str) -> Optional[int]:
-        """The object's generation (local: mtime in ns), or None when absent."""
+        """The object's generation (local: a content hash), or None when absent."""
         if is_gcs(path):
             from google.api_core.exceptions import NotFound
             blob = self._blob(path)
@@ -102,10 +110,8 @@ class ObjectStore:
             except NotFound:
                 return None
             return int(blob.generation)
-        try:
-            return os.stat(path).st_mtime_ns
-        except FileNotFoundError:
-            return None
+        data, generation = self.read_with_generation(path)
+        return None if data is None else generation
 
     def download_to_file(self, path: str, local_path: str) -> None:
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
@@ -236,6 +242,11 @@ def _glob_regex(pattern: str) -> "re.Pattern":
     return re.compile("".join(out))
 
 
+def _content_generation(data: bytes) -> int:
+    """A local stand-in for GCS generations: timestamps are too coarse to tell two writes apart."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:7], "big") or 1
+
+
 def _local_compare_and_swap(tmp: str, path: str, expected_generation: int) -> None:
     """Atomic rename guarded by a lock file, so two local publishers cannot interleave."""
     lock_path = path + ".lock"
@@ -244,10 +255,7 @@ def _local_compare_and_swap(tmp: str, path: str, expected_generation: int) -> No
     except FileExistsError:
         raise PreconditionFailed(f"{path} is being replaced by another writer ({lock_path} exists)") from None
     try:
-        try:
-            current = os.stat(path).st_mtime_ns
-        except FileNotFoundError:
-            current = 0
+        current = ObjectStore().read_with_generation(path)[1]
         if current != expected_generation:
             raise PreconditionFailed(
                 f"{path} changed since it was read (generation {current} != {expected_generation})")

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
-import os
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.outputs import signature_of
+from imgsim.outputs import read_tables, signature_of
+from imgsim.storage import ObjectStore, join
 
 
 def write_manifest(path, rows: Iterable[dict], columns=None) -> str:
@@ -35,20 +34,19 @@ def run_pipeline(*args: str) -> dict:
 
 
 def read_run(output: str, run_id: str) -> dict:
-    run_dir = os.path.join(output, "runs", run_id)
-    embeddings = _read_dir(os.path.join(run_dir, "embeddings"))
-    failures = _read_dir(os.path.join(run_dir, "failures"))
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
+    """A run's embeddings, failures and summary, from a local directory or gs://."""
+    run_dir = join(output, "runs", run_id)
+    embeddings = _read_dir(join(run_dir, "embeddings"))
+    failures = _read_dir(join(run_dir, "failures"))
+    summary = json.loads(ObjectStore().read_bytes(join(run_dir, "summary.json")))
     return {"embeddings": embeddings, "failures": failures, "summary": summary,
             "signature": signature_of(embeddings.schema), "run_dir": run_dir}
 
 
 def _read_dir(path: str) -> pa.Table:
-    files = sorted(glob.glob(os.path.join(path, "*.parquet")))
+    files = ObjectStore().glob(join(path, "*.parquet"))
     assert files, f"no Parquet files in {path}"
-    tables = [pq.read_table(f) for f in files]
-    return pa.concat_tables(tables)
+    return pa.concat_tables(read_tables(files))
 
 
 def by_id(table: pa.Table) -> dict:

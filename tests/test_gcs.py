@@ -1,0 +1,94 @@
+"""gs:// for real: a GCS API emulator on 127.0.0.1 behind Beam's sinks, the artifact and the consumer."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from imgsim import artifact
+from imgsim.consumer import ImageIndex
+from imgsim.storage import ObjectStore, PreconditionFailed
+from imgsim.cli import main
+from pipeline_helpers import read_run, write_manifest
+from test_index import FailingStore, clustered, embeddings_table, publish_table
+
+
+@pytest.fixture
+def bucket(gcs):
+    gcs.wipe()
+    return f"gs://{gcs.bucket}"
+
+
+def test_object_store_round_trip(bucket):
+    store = ObjectStore()
+    store.write_bytes(f"{bucket}/a/x.txt", b"one")
+    store.write_bytes(f"{bucket}/a/b/y.txt", b"two")
+    assert store.read_bytes(f"{bucket}/a/x.txt") == b"one" and store.exists(f"{bucket}/a/b/y.txt")
+    assert store.glob(f"{bucket}/a/*.txt") == [f"{bucket}/a/x.txt"]
+    assert store.glob(f"{bucket}/a/**") == [f"{bucket}/a/b/y.txt", f"{bucket}/a/x.txt"]
+    _, generation = store.read_with_generation(f"{bucket}/a/x.txt")
+    store.write_bytes(f"{bucket}/a/x.txt", b"three", if_generation_match=generation)
+    with pytest.raises(PreconditionFailed):
+        store.write_bytes(f"{bucket}/a/x.txt", b"four", if_generation_match=generation)
+    with pytest.raises(PreconditionFailed):
+        store.write_bytes(f"{bucket}/a/x.txt", b"five", if_generation_match=0)  # must not exist yet
+    assert store.read_bytes(f"{bucket}/a/x.txt") == b"three"
+    assert store.delete_prefix(f"{bucket}/a") == 2 and not store.exists(f"{bucket}/a/x.txt")
+
+
+def test_pipeline_publishes_to_gcs_and_query_answers_from_it(bucket, server, photos, notop_weights,
+                                                              weights_cache, tmp_path):
+    store = ObjectStore()
+    store.upload_file(notop_weights, f"{bucket}/models/notop.weights.h5")
+    rows = [{"id": n, "url": server.file(f"/{n}.jpg", photos[n]), "title": n} for n in ("dog", "eagle", "kite", "scream")]
+    local_manifest = write_manifest(tmp_path / "m.csv", rows)
+    store.upload_file(local_manifest, f"{bucket}/in/m.csv")
+    output = f"{bucket}/imgsim"
+    code = main(["run", "--output", output, "--input", f"{bucket}/in/m.csv", "--run-id", "g1",
+                 "--weights", f"{bucket}/models/notop.weights.h5", "--layer", "pool", "--allow-private-addresses"])
+    assert code == 0
+    summary = read_run(output, "g1")["summary"]
+    assert summary["accounted"] and summary["counts"]["embedded"] == 4
+    assert summary["index"]["published"] and summary["index"]["latest_updated"]
+    latest = json.loads(store.read_bytes(f"{output}/LATEST"))
+    assert latest["run_id"] == "g1" and latest["index"] == "runs/g1/index"
+    manifest = json.loads(store.read_bytes(f"{output}/runs/g1/index/manifest.json"))
+    for name in manifest["files"]:
+        assert store.exists(f"{output}/runs/g1/index/{name}")
+    assert manifest["model_signature"]["weights"] == f"{bucket}/models/notop.weights.h5"
+
+    proc = subprocess.run([sys.executable, "-m", "imgsim.cli", "query", "--index", output, "--id", "eagle", "-k", "3",
+                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 3 and lines[0]["id"] == "eagle" and lines[0]["title"] == "eagle"
+    assert lines[0]["score"] == pytest.approx(1.0, abs=1e-4) and lines[0]["score"] >= lines[1]["score"]
+
+    # a query by image embeds with the model the manifest names (the gs:// weights) and finds the photo
+    image = tmp_path / "kite.jpg"
+    image.write_bytes(photos["kite"])
+    index = ImageIndex.open(output, cache_dir=str(tmp_path / "cache"))
+    assert index.search_image(str(image), k=1)[0].id == "kite"
+
+
+def test_concurrent_publishers_on_gcs_never_overwrite_each_other(bucket):
+    out = f"{bucket}/concurrent"
+    store = ObjectStore()
+    publish_table(embeddings_table(clustered(40, seed=1)), out, "first")
+    seen = artifact.read_latest(store, out)
+    publish_table(embeddings_table(clustered(40, seed=2)), out, "fast")
+    report = publish_table(embeddings_table(clustered(40, seed=3)), out, "slow", generation=seen.generation)
+    assert not report["latest_updated"] and "LATEST changed" in report["latest"]
+    assert artifact.read_latest(store, out).run_id == "fast"
+
+
+def test_a_failed_publish_on_gcs_leaves_latest_untouched(bucket, tmp_path):
+    out = f"{bucket}/failing"
+    publish_table(embeddings_table(clustered(40, seed=1)), out, "good")
+    before = ObjectStore().read_with_generation(f"{out}/LATEST")
+    with pytest.raises(ConnectionError):
+        publish_table(embeddings_table(clustered(40, seed=2)), out, "broken", store=FailingStore(fail_at=2))
+    assert ObjectStore().read_with_generation(f"{out}/LATEST") == before
+    assert ImageIndex.open(out, cache_dir=str(tmp_path / "c")).run_id == "good"
