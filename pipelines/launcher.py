@@ -27,7 +27,32 @@ def find_setup_file() -> Optional[str]:
     return candidate if os.path.isfile(candidate) else None
 
 
+def normalise_flags(argv: list[str]) -> list[str]:
+    """Accept imgsim's flags spelt with underscores too (--cma_api_url for --cma-api-url).
+
+    Flex Template parameters and Beam's own options use underscores; imgsim's
+    flags are documented with dashes. Beam's options are left as they are."""
+    dashed = imgsim_flags()
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name.startswith("--") and "_" in name and name.replace("_", "-") in dashed:
+            arg = name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
+
+
+def imgsim_flags() -> set[str]:
+    """Every option string imgsim itself declares (for `imgsim run`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    ImgsimOptions._add_argparse_args(parser)
+    return {s for action in parser._actions for s in action.option_strings}
+
+
 def prepare_options(argv: list[str]) -> PipelineOptions:
+    argv = normalise_flags(argv)
     unknown = unknown_flags(argv)
     if unknown:
         raise ConfigError(f"unknown option(s): {' '.join(unknown)} (see imgsim run --help)")
@@ -89,3 +114,8 @@ def exit_code(summary: dict, index_expected: bool) -> int:
     for problem in problems:
         print(f"imgsim run: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+if __name__ == "__main__":  # the Flex Template launcher runs this file
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())
