@@ -66,6 +66,21 @@ def test_bad_configuration_fails_fast_with_one_line(args, message, tmp_path, cap
     assert len(err) == 1 and message in err[0] and err[0].startswith("imgsim run: error:")
 
 
+def test_unusable_inputs_and_outputs_fail_fast(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "no_columns.csv").write_text("name,link\na,http://x/a.jpg\n")
+    (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "LATEST").write_text("{half a pointer")
+    cases = [(["--input", "no_columns.csv", "--output", "o"], "needs columns 'id' and 'url'"),
+             (["--input", "cma", "--output", "a_file/out"], "is not writable"),
+             (["--input", "cma", "--output", "out"], "LATEST is malformed")]
+    for args, message in cases:
+        assert main(["run", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+
+
 def test_a_notop_file_with_an_fc_layer_fails_fast(tmp_path, capsys, notop_weights, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--input", "cma", "--output", "o", "--weights", notop_weights, "--layer", "fc2"]) == 2

@@ -232,3 +232,29 @@ def test_per_host_rate_limit_spaces_request_starts():
     with limiter.slot("other.example"):
         pass
     assert waits == [0.5, 1.0]  # limits are per host
+
+
+def test_robots_rules_are_honoured_per_rfc_9309(server, photos):
+    from imgsim.fetch import Politeness
+
+    config = FetchConfig(allow_private_addresses=True, respect_robots=True, max_requests_per_second_per_host=0)
+    server.route("/robots.txt", lambda h: h.send(200, b"User-agent: imgsim\nDisallow: /secret/\n", "text/plain"))
+    f = Politeness(config).fetcher(config, pool_size=4)
+    assert failure(f, server.file("/secret/a.jpg", photos["dog"])).reason == "robots_disallowed"
+    assert f.fetch(server.file("/open/a.jpg", photos["dog"])).status == 200
+    assert server.hits("/robots.txt") == 1 and server.hits("/secret/a.jpg") == 0
+
+
+@pytest.mark.parametrize("status, allowed", [(404, True), (401, True), (503, False)])
+def test_robots_unavailable_means_allow_and_unreachable_means_disallow(server, photos, status, allowed):
+    from imgsim.fetch import Politeness
+
+    config = FetchConfig(allow_private_addresses=True, respect_robots=True, max_requests_per_second_per_host=0,
+                         backoff_base=0.01)
+    server.status("/robots.txt", status)
+    f = Politeness(config).fetcher(config, pool_size=2)
+    url = server.file("/a.jpg", photos["dog"])
+    if allowed:
+        assert f.fetch(url).status == 200
+    else:
+        assert failure(f, url).reason == "robots_disallowed"
