@@ -1,0 +1,739 @@
+"""infra/ against the code it deploys: no network, no Docker, no Terraform binary.
+
+- the Flex Template parameters (infra/metadata.json) are exactly imgsim run's flags, less the
+  documented exclusions (infra/template_exclusions.json), with regexes that accept the defaults;
+- the images (infra/Dockerfile, infra/Dockerfile.gpu) use the Beam version of setup.py and
+  constraints.txt, copy every package setup.py installs, and launch pipelines/launcher.py;
+- the Terraform parses, has the resources and least-privilege bindings the runbook describes, and its
+  scheduler posts a launch body that renders to valid JSON naming the template, input and output.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+TERRAFORM = INFRA / "terraform"
+DOCKERFILES = ("Dockerfile", "Dockerfile.gpu")
+TEMPLATE_PATH_SUFFIX = "templates/imgsim.json"
+REQUIRED_PARAMETERS = {"input", "output"}
+METADATA_KEYS = {"name", "label", "helpText", "isOptional", "regexes"}  # the documented ones
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def load_json(path: Path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def metadata() -> dict:
+    return load_json(INFRA / "metadata.json")
+
+
+def parameters() -> dict[str, dict]:
+    return {p["name"]: p for p in metadata()["parameters"]}
+
+
+def exclusions() -> dict[str, str]:
+    return load_json(INFRA / "template_exclusions.json")["excluded"]
+
+
+def imgsim_actions() -> dict[str, argparse.Action]:
+    """imgsim run's own flags (long option string -> argparse action)."""
+    from imgsim.pipelines.options import ImgsimOptions
+
+    parser = argparse.ArgumentParser(add_help=False)
+    ImgsimOptions._add_argparse_args(parser)
+    return {s: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
+
+
+def switches() -> dict[str, argparse.Action]:
+    """Flags that take no value (store_true)."""
+    return {s: a for s, a in imgsim_actions().items() if a.nargs == 0}
+
+
+def flag_of(parameter: str) -> str:
+    from imgsim.pipelines.launcher import normalise_flags
+
+    (flag,) = normalise_flags([f"--{parameter}"])
+    return flag
+
+
+def setup_py() -> tuple[str, dict]:
+    """(BEAM_VERSION, the literal keyword arguments of setup()) without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    beam = None
+    kwargs = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "BEAM_VERSION" for t in node.targets):
+            beam = ast.literal_eval(node.value)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup":
+            for kw in node.keywords:
+                try:
+                    kwargs[kw.arg] = ast.literal_eval(kw.value)
+                except ValueError:
+                    pass  # e.g. extras_require, built with an f-string
+    assert beam, "setup.py defines no BEAM_VERSION"
+    return beam, kwargs
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return pins
+
+
+def dockerfile(name: str) -> dict:
+    """The instructions this project uses: ARG defaults (before and after FROM), FROM, WORKDIR,
+    ENV, COPY sources, RUN commands and ENTRYPOINT; line continuations joined, comments dropped."""
+    lines, current = [], ""
+    for raw in (INFRA / name).read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    doc = {"args": {}, "from": [], "workdir": None, "env": {}, "copy": [], "copy_from": [], "run": [],
+           "entrypoint": None}
+    for line in lines:
+        instruction, _, rest = line.partition(" ")
+        instruction, rest = instruction.upper(), rest.strip()
+        if instruction == "ARG" and "=" in rest:
+            key, value = rest.split("=", 1)
+            doc["args"][key] = value.strip().strip('"')
+        elif instruction == "FROM":
+            doc["from"].append(re.sub(r"\$\{(\w+)\}", lambda m: doc["args"][m.group(1)], rest.split()[0]))
+        elif instruction == "WORKDIR":
+            doc["workdir"] = rest
+        elif instruction == "ENV":
+            key, value = re.split(r"[= ]", rest, maxsplit=1)
+            doc["env"][key] = value.strip().strip('"')
+        elif instruction == "COPY":
+            words = rest.split()
+            if words[0].startswith("--from="):
+                doc["copy_from"].append((words[0][len("--from="):], words[1], words[2]))
+            else:
+                doc["copy"].append((words[:-1], words[-1]))
+        elif instruction == "RUN":
+            doc["run"].append(rest)
+        elif instruction == "ENTRYPOINT":
+            doc["entrypoint"] = json.loads(rest)
+    return doc
+
+
+def _unquote(value):
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _clean(node):
+    """python-hcl2's output without its bookkeeping keys and with string quotes removed."""
+    if isinstance(node, dict):
+        return {_unquote(k): _clean(v) for k, v in node.items() if k not in ("__is_block__", "__comments__")}
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return _unquote(node)
+
+
+def terraform() -> dict:
+    """Every *.tf parsed: {"resource": {(type, name): body}, "variable": {...}, "locals": {...}, ...}."""
+    import hcl2
+
+    merged = {"resource": {}, "variable": {}, "locals": {}, "output": {}}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        with open(path, encoding="utf-8") as f:
+            doc = _clean(hcl2.load(f))
+        for block in doc.get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    merged["resource"][(rtype, name)] = body
+        for key in ("variable", "output"):
+            for block in doc.get(key, []):
+                merged[key].update(block)
+        for block in doc.get("locals", []):
+            merged["locals"].update(block)
+    return merged
+
+
+def resources_of(tf: dict, rtype: str) -> dict[str, dict]:
+    return {name: body for (t, name), body in tf["resource"].items() if t == rtype}
+
+
+def block(body: dict, name: str) -> dict:
+    value = body[name]
+    return value[0] if isinstance(value, list) else value
+
+
+SAMPLE_VARS = {
+    "project": "sample-project",
+    "region": "europe-west4",
+    "bucket_name": "sample-bucket",
+    "image": "europe-west4-docker.pkg.dev/sample-project/imgsim/imgsim:abc123",
+    "input": "gs://sample-bucket/manifests/catalogue.csv",
+    # input here must not win over var.input: the template merges input/output last
+    "extra_parameters": {"keep_runs": "30", "cma_cc0": "true", "input": "gs://elsewhere/not-this.csv"},
+}
+
+
+def sample_vars(tf: dict) -> dict:
+    values = {name: _default(body) for name, body in tf["variable"].items() if "default" in body}
+    values.update(SAMPLE_VARS)
+    return values
+
+
+def _default(body: dict):
+    value = body["default"]
+    return {} if value in ("{}", "${{}}") else value
+
+
+class Unresolved(Exception):
+    """An expression beyond the test's interpolation of plain references."""
+
+
+def resolve(tf: dict, expression: str, variables: dict) -> str:
+    """Interpolate ${var.X}, ${local.X} and the bucket's name in a Terraform string template."""
+    bucket = resources_of(tf, "google_storage_bucket")["imgsim"]
+    assert bucket["name"] == "${var.bucket_name}"
+
+    def one(match):
+        ref = match.group(1).strip()
+        if re.fullmatch(r"var\.\w+", ref):
+            return str(variables[ref[4:]])
+        if re.fullmatch(r"local\.\w+", ref):
+            return resolve(tf, tf["locals"][ref[6:]], variables)
+        if ref == "google_storage_bucket.imgsim.name":
+            return variables["bucket_name"]
+        raise Unresolved(ref)
+
+    return re.sub(r"\$\{([^}]+)\}", one, expression)
+
+
+class TemplateExpression:
+    """Evaluates the subset of Terraform template expressions launch_body.json.tftpl uses:
+    identifiers, calls of jsonencode and merge, object constructors { key = expr, ... }, strings."""
+
+    TOKEN = re.compile(r'\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(){},=])|(?P<string>"[^"]*"))')
+    FUNCTIONS = {
+        "jsonencode": lambda value: json.dumps(value),
+        "merge": lambda *maps: {k: v for m in maps for k, v in m.items()},
+    }
+
+    def __init__(self, text: str, variables: dict):
+        self.tokens, pos = [], 0
+        while text[pos:].strip():
+            match = self.TOKEN.match(text, pos)
+            assert match, f"unsupported template syntax at {text[pos:]!r}"
+            self.tokens.append(next((k, v) for k, v in match.groupdict().items() if v is not None))
+            pos = match.end()
+        self.pos, self.variables = 0, variables
+
+    def evaluate(self):
+        value = self.expression()
+        assert self.pos == len(self.tokens), f"trailing tokens {self.tokens[self.pos:]}"
+        return value
+
+    def take(self, expected=None):
+        kind, value = self.tokens[self.pos]
+        assert expected is None or value == expected, f"expected {expected!r}, got {value!r}"
+        self.pos += 1
+        return kind, value
+
+    def peek(self):
+        return self.tokens[self.pos][1] if self.pos < len(self.tokens) else None
+
+    def expression(self):
+        kind, value = self.take()
+        if kind == "string":
+            return json.loads(value)
+        if kind == "name" and self.peek() == "(":
+            self.take("(")
+            args = []
+            while self.peek() != ")":
+                args.append(self.expression())
+                if self.peek() == ",":
+                    self.take(",")
+            self.take(")")
+            return self.FUNCTIONS[value](*args)
+        if kind == "name":
+            return self.variables[value]
+        if value == "{":
+            obj = {}
+            while self.peek() != "}":
+                kind, key = self.take()
+                key = json.loads(key) if kind == "string" else key
+                self.take("=")
+                obj[key] = self.expression()
+                if self.peek() == ",":
+                    self.take(",")
+            self.take("}")
+            return obj
+        raise AssertionError(f"unexpected {value!r}")
+
+
+class Recording(dict):
+    """Template variables that remember which of them the template read."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def render_template(text: str, variables: dict) -> str:
+    assert "%{" not in text, "the test's renderer handles ${...} interpolations only"
+    out, pos = [], 0
+    while (start := text.find("${", pos)) >= 0:
+        depth, end = 0, start + 1
+        while True:  # the matching brace: object constructors nest inside ${...}
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+            end += 1
+        out.append(text[pos:start])
+        out.append(str(TemplateExpression(text[start + 2:end], variables).evaluate()))
+        pos = end + 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def template_variables(body_expression: str) -> tuple[str, dict[str, str]]:
+    """The templatefile(...) call in the scheduler job's body: (file name, {template var: reference})."""
+    match = re.search(r'templatefile\("\$\{path\.module\}/([^"]+)",\s*\{(.*)\}\)', body_expression, re.S)
+    assert match, f"the body is not base64encode(templatefile(...)): {body_expression}"
+    mapping = dict(re.findall(r"(\w+)\s*=\s*([\w.]+)", match.group(2)))
+    return match.group(1), mapping
+
+
+def launch_body(tf: dict, variables: dict) -> tuple[dict, Recording]:
+    """The scheduler's request body rendered with sample variables, and the template's variables."""
+    job = resources_of(tf, "google_cloud_scheduler_job")["reprocess"]
+    name, mapping = template_variables(block(job, "http_target")["body"])
+    context = Recording()
+    for var, ref in mapping.items():
+        if ref.startswith("var."):
+            context[var] = variables[ref[4:]]
+        elif ref == "local.environment":
+            context[var] = {key: _resolve_or_placeholder(tf, value, variables)
+                            for key, value in tf["locals"]["environment"].items()}
+        else:
+            context[var] = resolve(tf, tf["locals"][ref[len("local."):]], variables)
+    text = render_template((TERRAFORM / name).read_text(encoding="utf-8"), context)
+    return json.loads(text), context
+
+
+def _resolve_or_placeholder(tf: dict, expression: str, variables: dict) -> str:
+    try:
+        return resolve(tf, expression, variables)
+    except Unresolved:
+        return f"<{expression}>"
+
+
+def camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# --- template parameters <-> imgsim run ----------------------------------------------------------
+
+def test_every_template_parameter_is_an_imgsim_flag():
+    flags = imgsim_actions()
+    for name in parameters():
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{name}: Flex Template parameters use underscores"
+        assert flag_of(name) in flags, f"metadata.json parameter {name!r} is no flag of imgsim run"
+
+
+def test_every_imgsim_flag_is_a_template_parameter_or_excluded():
+    offered = {flag_of(name) for name in parameters()}
+    excluded = exclusions()
+    for flag in imgsim_actions():
+        assert flag in offered or flag in excluded, (
+            f"imgsim run {flag} is neither a parameter in infra/metadata.json nor listed, with a reason, "
+            "in infra/template_exclusions.json")
+    for flag, reason in excluded.items():
+        assert flag in imgsim_actions(), f"template_exclusions.json lists {flag}, which imgsim run no longer has"
+        assert flag not in offered, f"{flag} is both excluded and a template parameter"
+        assert reason.strip()
+    assert {"--wait", "--progress-interval"} <= set(excluded)
+
+
+def test_parameter_metadata_is_complete():
+    doc = metadata()
+    assert doc["name"] and doc["description"]
+    names = [p["name"] for p in doc["parameters"]]
+    assert len(names) == len(set(names)), "duplicate parameter names"
+    for p in doc["parameters"]:
+        assert set(p) <= METADATA_KEYS, f"{p['name']}: keys beyond Dataflow's documented ones: {set(p) - METADATA_KEYS}"
+        assert p["label"].strip() and p["helpText"].strip()
+        assert p.get("isOptional", False) is (p["name"] not in REQUIRED_PARAMETERS), p["name"]
+        for regex in p.get("regexes", []):
+            # Dataflow matches POSIX egrep; without backslashes Python's re reads these the same way
+            assert "\\" not in regex and regex.startswith("^") and regex.endswith("$"), (p["name"], regex)
+
+
+def test_regexes_accept_the_defaults_and_respect_types():
+    actions = imgsim_actions()
+    for name, p in parameters().items():
+        action = actions[flag_of(name)]
+        for regex in p.get("regexes", []):
+            if action.default not in (None, False):
+                assert re.search(regex, str(action.default)), f"{name}: {regex} refuses the default {action.default!r}"
+            if action.type is int:
+                assert re.search(regex, "10") and not re.search(regex, "1.5"), (name, regex)
+            if action.type is float:
+                assert re.search(regex, "0.5") and not re.search(regex, "x"), (name, regex)
+
+
+def test_enum_regexes_match_the_code():
+    from imgsim.images import RESIZE_MODES
+    from imgsim.index_config import MODES, REORDER_TYPES
+    from imgsim.layout import _RUN_ID
+    from imgsim.model import LAYER_DIMS, PRECISIONS
+
+    params = parameters()
+    for name, values in (("layer", LAYER_DIMS), ("precision", PRECISIONS), ("resize", RESIZE_MODES),
+                         ("index_mode", MODES), ("index_reorder_type", REORDER_TYPES)):
+        (regex,) = params[name]["regexes"]
+        match = re.fullmatch(r"\^\(([^()]*)\)\$", regex)
+        assert match and set(match.group(1).split("|")) == set(values), f"{name}: {regex} vs {list(values)}"
+    assert params["run_id"]["regexes"] == [_RUN_ID.pattern]
+
+
+def test_boolean_parameters_take_true_or_false():
+    params = parameters()
+    for flag in switches():
+        name = flag[2:].replace("-", "_")
+        if name in params:
+            assert params[name]["regexes"] == ["^(true|false)$"], name
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Flex Templates hand every parameter to the launcher as --name=value, and argparse's store_true "
+    "flags refuse a value: pipelines/launcher.normalise_flags must turn --flag=true into --flag and "
+    "drop --flag=false. Remove this marker once it does."))
+def test_boolean_parameters_reach_imgsim_as_flex_templates_pass_them():
+    from imgsim.pipelines.launcher import prepare_options
+    from imgsim.pipelines.options import ImgsimOptions
+
+    for flag, action in switches().items():
+        name = flag[2:].replace("-", "_")
+        if name not in parameters():
+            continue
+        for value, expected in (("true", True), ("false", False)):
+            try:
+                options = prepare_options([f"--{name}={value}"]).view_as(ImgsimOptions)
+            except SystemExit:
+                pytest.fail(f"--{name}={value} is refused")
+            assert getattr(options, action.dest) is expected, (name, value)
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
+    "The Flex Template launcher has Beam write the job file (--template_location) instead of submitting "
+    "it, so DataflowRunner's result has no job and result.job_id() raises AttributeError: "
+    "pipelines/launcher.main must print job_id null then. Remove this marker once it does."))
+def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult
+
+    from imgsim.pipelines import launcher
+
+    options = PipelineOptions(["--runner=DataflowRunner", "--template_location=gs://b/staging/job_object"])
+    layout = SimpleNamespace(run_id="20261125T030000Z", run_dir="gs://b/imgsim/runs/20261125T030000Z")
+    config = SimpleNamespace(layout=layout, input=SimpleNamespace(describe=lambda: {"kind": "cma"}))
+    monkeypatch.setattr(launcher, "prepare_options", lambda argv: options)
+    monkeypatch.setattr(launcher, "RunConfig", SimpleNamespace(from_options=lambda *a, **k: config))
+    # what DataflowRunner.run_pipeline returns when create_job only wrote the template file
+    monkeypatch.setattr(launcher, "run_with", lambda o, c: (DataflowPipelineResult(None, None, o), c))
+    assert launcher.main([]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["run_id"] == layout.run_id and printed["job_id"] is None
+
+
+# --- images --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_image_uses_the_pinned_beam_and_python(name):
+    beam, kwargs = setup_py()
+    doc = dockerfile(name)
+    python = re.search(r">=\s*3\.(\d+)\s*,\s*<\s*3\.(\d+)", kwargs["python_requires"])
+    assert python and int(python.group(2)) == int(python.group(1)) + 1, "setup.py allows one Python minor"
+    minor = f"3{python.group(1)}"
+    assert doc["args"]["BEAM_VERSION"] == beam == constraints()["apache-beam"]
+    assert doc["from"] == [f"apache/beam_python3.{python.group(1)}_sdk:{beam}"]
+    ((source, src_path, dst_path),) = doc["copy_from"]
+    assert source.startswith(f"gcr.io/dataflow-templates-base/python{minor}-template-launcher-base:")
+    assert src_path == dst_path == "/opt/google/dataflow/python_template_launcher"
+    assert any(f'"apache-beam[gcp]==${{BEAM_VERSION}}"' in run for run in doc["run"]), \
+        "the install must hold Beam at the pinned version"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_image_copies_the_package_and_launches_the_launcher(name):
+    _, kwargs = setup_py()
+    doc = dockerfile(name)
+    workdir = doc["workdir"]
+    copied = {src for sources, dest in doc["copy"] for src in sources
+              if dest.rstrip("/") in (".", workdir) or dest == src}
+    wanted = {"setup.py", "constraints.txt"} | set(kwargs["package_dir"].values())
+    assert wanted <= copied, f"{name} does not copy {wanted - copied}"
+    main = doc["env"]["FLEX_TEMPLATE_PYTHON_PY_FILE"]
+    assert main.startswith(workdir + "/")
+    launcher = ROOT / main[len(workdir) + 1:]
+    assert launcher.is_file(), f"{main} is not a file of the repository"
+    assert launcher.relative_to(ROOT).parts[0] in copied
+    assert 'if __name__ == "__main__"' in launcher.read_text(encoding="utf-8")
+    # the image is the workers' SDK container too: nothing to install at launch
+    assert not {"FLEX_TEMPLATE_PYTHON_SETUP_FILE", "FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE"} & set(doc["env"])
+    assert doc["entrypoint"] == ["/opt/apache/beam/boot"]
+
+
+def test_gpu_image_swaps_tensorflow_cpu_for_the_cuda_build():
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    _, kwargs = setup_py()
+    cpu_range = next(Requirement(r).specifier for r in kwargs["install_requires"]
+                     if Requirement(r).name == "tensorflow-cpu")
+    pinned = constraints()["tensorflow-cpu"]
+    gpu = dockerfile("Dockerfile.gpu")
+    spec = Requirement(gpu["args"]["TENSORFLOW_SPEC"])
+    assert spec.name == "tensorflow" and "and-cuda" in spec.extras
+    assert pinned in spec.specifier and pinned in cpu_range, (spec, cpu_range, pinned)
+    assert isinstance(spec.specifier, SpecifierSet)
+    install = " && ".join(gpu["run"])
+    assert "--no-deps ." in install and '"${TENSORFLOW_SPEC}"' in install
+    cpu = " && ".join(dockerfile("Dockerfile")["run"])
+    assert "and-cuda" not in cpu and "--no-deps" not in cpu
+
+
+def test_dockerignore_keeps_the_context_small_but_complete():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "tests", "benchmarks/results", "**/__pycache__"} <= ignored
+    for name in DOCKERFILES:
+        for sources, _ in dockerfile(name)["copy"]:
+            assert not set(sources) & ignored, f"{name} copies something .dockerignore leaves out"
+
+
+def test_cloudbuild_builds_an_existing_dockerfile():
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load((INFRA / "cloudbuild.yaml").read_text())
+    (step,) = doc["steps"]
+    assert step["args"][:3] == ["build", "-f", "${_DOCKERFILE}"]
+    assert (ROOT / doc["substitutions"]["_DOCKERFILE"]).is_file()
+    assert doc["images"] == ["${_IMAGE}"]
+
+
+# --- Terraform -----------------------------------------------------------------------------------
+
+def test_terraform_parses():
+    import hcl2
+
+    files = sorted(TERRAFORM.glob("*.tf"))
+    assert {"main.tf", "variables.tf", "outputs.tf", "versions.tf"} <= {f.name for f in files}
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            assert hcl2.load(f), path
+
+
+def test_terraform_variables():
+    variables = terraform()["variable"]
+    assert {"project", "region", "bucket_name", "image", "schedule", "time_zone", "run_retention_days",
+            "input", "extra_parameters", "worker_profile"} <= set(variables)
+    assert variables["schedule"]["default"] == "0 3 * * *"
+    assert variables["run_retention_days"]["default"] == 90
+    assert variables["worker_profile"]["default"] == "cpu"
+    assert "map(string)" in variables["extra_parameters"]["type"]
+    validation = block(variables["worker_profile"], "validation")["condition"]
+    allowed = set(re.findall(r'\\?"(\w+)\\?"', re.search(r"contains\(\[(.*?)\]", validation).group(1)))
+    assert allowed == {p.stem for p in (INFRA / "profiles").glob("*.json")}
+
+
+def test_bucket_lifecycle():
+    tf = terraform()
+    bucket = resources_of(tf, "google_storage_bucket")["imgsim"]
+    assert bucket["uniform_bucket_level_access"] is True
+    assert block(bucket, "versioning")["enabled"] is False
+    rules = [block(rule, "condition") for rule in bucket["lifecycle_rule"]]
+    assert all(block(rule, "action")["type"] == "Delete" for rule in bucket["lifecycle_rule"])
+    scratch = next(r for r in rules if "tmp/" in r["matches_prefix"])
+    assert set(scratch["matches_prefix"]) == {"tmp/", "staging/"} and scratch["age"] == 7
+    runs = next(r for r in rules if any(p.endswith("/runs/") for p in r["matches_prefix"]))
+    assert runs["age"] == "${var.run_retention_days}"
+    assert runs["matches_prefix"] == ["${var.output_prefix}/runs/"]
+    # the runs rule must cover the output's runs/ and never LATEST
+    variables = sample_vars(tf)
+    output = resolve(tf, tf["locals"]["output"], variables)
+    prefix = resolve(tf, runs["matches_prefix"][0], variables)
+    assert output == f"gs://{variables['bucket_name']}/{prefix[:-len('runs/')]}".rstrip("/")
+    assert not f"{prefix[:-len('runs/')]}LATEST".startswith(prefix)
+
+
+def test_service_accounts_have_least_privilege():
+    tf = terraform()
+    accounts = resources_of(tf, "google_service_account")
+    assert set(accounts) == {"worker", "scheduler"}
+    worker, scheduler = ("serviceAccount:${google_service_account.%s.email}" % n for n in ("worker", "scheduler"))
+
+    project_roles = {(b["role"], b["member"]) for b in resources_of(tf, "google_project_iam_member").values()}
+    assert project_roles == {("roles/dataflow.worker", worker), ("roles/dataflow.developer", scheduler)}, \
+        "project-wide roles beyond dataflow.worker and dataflow.developer"
+
+    bucket_roles = {(b["role"], b["member"]) for b in resources_of(tf, "google_storage_bucket_iam_member").values()}
+    assert ("roles/storage.objectAdmin", worker) in bucket_roles
+    for b in resources_of(tf, "google_storage_bucket_iam_member").values():
+        assert b["bucket"] == "${google_storage_bucket.imgsim.name}"
+        if b["member"] == scheduler:  # the scheduler reads the template spec only
+            assert b["role"] == "roles/storage.objectViewer" and "/objects/templates/" in block(b, "condition")["expression"]
+
+    (repo_binding,) = resources_of(tf, "google_artifact_registry_repository_iam_member").values()
+    assert (repo_binding["role"], repo_binding["member"]) == ("roles/artifactregistry.reader", worker)
+    assert repo_binding["repository"] == "${google_artifact_registry_repository.imgsim.name}"
+
+    (act_as,) = resources_of(tf, "google_service_account_iam_member").values()
+    assert act_as["role"] == "roles/iam.serviceAccountUser"
+    assert act_as["service_account_id"] == "${google_service_account.worker.name}"
+    assert act_as["member"] == scheduler
+    assert not resources_of(tf, "google_project_iam_binding") and not resources_of(tf, "google_project_iam_policy")
+
+
+def test_artifact_registry_repository():
+    repo = resources_of(terraform(), "google_artifact_registry_repository")["imgsim"]
+    assert repo["format"] == "DOCKER"
+    assert repo["location"] == "${var.region}"
+
+
+def test_scheduler_job_launches_the_flex_template():
+    tf = terraform()
+    variables = sample_vars(tf)
+    job = resources_of(tf, "google_cloud_scheduler_job")["reprocess"]
+    assert job["schedule"] == "${var.schedule}" and job["time_zone"] == "${var.time_zone}"
+    target = block(job, "http_target")
+    assert target["http_method"] == "POST"
+    uri = resolve(tf, target["uri"], variables)
+    assert "flexTemplates:launch" in uri
+    assert uri == (f"https://dataflow.googleapis.com/v1b3/projects/{variables['project']}"
+                   f"/locations/{variables['region']}/flexTemplates:launch")
+    token = block(target, "oauth_token")
+    assert token["service_account_email"] == "${google_service_account.scheduler.email}"
+    assert target["body"].startswith("${base64encode(templatefile(")
+
+
+def test_launch_body_renders_to_a_launch_request():
+    tf = terraform()
+    variables = sample_vars(tf)
+    request, context = launch_body(tf, variables)
+    assert context.read == set(context), f"passed to the template but unused: {set(context) - context.read}"
+    launch = request["launchParameter"]
+    assert launch["containerSpecGcsPath"].endswith(TEMPLATE_PATH_SUFFIX)
+    assert launch["containerSpecGcsPath"] == f"gs://{variables['bucket_name']}/{TEMPLATE_PATH_SUFFIX}"
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", launch["jobName"])
+    params = launch["parameters"]
+    assert params["input"] == variables["input"], "extra_parameters must not override input"
+    assert params["output"] == f"gs://{variables['bucket_name']}/{variables['output_prefix']}"
+    assert set(params) <= set(parameters()), f"not template parameters: {set(params) - set(parameters())}"
+    assert all(isinstance(v, str) for v in params.values()), "Flex Template parameters are strings"
+    assert "run_id" not in params, "a fixed run_id would be refused from the second run on"
+    env = launch["environment"]
+    assert env["tempLocation"] == f"gs://{variables['bucket_name']}/tmp"
+    assert env["stagingLocation"] == f"gs://{variables['bucket_name']}/staging"
+    assert env["serviceAccountEmail"] == "<${google_service_account.worker.email}>"
+    assert env["sdkContainerImage"] == "<${local.worker_image}>"
+    assert re.fullmatch(r'\$\{var\.worker_profile == "gpu" \? var\.gpu_image : var\.image\}',
+                        tf["locals"]["worker_image"]), "GPU workers run the GPU image, CPU workers the CPU one"
+
+    types = pytest.importorskip("google.cloud.dataflow_v1beta3.types")
+    launch_fields = {camel(f) for f in types.LaunchFlexTemplateParameter.meta.fields}
+    env_fields = {camel(f) for f in types.FlexTemplateRuntimeEnvironment.meta.fields}
+    assert set(launch) <= launch_fields, set(launch) - launch_fields
+    assert set(env) <= env_fields, f"not FlexTemplateRuntimeEnvironment fields: {set(env) - env_fields}"
+
+
+def test_worker_profiles():
+    gcloud_run_flags = {"--worker-machine-type", "--max-workers", "--num-workers", "--additional-experiments",
+                        "--additional-pipeline-options", "--parameters", "--disable-public-ips", "--network",
+                        "--subnetwork", "--worker-region", "--worker-zone", "--launcher-machine-type"}
+    profiles = {p.stem: load_json(p) for p in (INFRA / "profiles").glob("*.json")}
+    assert set(profiles) == {"cpu", "gpu"}
+    for name, profile in profiles.items():
+        assert set(profile) <= gcloud_run_flags, f"{name}: not flags of gcloud dataflow flex-template run"
+        assert profile["--worker-machine-type"] and int(profile["--max-workers"]) >= 1
+        assert re.fullmatch(r"\$\{[A-Z_]+\}", profile["--parameters"]["sdk_container_image"]), \
+            "the image is a ${PLACEHOLDER} for envsubst"
+        assert set(profile["--parameters"]) <= {"sdk_container_image"}
+    assert not any(e.startswith("worker_accelerator") for e in profiles["cpu"].get("--additional-experiments", []))
+    (accelerator,) = [e for e in profiles["gpu"]["--additional-experiments"] if e.startswith("worker_accelerator=")]
+    assert re.fullmatch(r"worker_accelerator=type:nvidia-[a-z0-9-]+;count:[1-9][0-9]*;install-nvidia-driver(:[0-9a-z]+)?",
+                        accelerator), accelerator
+    if "nvidia-tesla-t4" in accelerator:  # T4s attach to N1 machines only
+        assert profiles["gpu"]["--worker-machine-type"].startswith("n1-")
+    tf = terraform()
+    assert 'profiles/${var.worker_profile}.json' in tf["locals"]["profile"]
+    for key in ("--worker-machine-type", "--max-workers", "--additional-experiments"):
+        assert key in " ".join(tf["locals"]["environment"].values()), f"Terraform ignores the profiles' {key}"
+
+
+# --- runbook -------------------------------------------------------------------------------------
+
+def test_runbook_names_existing_files():
+    text = (INFRA / "RUNBOOK.md").read_text(encoding="utf-8")
+    for path in set(re.findall(r"infra/[\w./-]+\w", text)):
+        assert (ROOT / path).exists(), f"RUNBOOK.md names {path}, which does not exist"
+    for command in ("gcloud dataflow flex-template build", "--metadata-file infra/metadata.json",
+                    "terraform apply", "gcloud scheduler jobs run", "summary.json",
+                    "x-goog-if-generation-match"):
+        assert command in text, command
+
+
+def test_runbook_rollback_snippet_moves_latest(tmp_path):
+    """The runbook's Python rollback, run as written against a local output root."""
+    from imgsim import artifact
+    from imgsim.storage import ObjectStore
+
+    text = (INFRA / "RUNBOOK.md").read_text(encoding="utf-8")
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "# rollback LATEST" in c]
+    code = "\n".join(line[3:] if line.startswith("   ") else line for line in code.splitlines())
+
+    out = tmp_path / "out"
+    manifests = {}
+    for run in ("20261101T030000Z", "20261102T030000Z"):
+        manifest = {"format_version": artifact.FORMAT_VERSION, "run_id": run, "files": {}}
+        manifests[run] = json.dumps(manifest).encode()
+        path = out / "runs" / run / "index" / artifact.MANIFEST
+        path.parent.mkdir(parents=True)
+        path.write_bytes(manifests[run])
+    store = ObjectStore()
+    newest = "20261102T030000Z"
+    store.write_bytes(str(out / "LATEST"), artifact.Latest(
+        run_id=newest, index=f"runs/{newest}/index", created="2026-11-02T03:30:00+00:00",
+        manifest_sha256=hashlib.sha256(manifests[newest]).hexdigest()).to_json(), if_generation_match=0)
+
+    done = subprocess.run([sys.executable, "-", str(out), "20261101T030000Z"], input=code, text=True,
+                          capture_output=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    latest = artifact.read_latest(store, str(out))
+    assert latest.run_id == "20261101T030000Z" and latest.index == "runs/20261101T030000Z/index"
+    assert latest.manifest_sha256 == hashlib.sha256(manifests["20261101T030000Z"]).hexdigest()
+    assert json.loads((out / "LATEST").read_bytes())["format_version"] == artifact.FORMAT_VERSION
