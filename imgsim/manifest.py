@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgsim.failures import STAGE_READ, Failure
+from imgsim.outputs import BASE_COLUMNS
 from imgsim.records import CatalogueRow
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 KEY_COLUMNS = ("id", "url")
 # Column names the outputs use themselves; a manifest may not bring its own.
-RESERVED_COLUMNS = frozenset({"id", "url", "sha256", "width", "height", "embedding"})
+RESERVED_COLUMNS = frozenset(BASE_COLUMNS) | {"row"}  # "row" numbers the index's ids.parquet
 
 
 class ManifestError(ValueError):

@@ -2,7 +2,8 @@
 
 Embeddings: id, url, sha256 (of the downloaded bytes), width, height (full
 resolution, as displayed), embedding (fixed-size float32 list, unit length),
-then the input's metadata columns. The model signature rides in each file's
+etag and last_modified (the server's validators, for the next incremental
+run), then the input's metadata columns. The model signature rides in each file's
 key-value metadata. Failures: id, url, stage, reason, detail, http_status,
 attempts.
 """
@@ -19,7 +20,7 @@ from imgsim.storage import ObjectStore
 
 FORMAT_VERSION_KEY = b"imgsim.format_version"
 FORMAT_VERSION = b"1"
-BASE_COLUMNS = ("id", "url", "sha256", "width", "height", "embedding")
+BASE_COLUMNS = ("id", "url", "sha256", "width", "height", "embedding", "etag", "last_modified")
 
 FAILURES_SCHEMA = pa.schema([
     pa.field("id", pa.string()),
@@ -40,6 +41,8 @@ def embeddings_schema(signature: ModelSignature, metadata: pa.Schema) -> pa.Sche
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("embedding", pa.list_(pa.float32(), signature.dim), nullable=False),
+        pa.field("etag", pa.string()),
+        pa.field("last_modified", pa.string()),
     ]
     fields += list(metadata)
     return pa.schema(fields, metadata={PARQUET_METADATA_KEY: signature.to_json().encode(),
@@ -51,6 +54,12 @@ def signature_of(schema: pa.Schema) -> ModelSignature:
     if raw is None:
         raise ValueError("not an imgsim embeddings file: no model signature in its metadata")
     return ModelSignature.from_json(raw)
+
+
+def signature_of_file(store: ObjectStore, path: str) -> ModelSignature:
+    """The model signature of one embeddings file, reading only its footer."""
+    with store.open_read(path) as f:
+        return signature_of(pq.read_schema(f))
 
 
 def read_tables(paths: Iterable[str], store: ObjectStore | None = None) -> list[pa.Table]:

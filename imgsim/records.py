@@ -15,6 +15,20 @@ SOURCE_STORAGE = "storage"
 
 
 @dataclasses.dataclass(frozen=True)
+class Previous:
+    """What an earlier run knew about an item: enough to skip its download or its inference."""
+
+    url: str
+    sha256: str
+    etag: Optional[str]
+    last_modified: Optional[str]
+    width: int
+    height: int
+    embedding: Any  # numpy float32 vector
+    trusted: bool  # from this run's own checkpoint: reuse without asking the server
+
+
+@dataclasses.dataclass(frozen=True)
 class CatalogueRow:
     """One item of the input collection."""
 
@@ -24,6 +38,8 @@ class CatalogueRow:
     # Position in the input, used to keep the first of duplicate ids and to apply --limit.
     position: int = 0
     source: str = SOURCE_HTTP
+    previous: Optional[Previous] = None  # an earlier embedding that may stand in (same URL)
+    known: bool = False  # an earlier run had this id: if embedded again, it "changed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +51,8 @@ class FetchedImage:
     sha256: str
     http_status: Optional[int]
     attempts: int
+    etag: Optional[str] = None
+    last_modified: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,3 +64,5 @@ class DecodedImage:
     width: int
     height: int
     pixels: Any  # numpy uint8 array (224, 224, 3), RGB
+    etag: Optional[str] = None
+    last_modified: Optional[str] = None

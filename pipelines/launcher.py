@@ -28,27 +28,43 @@ def find_setup_file() -> Optional[str]:
 
 
 def normalise_flags(argv: list[str]) -> list[str]:
-    """Accept imgsim's flags spelt with underscores too (--cma_api_url for --cma-api-url).
+    """Accept imgsim's flags as Flex Templates pass them.
 
-    Flex Template parameters and Beam's own options use underscores; imgsim's
-    flags are documented with dashes. Beam's options are left as they are."""
-    dashed = imgsim_flags()
+    Template parameters arrive as `--name=value`, with underscores (Beam's own
+    spelling): `--cma_api_url=X` means `--cma-api-url X`, and an on/off switch
+    arrives as `--respect_robots=true` or `=false`. Beam's options are left as they are."""
+    dashed, switches = _imgsim_flags()
     out = []
     for arg in argv:
         name, sep, value = arg.partition("=")
         if name.startswith("--") and "_" in name and name.replace("_", "-") in dashed:
-            arg = name.replace("_", "-") + sep + value
+            name = name.replace("_", "-")
+            arg = name + sep + value
+        if sep and name in switches:
+            answer = value.strip().lower()
+            if answer in ("true", "1", "yes"):
+                arg = name
+            elif answer in ("false", "0", "no", ""):
+                continue
+            else:
+                raise ConfigError(f"{name} takes true or false, not {value!r}")
         out.append(arg)
     return out
 
 
 def imgsim_flags() -> set[str]:
     """Every option string imgsim itself declares (for `imgsim run`)."""
+    return _imgsim_flags()[0]
+
+
+def _imgsim_flags() -> tuple[set[str], set[str]]:
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False)
     ImgsimOptions._add_argparse_args(parser)
-    return {s for action in parser._actions for s in action.option_strings}
+    flags = {s for action in parser._actions for s in action.option_strings}
+    switches = {s for action in parser._actions if action.nargs == 0 for s in action.option_strings}
+    return flags, switches
 
 
 def prepare_options(argv: list[str]) -> PipelineOptions:
@@ -81,7 +97,10 @@ def main(argv: Optional[list[str]] = None) -> int:
               config.layout.run_dir)
     result, config = run_with(options, config)
     if not is_local(options) and not options.view_as(ImgsimOptions).wait:
-        job = getattr(result, "job_id", lambda: None)()
+        try:
+            job = result.job_id()
+        except AttributeError:  # Beam only wrote the job file (a Flex Template launch): the service submits it
+            job = None
         print(json.dumps({"run_id": config.layout.run_id, "job_id": job, "run_dir": config.layout.run_dir}))
         return 0
     state = result.wait_until_finish()

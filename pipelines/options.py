@@ -12,7 +12,7 @@ import time
 from typing import Optional
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from imgsim import artifact, cma, weights
+from imgsim import artifact, cma, reuse, weights
 from imgsim.artifact import ArtifactError
 from imgsim.commands import add_index_arguments, index_settings
 from imgsim.fetch import DEFAULT_USER_AGENT, FetchConfig
@@ -47,6 +47,11 @@ class ImgsimOptions(PipelineOptions):
         g.add_argument("--output", help="local directory or gs://bucket/prefix")
         g.add_argument("--run-id", dest="run_id", default=None, help="default: a UTC timestamp")
         g.add_argument("--wait", action="store_true", help="follow a Dataflow job to its end")
+        g.add_argument("--full", action="store_true",
+                       help="embed everything again instead of reusing LATEST's unchanged embeddings")
+        g.add_argument("--checkpoint-rows", dest="checkpoint_rows", type=int, default=500,
+                       help="checkpoint embeddings every N rows so a restart with the same --run-id "
+                            "resumes (0: no checkpoint)")
         g.add_argument("--progress-interval", dest="progress_interval", type=float, default=10.0,
                        help="seconds between progress lines on local runners (0: none)")
 
@@ -105,6 +110,9 @@ class RunConfig:
     progress_interval: float = 10.0
     index: Optional[IndexSettings] = IndexSettings()  # None: no index step
     latest_generation: int = 0  # LATEST's version when the run started (0: none yet)
+    reuse_sources: tuple = ()  # imgsim.reuse.ReuseSource: earlier embeddings that may stand in
+    reuse_notes: tuple = ()
+    checkpoint_rows: int = 500
     started_at: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -155,13 +163,17 @@ class RunConfig:
         index = None if o.no_index else index_settings(o)
         layout = RunLayout(o.output, o.run_id or new_run_id())
         _check_output(layout)
-        latest = artifact.read_latest(ObjectStore(), o.output)
+        _require(o.checkpoint_rows >= 0, "--checkpoint-rows must not be negative")
+        store = ObjectStore()
+        latest = artifact.read_latest(store, o.output)
         checksum = _weights_checksum(model, check_weights_fit)
-        return cls(input=spec, layout=layout, model=model, weights_checksum=checksum, decode=decode,
+        config = cls(input=spec, layout=layout, model=model, weights_checksum=checksum, decode=decode,
                    fetch=fetch, api_fetch=api_fetch, download_threads=o.download_threads,
                    min_batch_size=o.min_batch_size, max_batch_size=o.max_batch_size,
                    large_model=o.large_model, progress_interval=o.progress_interval, index=index,
-                   latest_generation=latest.generation if latest else 0)
+                   latest_generation=latest.generation if latest else 0, checkpoint_rows=o.checkpoint_rows)
+        sources, notes = reuse.discover_sources(store, layout, latest, config.signature, o.full)
+        return dataclasses.replace(config, reuse_sources=tuple(sources), reuse_notes=tuple(notes))
 
 
 def _weights_checksum(model: ModelSpec, check_fit: bool) -> str:

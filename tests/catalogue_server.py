@@ -7,6 +7,8 @@ assertions (hits per path, headers, concurrency).
 """
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import json
 import socket
 import struct
@@ -26,6 +28,9 @@ class CatalogueServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.stopping = threading.Event()
+        self.not_modified: dict[str, int] = {}  # 304 answers per path
+        self.bodies_sent: dict[str, int] = {}  # full bodies per static path
+        self.file_time = time.time()
         self._lock = threading.Lock()
         server = self
 
@@ -65,8 +70,29 @@ class CatalogueServer:
             return [entry for entry in self.log if entry["path"] == path]
 
     # route builders -------------------------------------------------------------------------
-    def file(self, path: str, data: bytes, content_type: str = "image/jpeg", **headers) -> str:
-        return self.route(path, lambda h: h.send(200, data, content_type, headers))
+    def file(self, path: str, data: bytes, content_type: str = "image/jpeg", validators: bool = True,
+             **headers) -> str:
+        """A static file; like real servers, with an ETag and Last-Modified, answering 304 to either."""
+        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
+        modified = email.utils.formatdate(self.file_time, usegmt=True)
+
+        def respond(h):
+            extra = dict(headers)
+            if validators:
+                extra.update({"ETag": etag, "Last-Modified": modified})
+                if h.headers.get("If-None-Match") == etag or (
+                        "If-None-Match" not in h.headers and h.headers.get("If-Modified-Since") == modified):
+                    self.not_modified[path] = self.not_modified.get(path, 0) + 1
+                    h.send_response(304)
+                    for name, value in extra.items():
+                        h.send_header(name, value)
+                    h.send_header("Content-Length", "0")
+                    h.end_headers()
+                    return
+            self.bodies_sent[path] = self.bodies_sent.get(path, 0) + 1
+            h.send(200, data, content_type, extra)
+
+        return self.route(path, respond)
 
     def status(self, path: str, code: int, body: bytes = b"", **headers) -> str:
         return self.route(path, lambda h: h.send(code, body, "text/plain", headers))

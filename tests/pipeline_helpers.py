@@ -30,7 +30,18 @@ def run_pipeline(*args: str) -> dict:
     argv = ["--runner", "DirectRunner", "--allow-private-addresses", "--progress-interval", "0", *args]
     result, config = run(argv)
     result.wait_until_finish()
-    return read_run(config.layout.output, config.layout.run_id)
+    out = read_run(config.layout.output, config.layout.run_id)
+    out["metrics"] = counters(result)
+    return out
+
+
+def counters(result) -> dict:
+    """Committed Beam counter values by name (summed over steps)."""
+    totals = {}
+    for counter in result.metrics().query()["counters"]:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + counter.committed
+    return totals
 
 
 def read_run(output: str, run_id: str) -> dict:

@@ -33,7 +33,9 @@ def test_run_embeds_the_clip_art_benchmark_with_every_row_accounted(server, shar
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["accounted"] and report["counts"] == {"input_rows": len(rows), "embedded": len(rows) - 1,
-                                                          "failed": 1}
+                                                          "failed": 1, "new": len(rows) - 1, "changed": 0,
+                                                          "reused": 0, "resumed": 0, "deleted": 0}
+    assert report["index"]["published"] and report["index"]["latest_updated"]
     assert "progress:" in proc.stderr and "img/s" in proc.stderr
 
     result = read_run(str(tmp_path / "out"), "bench")

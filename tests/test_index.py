@@ -38,6 +38,7 @@ def embeddings_table(vectors, ids=None, signature=SIGNATURE):
     return pa.table({"id": ids, "url": [f"http://x/{i}.jpg" for i in ids], "sha256": ["0" * 64] * n,
                      "width": pa.array([100] * n, pa.int32()), "height": pa.array([80] * n, pa.int32()),
                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+                     "etag": [None] * n, "last_modified": [None] * n,
                      "title": [f"title {i}" for i in ids]}, schema=schema)
 
 

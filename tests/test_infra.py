@@ -427,10 +427,6 @@ def test_boolean_parameters_take_true_or_false():
             assert params[name]["regexes"] == ["^(true|false)$"], name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Flex Templates hand every parameter to the launcher as --name=value, and argparse's store_true "
-    "flags refuse a value: pipelines/launcher.normalise_flags must turn --flag=true into --flag and "
-    "drop --flag=false. Remove this marker once it does."))
 def test_boolean_parameters_reach_imgsim_as_flex_templates_pass_them():
     from imgsim.pipelines.launcher import prepare_options
     from imgsim.pipelines.options import ImgsimOptions
@@ -447,10 +443,6 @@ def test_boolean_parameters_reach_imgsim_as_flex_templates_pass_them():
             assert getattr(options, action.dest) is expected, (name, value)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "The Flex Template launcher has Beam write the job file (--template_location) instead of submitting "
-    "it, so DataflowRunner's result has no job and result.job_id() raises AttributeError: "
-    "pipelines/launcher.main must print job_id null then. Remove this marker once it does."))
 def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch, capsys):
     from types import SimpleNamespace
 

@@ -64,7 +64,8 @@ def test_every_input_row_lands_in_exactly_one_output(catalogue_run):
     assert len(embedded) == len(set(embedded)) == 9
     assert len(embedded) + len(failures) == len(rows)
     counts = result["summary"]["counts"]
-    assert counts == {"input_rows": len(rows), "embedded": 9, "failed": len(failures)}
+    assert counts == {"input_rows": len(rows), "embedded": 9, "failed": len(failures), "new": 9, "changed": 0,
+                      "reused": 0, "resumed": 0, "deleted": 0}
     assert result["summary"]["accounted"] is True
 
 

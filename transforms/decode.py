@@ -45,4 +45,4 @@ class _DecodeFn(beam.DoFn):
         self._decoded.inc()
         self._decode_ms.update(int((time.monotonic() - started) * 1000))
         yield DecodedImage(row=image.row, sha256=image.sha256, width=result.width, height=result.height,
-                           pixels=result.pixels)
+                           pixels=result.pixels, etag=image.etag, last_modified=image.last_modified)

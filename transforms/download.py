@@ -22,15 +22,23 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
+from imgsim import reuse
 from imgsim.failures import STAGE_DOWNLOAD, StageError
 from imgsim.fetch import FetchConfig, Politeness
 from imgsim.records import SOURCE_STORAGE, CatalogueRow, FetchedImage
 from imgsim.storage import ObjectStore
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed, failure_from
+from imgsim.transforms.reuse import REUSED
+
+_NOT_MODIFIED = "_not_modified"  # marks, on a reused row, whether the server answered 304
 
 
 class DownloadImages(beam.PTransform):
-    """rows -> outputs with `images` (FetchedImage) and FAILURES."""
+    """rows -> outputs with `images` (FetchedImage), REUSED (embedding rows) and FAILURES.
+
+    A row carrying an earlier embedding (`row.previous`) is fetched conditionally:
+    if the server answers 304, or sends the same bytes again, the earlier
+    embedding is reused and the image skips decoding and inference."""
 
     def __init__(self, config: FetchConfig, threads: int = 16):
         super().__init__()
@@ -41,7 +49,7 @@ class DownloadImages(beam.PTransform):
 
     def expand(self, rows):
         return rows | "Download" >> beam.ParDo(
-            _DownloadFn(self._config, self._threads, shared.Shared())).with_outputs(FAILURES, main="images")
+            _DownloadFn(self._config, self._threads, shared.Shared())).with_outputs(FAILURES, REUSED, main="images")
 
 
 class _DownloadFn(beam.DoFn):
@@ -53,6 +61,8 @@ class _DownloadFn(beam.DoFn):
         self._downloaded = Metrics.counter(NAMESPACE, "downloaded")
         self._bytes = Metrics.counter(NAMESPACE, "bytes_downloaded")
         self._latency_ms = Metrics.distribution(NAMESPACE, "download_ms")
+        self._not_modified = Metrics.counter(NAMESPACE, "reused_not_modified")
+        self._same_bytes = Metrics.counter(NAMESPACE, "reused_same_bytes")
 
     def setup(self):
         politeness = self._shared.acquire(lambda: Politeness(self._config), tag=repr(self._config))
@@ -87,7 +97,10 @@ class _DownloadFn(beam.DoFn):
             for future in done:
                 timestamp, window = self._pending.pop(future)
                 result, seconds = future.result()
-                if isinstance(result, FetchedImage):
+                if isinstance(result, dict):  # an earlier embedding stands in
+                    (self._not_modified if result.pop(_NOT_MODIFIED) else self._same_bytes).inc()
+                    yield beam.pvalue.TaggedOutput(REUSED, WindowedValue(result, timestamp, [window]))
+                elif isinstance(result, FetchedImage):
                     # Metrics are per thread in Beam: count here, on the bundle's thread.
                     self._downloaded.inc()
                     self._bytes.inc(len(result.data))
@@ -103,19 +116,29 @@ class _DownloadFn(beam.DoFn):
         return self._fetch_row(row), time.monotonic() - started
 
     def _fetch_row(self, row: CatalogueRow):
+        etag = last_modified = None
         try:
             if row.source == SOURCE_STORAGE:
                 data, status, attempts = self._read_storage(row.url), None, 1
             else:
-                result = self._fetcher.fetch(row.url)
+                headers = reuse.conditional_headers(row.previous) if row.previous else None
+                result = self._fetcher.fetch(row.url, headers=headers)
                 data, status, attempts = result.data, result.status, result.attempts
+                etag, last_modified = result.etag, result.last_modified
         except StageError as e:
             return failure_from(row, STAGE_DOWNLOAD, e)
         except Exception as e:  # a bug or an unforeseen library error must still account for the row
             return failure_from(row, STAGE_DOWNLOAD, StageError(
                 "internal_error", f"{type(e).__name__}: {e}"[:300]))
-        return FetchedImage(row=row, data=data, sha256=hashlib.sha256(data).hexdigest(),
-                            http_status=status, attempts=attempts)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if row.previous is not None and (status == 304 or sha256 == row.previous.sha256):
+            reused = reuse.reused_row(row, row.previous, reuse.REUSED, etag, last_modified)
+            reused[_NOT_MODIFIED] = status == 304
+            return reused
+        if status == 304:  # a 304 we did not ask for
+            return failure_from(row, STAGE_DOWNLOAD, StageError("empty_body", "304 without a request for it", 304))
+        return FetchedImage(row=row, data=data, sha256=sha256, http_status=status, attempts=attempts,
+                            etag=etag, last_modified=last_modified)
 
     def _read_storage(self, path: str) -> bytes:
         cap = self._config.max_bytes

@@ -16,7 +16,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from imgsim import weights
+from imgsim import reuse, weights
 from imgsim.failures import STAGE_EMBED, Failure
 from imgsim.model import Embedder, ModelSpec, load_embedder
 from imgsim.records import DecodedImage
@@ -76,7 +76,9 @@ class EmbedImages(beam.PTransform):
 def embedding_row(image: DecodedImage, vector: np.ndarray) -> dict:
     row = image.row
     return {"id": row.id, "url": row.url, "sha256": image.sha256, "width": image.width,
-            "height": image.height, "embedding": vector, **row.metadata}
+            "height": image.height, "embedding": vector, "etag": image.etag,
+            "last_modified": image.last_modified, **row.metadata,
+            reuse.ORIGIN: reuse.CHANGED if row.known else reuse.NEW}
 
 
 class _ToEmbeddingRow(beam.DoFn):

@@ -15,21 +15,18 @@ from imgsim.progress import ProgressMeter
 _LOG = logging.getLogger("imgsim.progress")
 
 
-class ReportProgress(beam.PTransform):
-    """(embedding rows, failures) -> nothing; logs a line every `interval` seconds."""
+class ReportProgress:
+    """Ticks on every part of the outcome (each inside its producing stage, so the line moves
+    while the work happens) and logs a line every `interval` seconds."""
 
-    def __init__(self, input_rows, interval: float = 10.0):
-        super().__init__()
-        self._input_rows = input_rows  # PCollection with the single count of input rows
-        self._interval = interval
-
-    def expand(self, outcomes):
-        embeddings, failures = outcomes
+    @staticmethod
+    def apply_to(embedding_parts, failure_parts, input_rows, interval: float = 10.0) -> None:
         handle = shared.Shared()
-        total = beam.pvalue.AsSingleton(self._input_rows)
-        embeddings | "TickEmbedded" >> beam.ParDo(_Tick(handle, self._interval, "embedded"), total)
-        failures | "TickFailed" >> beam.ParDo(_Tick(handle, self._interval, "failed"), total)
-        return beam.pvalue.PDone(embeddings.pipeline)
+        total = beam.pvalue.AsSingleton(input_rows)
+        for i, part in enumerate(embedding_parts):
+            part | f"ProgressEmbedded{i}" >> beam.ParDo(_Tick(handle, interval, "embedded"), total)
+        for i, part in enumerate(failure_parts):
+            part | f"ProgressFailed{i}" >> beam.ParDo(_Tick(handle, interval, "failed"), total)
 
 
 class _Tick(beam.DoFn):

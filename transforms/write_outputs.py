@@ -14,21 +14,23 @@ import pyarrow as pa
 
 from imgsim.layout import RunLayout
 from imgsim.outputs import FAILURES_SCHEMA
+from imgsim.reuse import CHANGED, NEW, ORIGIN, RESUMED, REUSED
 from imgsim.storage import ObjectStore, join
 from imgsim.summary import build_summary
 
 
 class WriteEmbeddings(beam.PTransform):
-    """embedding rows (dicts) -> PCollection of the Parquet files written."""
+    """embedding rows (dicts) -> PCollection of the Parquet files written (embeddings/NAME-*.parquet)."""
 
-    def __init__(self, layout: RunLayout, schema: pa.Schema):
+    def __init__(self, layout: RunLayout, schema: pa.Schema, name: str = "part"):
         super().__init__()
         self._layout = layout
         self._schema = schema
+        self._name = name
 
     def expand(self, rows):
         return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            join(self._layout.embeddings_dir, "part"), self._schema, file_name_suffix=".parquet")
+            join(self._layout.embeddings_dir, self._name), self._schema, file_name_suffix=".parquet")
 
 
 class WriteFailures(beam.PTransform):
@@ -46,19 +48,27 @@ class WriteFailures(beam.PTransform):
 
 
 class WriteRunSummary(beam.PTransform):
-    """{input_rows, embeddings, failures, written[, index]} -> PCollection with the summary dict.
+    """{input_rows, embeddings:NAME (one per part), failures, written, deleted[, index]} -> the summary dict.
 
     With an index step, the summary waits for its report and includes it."""
 
-    def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float):
+    def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float,
+                 reuse_report: dict | None = None):
         super().__init__()
         self._layout = layout
         self._input_description = input_description
         self._signature = signature
         self._started_at = started_at
+        self._reuse_report = reuse_report or {}
 
     def expand(self, pcolls):
-        embedded = pcolls["embeddings"] | "CountEmbedded" >> beam.combiners.Count.Globally()
+        # Counted per part (combiner lifting keeps this inside each producing stage), then merged.
+        origins = [part
+                   | f"Origin{i}" >> beam.Map(lambda row: row.get(ORIGIN, NEW))
+                   | f"CountOrigins{i}" >> beam.combiners.Count.PerElement()
+                   for i, part in enumerate(v for k, v in sorted(pcolls.items()) if k.startswith("embeddings:"))]
+        origins = origins | "AllOrigins" >> beam.Flatten()
+        deleted = pcolls["deleted"] | "CountDeleted" >> beam.combiners.Count.Globally()
         failure_counts = (pcolls["failures"]
                           | "StageAndReason" >> beam.Map(lambda failure: (failure.stage, failure.reason))
                           | "CountFailures" >> beam.combiners.Count.PerElement())
@@ -68,29 +78,40 @@ class WriteRunSummary(beam.PTransform):
         return (pcolls["input_rows"].pipeline
                 | "Once" >> beam.Create([None])
                 | "Write" >> beam.ParDo(
-                    _WriteSummary(self._layout, self._input_description, self._signature, self._started_at),
+                    _WriteSummary(self._layout, self._input_description, self._signature, self._started_at,
+                                  self._reuse_report),
                     input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"]),
-                    embedded=beam.pvalue.AsSingleton(embedded),
                     failure_counts=beam.pvalue.AsList(failure_counts),
                     written=beam.pvalue.AsList(pcolls["written"]),
-                    index=beam.pvalue.AsList(index)))
+                    index=beam.pvalue.AsList(index),
+                    origins=beam.pvalue.AsList(origins),
+                    deleted=beam.pvalue.AsSingleton(deleted)))
 
 
 class _WriteSummary(beam.DoFn):
-    def __init__(self, layout, input_description, signature, started_at):
+    def __init__(self, layout, input_description, signature, started_at, reuse_report):
         self._layout = layout
         self._input_description = input_description
         self._signature = signature
         self._started_at = started_at
+        self._reuse_report = reuse_report
 
-    def process(self, _, input_rows, embedded, failure_counts, written, index):
+    def process(self, _, input_rows, failure_counts, written, index, origins, deleted):
+        by_origin = {origin: 0 for origin in (NEW, CHANGED, REUSED, RESUMED)}
+        for origin, count in origins:
+            by_origin[origin] += count
+        embedded = sum(by_origin.values())
         run_dir = self._layout.run_dir.rstrip("/") + "/"
         summary = build_summary(
             run_id=self._layout.run_id, input_description=self._input_description,
             signature=self._signature, input_rows=input_rows, embedded=embedded,
             failure_counts=failure_counts, started_at=self._started_at, finished_at=time.time(),
             extra={"files": sorted(f[len(run_dir):] if f.startswith(run_dir) else f for f in written),
-                   "index": index[0] if index else None})
-        ObjectStore().write_bytes(self._layout.summary_path,
-                                  json.dumps(summary, indent=2).encode(), content_type="application/json")
+                   "index": index[0] if index else None,
+                   "reuse": self._reuse_report})
+        summary["counts"].update({**by_origin, "deleted": deleted})
+        store = ObjectStore()
+        store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),
+                          content_type="application/json")
+        store.delete_prefix(join(self._layout.run_dir, "checkpoint"))  # the run is complete
         yield summary

@@ -1,0 +1,69 @@
+"""Checkpointing embeddings while the run is going, so an interrupted run can resume.
+
+Beam's file sinks commit only at the end, so a run killed after hours would
+leave nothing. This DoFn also writes every embedding row to
+runs/RUN_ID/checkpoint/ in small Parquet files (every --checkpoint-rows rows
+and at the end of each bundle). A restart with the same --run-id reuses
+them without a single request (transforms/reuse.py). Rows may appear twice
+there when a runner retries a bundle; readers keep one row per id. The
+summary step deletes the checkpoint once the run is complete.
+"""
+from __future__ import annotations
+
+import io
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgsim.layout import RunLayout
+from imgsim.storage import ObjectStore, join
+
+
+class WriteCheckpoint(beam.PTransform):
+    """embedding rows -> nothing (files under runs/RUN_ID/checkpoint/)."""
+
+    def __init__(self, layout: RunLayout, schema: pa.Schema, every: int = 500):
+        super().__init__()
+        if every < 1:
+            raise ValueError("--checkpoint-rows must be at least 1")
+        self._layout = layout
+        self._schema = schema
+        self._every = every
+
+    def expand(self, rows):
+        rows | "WriteChunks" >> beam.ParDo(_CheckpointFn(self._layout, self._schema, self._every))
+        return beam.pvalue.PDone(rows.pipeline)
+
+
+class _CheckpointFn(beam.DoFn):
+    def __init__(self, layout, schema, every):
+        self._layout = layout
+        self._schema = schema
+        self._every = every
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def start_bundle(self):
+        self._rows = []
+
+    def process(self, row):
+        self._rows.append(row)
+        if len(self._rows) >= self._every:
+            self._flush()
+
+    def finish_bundle(self):
+        self._flush()
+
+    def _flush(self):
+        if not self._rows:
+            return
+        names = self._schema.names
+        table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in self._rows], schema=self._schema)
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        path = join(self._layout.run_dir, "checkpoint", f"part-{uuid.uuid4().hex}.parquet")
+        self._store.write_bytes(path, buf.getvalue())
+        self._rows = []
