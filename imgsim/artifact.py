@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.storage import ObjectStore, PreconditionFailed, join
+from imgsim.storage import ObjectStore, PreconditionFailed, join, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -71,14 +71,6 @@ def read_latest(store: ObjectStore, output: str) -> Optional[Latest]:
     path = join(output, "LATEST")
     data, generation = store.read_with_generation(path)
     return None if data is None else Latest.parse(data, generation, path)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_files(root: str) -> list[str]:

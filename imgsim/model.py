@@ -14,12 +14,14 @@ TensorFlow is imported only when a model is built.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 
 import numpy as np
 
 from imgsim.images import MODEL_INPUT_SIZE, vgg16_preprocess
 
+_LOG = logging.getLogger("imgsim.model")
 LAYER_DIMS = {"fc2": 4096, "fc1": 4096, "pool": 512}
 PRECISIONS = ("fp32", "bf16")
 ARCHITECTURE = "vgg16"
@@ -108,24 +110,44 @@ def _with_policy(model, policy: str):
 
 
 class Embedder:
-    """A built model wrapped for batched, thread-safe inference."""
+    """A built model wrapped for batched, thread-safe inference.
+
+    A batch that does not fit in accelerator memory is split in halves until
+    it does, so a --max-batch-size chosen for one GPU cannot fail rows on a
+    smaller one."""
 
     def __init__(self, model, dim: int):
         import tensorflow as tf
 
         self.dim = dim
+        self._out_of_memory = tf.errors.ResourceExhaustedError
         # One trace for every batch size; Keras' predict_on_batch would retrace per new size.
         self._forward = tf.function(
             lambda x: model(x, training=False),
             input_signature=[tf.TensorSpec([None, MODEL_INPUT_SIZE, MODEL_INPUT_SIZE, 3], tf.float32)])
+
+    def _raw(self, pixels: np.ndarray) -> np.ndarray:
+        try:
+            raw = self._forward(vgg16_preprocess(pixels))
+        except self._out_of_memory:
+            if len(pixels) == 1:
+                raise
+            half = len(pixels) // 2
+            _LOG.warning("a batch of %d images did not fit in memory; splitting it (lower --max-batch-size)",
+                         len(pixels))
+            return np.concatenate([self._raw(pixels[:half]), self._raw(pixels[half:])])
+        return np.array(raw, dtype=np.float32).reshape(len(pixels), -1)
+
+    def forward(self, preprocessed: np.ndarray) -> np.ndarray:
+        """The model alone on already preprocessed float32 input (benchmarks measure this)."""
+        return np.asarray(self._forward(preprocessed))
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, 224, 224, 3) RGB -> (float32 (N, dim) unit vectors, bool (N,) valid).
 
         A row is invalid when its raw vector is all zeros or not finite; it is left as is.
         """
-        raw = self._forward(vgg16_preprocess(pixels))
-        vectors = np.array(raw, dtype=np.float32).reshape(len(pixels), -1)
+        vectors = self._raw(pixels)
         norms = np.linalg.norm(vectors, axis=1)
         valid = np.isfinite(norms) & (norms > 0)
         vectors[valid] /= norms[valid, None]

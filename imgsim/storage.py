@@ -202,6 +202,15 @@ class ObjectStore:
             os.unlink(probe)
 
 
+def sha256_file(path: str) -> str:
+    """The sha256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fixed_prefix(pattern: str) -> str:
     """The part of a glob before its first wildcard, cut back to the last '/'."""
     cut = len(pattern)

@@ -13,7 +13,7 @@ import hashlib
 import os
 from typing import Optional
 
-from imgsim.storage import ObjectStore, is_gcs
+from imgsim.storage import ObjectStore, is_gcs, sha256_file
 
 IMAGENET = "imagenet"
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
@@ -74,7 +74,7 @@ def resolve(spec: str, include_top: bool, store: Optional[ObjectStore] = None,
     path = os.path.abspath(os.path.expanduser(spec))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--weights {spec!r}: no such file")
-    return LocalWeights(path, "sha256:" + file_sha256(path))
+    return LocalWeights(path, "sha256:" + sha256_file(path))
 
 
 def download_remote(remote: RemoteWeights, cache_dir: Optional[str] = None) -> LocalWeights:
@@ -88,14 +88,6 @@ def download_remote(remote: RemoteWeights, cache_dir: Optional[str] = None) -> L
     return LocalWeights(path, "md5:" + remote.md5)
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cached_copy(uri: str, store: ObjectStore, cache_dir: str) -> LocalWeights:
     generation = store.generation(uri)
     if generation is None:
@@ -105,4 +97,4 @@ def _cached_copy(uri: str, store: ObjectStore, cache_dir: str) -> LocalWeights:
     local = os.path.join(cache_dir, f"{key}-{os.path.basename(uri)}")
     if not os.path.exists(local):
         store.download_to_file(uri, local)
-    return LocalWeights(local, "sha256:" + file_sha256(local))
+    return LocalWeights(local, "sha256:" + sha256_file(local))

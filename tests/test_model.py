@@ -115,3 +115,26 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
         weights.resolve(str(tmp_path / "missing.weights.h5"), include_top=False)
     with pytest.raises(ValueError, match="imagenet"):
         weights.resolve("https://example.org/w.h5", include_top=False)
+
+
+def test_a_batch_too_big_for_accelerator_memory_is_split(pool_embedder, photos):
+    """No GPU here: the real model, with a forward pass that runs out of memory above two images."""
+    import tensorflow as tf
+
+    batch = np.stack([decode_image(photos[n]).pixels for n in ("dog", "eagle", "kite", "person", "scream")])
+    expected, _ = pool_embedder(batch)
+    real_forward, sizes = pool_embedder._forward, []
+
+    def small_memory(x):
+        sizes.append(int(x.shape[0]))
+        if x.shape[0] > 2:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real_forward(x)
+
+    pool_embedder._forward = small_memory
+    try:
+        vectors, valid = pool_embedder(batch)
+    finally:
+        pool_embedder._forward = real_forward
+    assert valid.all() and max(s for s in sizes if s <= 2) == 2
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)

@@ -1,0 +1,1 @@
+"""imgsim's benchmark suite: `python -m benchmarks.run` (see BENCHMARKS.md)."""

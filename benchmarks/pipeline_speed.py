@@ -1,0 +1,31 @@
+"""End-to-end runs of `imgsim run` over the HTTP catalogue: throughput and peak memory."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_pipeline(manifest: Path, count: int, output: Path, weights: str, layer: str, precision: str,
+                 batch_size: int) -> dict:
+    """One real `imgsim run` (DirectRunner, defaults otherwise) in a fresh process, measured."""
+    cmd = [sys.executable, "-m", "benchmarks.measure", "--",
+           sys.executable, "-m", "imgsim.cli", "run", "--input", str(manifest), "--limit", str(count),
+           "--output", str(output), "--run-id", f"bench-{count}-{precision}", "--weights", weights,
+           "--layer", layer, "--precision", precision, "--min-batch-size", str(batch_size),
+           "--max-batch-size", str(batch_size), "--allow-private-addresses", "--progress-interval", "0"]
+    measured = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    if measured["returncode"] != 0:
+        raise RuntimeError(f"imgsim run failed: {measured['stderr'][-2000:]}")
+    summary = json.loads((output / "runs" / f"bench-{count}-{precision}" / "summary.json").read_text())
+    embedded = summary["counts"]["embedded"]
+    return {"images": count, "embedded": embedded, "failed": summary["counts"]["failed"],
+            "process_seconds": measured["wall_seconds"], "pipeline_seconds": summary["wall_seconds"],
+            "images_per_second": round(embedded / measured["wall_seconds"], 3),
+            "peak_rss_mb": measured["peak_rss_mb"]}
+
+
+def marginal_throughput(small: dict, large: dict) -> float:
+    """Images per second between two run sizes: start-up, model loading and other fixed costs cancel."""
+    return (large["embedded"] - small["embedded"]) / (large["process_seconds"] - small["process_seconds"])

@@ -1,0 +1,55 @@
+"""Render a results JSON of benchmarks.run as the Markdown tables of BENCHMARKS.md.
+
+    .venv/bin/python -m benchmarks.report benchmarks/results/LATEST.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    out = [f"Measured {r['date']} on: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_features'])}), "
+           f"{m['memory_gb']} GiB, GPUs: {', '.join(m['gpus']) or 'none'}; Python {m['python']}, "
+           f"TensorFlow {m['tensorflow']}; layer `{r['layer']}`.", ""]
+    out += ["| target | measured | goal | met |", "|---|---|---|---|"]
+    out += [f"| {t['target']} | {t['value']} | {t['goal']} | {'yes' if t['met'] else '**no**'} |" for t in r["targets"]]
+    if "raw_model" in r:
+        raw, mm = r["raw_model"], r["matmul_gflops"]
+        out += ["", "| model and machine | value |", "|---|---|",
+                f"| fp32 matrix multiply (best of numpy, TensorFlow) | {mm['best']} GFLOP/s |",
+                f"| ceiling: FLOP/s ÷ 30.9 GFLOP per image | {mm['ceiling_images_per_second']} img/s |"]
+        out += [f"| raw model fp32, batch {b} | {raw[f'fp32_batch{b}']} img/s |" for b in (8, 16, 32)]
+        out += [f"| raw model bf16, batch {raw['best_batch']} | {raw['bf16']} img/s |"]
+        a = r["bf16_agreement"]
+        out += [f"| bf16 vs fp32 on {a['images']} shared images | mean cosine {a['mean_cosine']}, "
+                f"min {a['min_cosine']}, top-10 overlap {a['top10_overlap']} |"]
+    if "decode" in r:
+        d = r["decode"]
+        out += [f"| decode + resize, {d['images']} catalogue JPEGs (mean {d['mean_bytes'] // 1024} KiB) | "
+                f"{d['imgsim_ms']} ms with draft mode, {d['no_draft_ms']} ms without ({d['draft_speedup']}×) |"]
+    if "end_to_end" in r:
+        out += ["", "| end-to-end run (DirectRunner, HTTP catalogue) | images/s (whole process) | pipeline s | "
+                "process s | peak RSS MiB |", "|---|---|---|---|---|"]
+        for label, runs in (("fp32", r["end_to_end"]), ("bf16", r.get("end_to_end_bf16", []))):
+            out += [f"| {label}, {e['embedded']} images | {e['images_per_second']} | {e['pipeline_seconds']} | "
+                    f"{e['process_seconds']} | {e['peak_rss_mb']} |" for e in runs]
+        out += ["", f"Marginal end-to-end throughput (fixed start-up costs cancel): fp32 "
+                f"{r['end_to_end_marginal_ips']} img/s"
+                + (f", bf16 {r['end_to_end_bf16_marginal_ips']} img/s" if "end_to_end_bf16_marginal_ips" in r else "")
+                + "."]
+    if "index" in r:
+        out += ["", "| index | config | build s | QPS | brute-force QPS | speed-up | recall@10 | size MiB (raw vectors) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for i in r["index"]:
+            c = i["config"]
+            desc = c["mode"] + (f", {c['num_leaves']} leaves, search {c['leaves_to_search']}" if "num_leaves" in c else "")
+            desc += f", reorder {c.get('reorder')} {c.get('reorder_type')}" if "reorder" in c else ""
+            out += [f"| {i['n']:,} × {i['dim']} | {desc} | {i['build_seconds']} | {i['qps']} | {i['brute_force_qps']} | "
+                    f"{i['speedup']}× | {i['recall@10']} | {i['serialised_mb']} ({i['raw_vectors_mb']}) |"]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render(json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/LATEST.json"))))
