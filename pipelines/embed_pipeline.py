@@ -1,6 +1,6 @@
 """The embedding pipeline graph: collection -> downloads -> VGG16 -> Parquet -> summary.
 
-    ReadCatalogue -> DeduplicateIds -> DownloadImages -> DecodeImages -> EmbedImages -> WriteEmbeddings
+    ReadCatalogue -> DeduplicateIds -> DownloadImages (+ decode) -> EmbedImages -> WriteEmbeddings
           \\______________\\_______________\\_______________\\______________\\-> WriteFailures
                                                                                    -> WriteRunSummary
 
@@ -19,7 +19,6 @@ from imgsim.pipelines.options import RunConfig
 from imgsim.storage import ObjectStore
 from imgsim.transforms.build_index import BuildIndex
 from imgsim.transforms.checkpoint import WriteCheckpoint
-from imgsim.transforms.decode import DecodeImages
 from imgsim.transforms.dedupe import DeduplicateIds
 from imgsim.transforms.download import DownloadImages
 from imgsim.transforms.embed import EmbedImages, Vgg16ModelHandler
@@ -61,13 +60,12 @@ def build(p: beam.Pipeline, config: RunConfig, show_progress: bool = False) -> d
     if config.reuse_sources:
         plan = unique.rows | "PlanReuse" >> PlanReuse(list(config.reuse_sources))
         to_fetch, deleted, parts["resumed"] = plan.rows, plan[DELETED], plan[REUSED]
-    downloaded = to_fetch | "DownloadImages" >> DownloadImages(config.fetch, config.download_threads)
-    decoded = downloaded.images | "DecodeImages" >> DecodeImages(config.decode)
+    downloaded = to_fetch | "DownloadImages" >> DownloadImages(config.fetch, config.decode, config.download_threads)
     handler = Vgg16ModelHandler(config.model, config.weights_checksum, config.min_batch_size,
                                 config.max_batch_size, large_model=config.large_model)
-    parts["embedded"], embed_failures = decoded.decoded | "EmbedImages" >> EmbedImages(handler)
+    parts["embedded"], embed_failures = downloaded.images | "EmbedImages" >> EmbedImages(handler)
     parts["reused"] = downloaded[REUSED]
-    failure_parts = [read_failures, unique[FAILURES], downloaded[FAILURES], decoded[FAILURES], embed_failures]
+    failure_parts = [read_failures, unique[FAILURES], downloaded[FAILURES], embed_failures]
     failures = failure_parts | "AllFailures" >> beam.Flatten()
 
     schema = embeddings_schema(config.signature, metadata_schema(config))

@@ -28,7 +28,7 @@ def test_the_graph_translates_for_dataflow(gs_inputs):
     config = RunConfig.from_options(options, remote_workers=True)
     result, _ = run_with(options, config)
     transforms = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
-    for name in ("ReadCatalogue", "DeduplicateIds", "DownloadImages", "DecodeImages",
+    for name in ("ReadCatalogue", "DeduplicateIds", "DownloadImages",
                  "EmbedImages/RunInference", "WriteEmbeddings", "WriteFailures", "WriteRunSummary"):
         assert any(t == name or t.startswith((name + "/", name + "[")) for t in transforms), name
     assert result.job.proto.type_.name == "JOB_TYPE_BATCH"

@@ -1,11 +1,13 @@
-"""Downloading image bytes, many at a time, so that I/O hides behind inference.
+"""Downloading and decoding images, many at a time, so that both hide behind inference.
 
 Beam calls a DoFn one element at a time per thread, and on DirectRunner the
-whole chain (download, decode, inference) runs in one thread. So each
-DoFn instance keeps a pool of download threads: process() submits and
-returns at once, emitting whatever has finished; only when too many
-downloads are in flight does it wait. The model therefore computes one batch
-while the next images arrive. Results that finish after their element's
+whole fused chain runs in one thread: a decode step of its own would leave a
+core idle while it ran, since the model waits for it. So each DoFn instance
+keeps a pool of threads that download an image and decode it
+(transforms/decode.py; Pillow releases the GIL): process() submits and
+returns at once, emitting whatever has finished; only when too many images
+are in flight does it wait. The model computes one batch while the next
+images arrive and decode. Results that finish after their element's
 process() call are emitted as WindowedValues carrying the original window.
 
 Host limits and robots.txt rules are shared by all threads of a worker
@@ -25,8 +27,10 @@ from apache_beam.utils.windowed_value import WindowedValue
 from imgsim import reuse
 from imgsim.failures import STAGE_DOWNLOAD, StageError
 from imgsim.fetch import FetchConfig, Politeness
-from imgsim.records import SOURCE_STORAGE, CatalogueRow, FetchedImage
+from imgsim.images import DecodeConfig
+from imgsim.records import SOURCE_STORAGE, CatalogueRow, DecodedImage, FetchedImage
 from imgsim.storage import ObjectStore
+from imgsim.transforms.decode import decode_fetched
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed, failure_from
 from imgsim.transforms.reuse import REUSED
 
@@ -34,27 +38,30 @@ _NOT_MODIFIED = "_not_modified"  # marks, on a reused row, whether the server an
 
 
 class DownloadImages(beam.PTransform):
-    """rows -> outputs with `images` (FetchedImage), REUSED (embedding rows) and FAILURES.
+    """rows -> outputs with `images` (DecodedImage), REUSED (embedding rows) and FAILURES.
 
     A row carrying an earlier embedding (`row.previous`) is fetched conditionally:
     if the server answers 304, or sends the same bytes again, the earlier
     embedding is reused and the image skips decoding and inference."""
 
-    def __init__(self, config: FetchConfig, threads: int = 16):
+    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int = 16):
         super().__init__()
         if threads < 1:
             raise ValueError("download threads must be at least 1")
         self._config = config
+        self._decode = decode
         self._threads = threads
 
     def expand(self, rows):
-        return rows | "Download" >> beam.ParDo(
-            _DownloadFn(self._config, self._threads, shared.Shared())).with_outputs(FAILURES, REUSED, main="images")
+        return rows | "DownloadAndDecode" >> beam.ParDo(
+            _DownloadFn(self._config, self._decode, self._threads, shared.Shared())
+        ).with_outputs(FAILURES, REUSED, main="images")
 
 
 class _DownloadFn(beam.DoFn):
-    def __init__(self, config: FetchConfig, threads: int, shared_handle: shared.Shared):
+    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int, shared_handle: shared.Shared):
         self._config = config
+        self._decode = decode
         self._threads = threads
         self._shared = shared_handle
         self._max_in_flight = 2 * threads
@@ -63,6 +70,8 @@ class _DownloadFn(beam.DoFn):
         self._latency_ms = Metrics.distribution(NAMESPACE, "download_ms")
         self._not_modified = Metrics.counter(NAMESPACE, "reused_not_modified")
         self._same_bytes = Metrics.counter(NAMESPACE, "reused_same_bytes")
+        self._decoded = Metrics.counter(NAMESPACE, "decoded")
+        self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms")
 
     def setup(self):
         politeness = self._shared.acquire(lambda: Politeness(self._config), tag=repr(self._config))
@@ -96,24 +105,33 @@ class _DownloadFn(beam.DoFn):
                 done, _ = concurrent.futures.wait(self._pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 timestamp, window = self._pending.pop(future)
-                result, seconds = future.result()
+                result, fetched, download_s, decode_s = future.result()
+                # Metrics are per thread in Beam: count here, on the bundle's thread.
+                if fetched is not None:
+                    self._downloaded.inc()
+                    self._bytes.inc(fetched)
+                    self._latency_ms.update(int(download_s * 1000))
                 if isinstance(result, dict):  # an earlier embedding stands in
                     (self._not_modified if result.pop(_NOT_MODIFIED) else self._same_bytes).inc()
                     yield beam.pvalue.TaggedOutput(REUSED, WindowedValue(result, timestamp, [window]))
-                elif isinstance(result, FetchedImage):
-                    # Metrics are per thread in Beam: count here, on the bundle's thread.
-                    self._downloaded.inc()
-                    self._bytes.inc(len(result.data))
-                    self._latency_ms.update(int(seconds * 1000))
+                elif isinstance(result, DecodedImage):
+                    self._decoded.inc()
+                    self._decode_ms.update(int(decode_s * 1000))
                     yield WindowedValue(result, timestamp, [window])
                 else:
                     tagged = failed(result)
                     yield beam.pvalue.TaggedOutput(tagged.tag, WindowedValue(tagged.value, timestamp, [window]))
 
     def _download(self, row: CatalogueRow):
-        """Runs on a pool thread; never raises: (FetchedImage or Failure, seconds)."""
+        """Runs on a pool thread and never raises: (DecodedImage, reused row or Failure,
+        bytes fetched or None, download seconds, decode seconds)."""
         started = time.monotonic()
-        return self._fetch_row(row), time.monotonic() - started
+        result = self._fetch_row(row)
+        fetched = time.monotonic()
+        if not isinstance(result, FetchedImage):
+            return result, None, fetched - started, 0.0
+        decoded = decode_fetched(result, self._decode)
+        return decoded, len(result.data), fetched - started, time.monotonic() - fetched
 
     def _fetch_row(self, row: CatalogueRow):
         etag = last_modified = None
