@@ -477,7 +477,7 @@ def test_image_uses_the_pinned_beam_and_python(name):
     ((source, src_path, dst_path),) = doc["copy_from"]
     assert source.startswith(f"gcr.io/dataflow-templates-base/python{minor}-template-launcher-base:")
     assert src_path == dst_path == "/opt/google/dataflow/python_template_launcher"
-    assert any(f'"apache-beam[gcp]==${{BEAM_VERSION}}"' in run for run in doc["run"]), \
+    assert any('"apache-beam[gcp]==${BEAM_VERSION}"' in run for run in doc["run"]), \
         "the install must hold Beam at the pinned version"
 
 

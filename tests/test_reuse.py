@@ -1,6 +1,5 @@
 """Incremental runs and restarts: earlier embeddings stand in for downloads and inference."""
 import io
-import json
 import os
 import signal
 import subprocess
