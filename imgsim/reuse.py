@@ -55,13 +55,20 @@ def conditional_headers(previous: Previous) -> dict:
     return headers
 
 
+def embedding_row(row: CatalogueRow, *, sha256: str, width: int, height: int, embedding,
+                  etag: Optional[str], last_modified: Optional[str], origin: str) -> dict:
+    """One row of the embeddings output (the Parquet sinks pick their columns; ORIGIN is counted)."""
+    return {"id": row.id, "url": row.url, "sha256": sha256, "width": width, "height": height,
+            "embedding": embedding, "etag": etag, "last_modified": last_modified, **row.metadata,
+            ORIGIN: origin}
+
+
 def reused_row(row: CatalogueRow, previous: Previous, origin: str, etag: Optional[str] = None,
                last_modified: Optional[str] = None) -> dict:
     """An embedding row from an earlier embedding and today's metadata (titles change, images may not)."""
-    return {"id": row.id, "url": row.url, "sha256": previous.sha256, "width": previous.width,
-            "height": previous.height, "embedding": previous.embedding,
-            "etag": etag or previous.etag, "last_modified": last_modified or previous.last_modified,
-            **row.metadata, ORIGIN: origin}
+    return embedding_row(row, sha256=previous.sha256, width=previous.width, height=previous.height,
+                         embedding=previous.embedding, etag=etag or previous.etag,
+                         last_modified=last_modified or previous.last_modified, origin=origin)
 
 
 def discover_sources(store, layout, latest, signature, full: bool) -> tuple[list[ReuseSource], list[str]]:

@@ -74,11 +74,9 @@ class EmbedImages(beam.PTransform):
 
 
 def embedding_row(image: DecodedImage, vector: np.ndarray) -> dict:
-    row = image.row
-    return {"id": row.id, "url": row.url, "sha256": image.sha256, "width": image.width,
-            "height": image.height, "embedding": vector, "etag": image.etag,
-            "last_modified": image.last_modified, **row.metadata,
-            reuse.ORIGIN: reuse.CHANGED if row.known else reuse.NEW}
+    return reuse.embedding_row(image.row, sha256=image.sha256, width=image.width, height=image.height,
+                               embedding=vector, etag=image.etag, last_modified=image.last_modified,
+                               origin=reuse.CHANGED if image.row.known else reuse.NEW)
 
 
 class _ToEmbeddingRow(beam.DoFn):
