@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.storage import ObjectStore, PreconditionFailed, join, sha256_file
+from imgsim.storage import ObjectStore, PreconditionFailed, is_gcs, join, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -186,12 +186,16 @@ def publish(staging: str, output: str, run_id: str, index_dir: str, expected_lat
             store.upload_file(os.path.join(staging, *rel.split("/")), join(index_dir, rel))
     store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
 
-    check_dir = tempfile.mkdtemp(prefix="imgsim-validate-")
-    try:
-        fetch_artifact(store, index_dir, check_dir)
-        self_query_check(check_dir)
-    finally:
-        shutil.rmtree(check_dir, ignore_errors=True)
+    if is_gcs(index_dir):  # read back what landed in the bucket, as a consumer would
+        check_dir = tempfile.mkdtemp(prefix="imgsim-validate-")
+        try:
+            fetch_artifact(store, index_dir, check_dir)
+            self_query_check(check_dir)
+        finally:
+            shutil.rmtree(check_dir, ignore_errors=True)
+    else:  # a local artifact is checked where it is, without copying it
+        verify_local(index_dir, json.loads(manifest_bytes))
+        self_query_check(index_dir)
 
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     latest = Latest(run_id=run_id, index=f"runs/{run_id}/index", created=_now(), manifest_sha256=manifest_sha)
