@@ -23,7 +23,7 @@ from imgsim.transforms.dedupe import DeduplicateIds
 from imgsim.transforms.download import DownloadImages
 from imgsim.transforms.embed import EmbedImages, Vgg16ModelHandler
 from imgsim.transforms.failures import FAILURES
-from imgsim.transforms.progress import ReportProgress
+from imgsim.transforms.progress import report_progress
 from imgsim.transforms.read_catalogue import ReadCatalogue
 from imgsim.transforms.reuse import DELETED, REUSED, PlanReuse
 from imgsim.transforms.write_outputs import WriteEmbeddings, WriteFailures, WriteRunSummary
@@ -86,7 +86,7 @@ def build(p: beam.Pipeline, config: RunConfig, show_progress: bool = False) -> d
     outputs["summary"] = outputs | "WriteRunSummary" >> WriteRunSummary(
         config.layout, config.input.describe(), config.signature.to_dict(), config.started_at, reuse_report)
     if show_progress and config.progress_interval > 0:
-        ReportProgress.apply_to(list(parts.values()), failure_parts, input_rows, config.progress_interval)
+        report_progress(list(parts.values()), failure_parts, input_rows, config.progress_interval)
     return outputs
 
 

@@ -15,18 +15,15 @@ from imgsim.progress import ProgressMeter
 _LOG = logging.getLogger("imgsim.progress")
 
 
-class ReportProgress:
-    """Ticks on every part of the outcome (each inside its producing stage, so the line moves
-    while the work happens) and logs a line every `interval` seconds."""
-
-    @staticmethod
-    def apply_to(embedding_parts, failure_parts, input_rows, interval: float = 10.0) -> None:
-        handle = shared.Shared()
-        total = beam.pvalue.AsSingleton(input_rows)
-        for i, part in enumerate(embedding_parts):
-            part | f"ProgressEmbedded{i}" >> beam.ParDo(_Tick(handle, interval, "embedded"), total)
-        for i, part in enumerate(failure_parts):
-            part | f"ProgressFailed{i}" >> beam.ParDo(_Tick(handle, interval, "failed"), total)
+def report_progress(embedding_parts, failure_parts, input_rows, interval: float = 10.0) -> None:
+    """Tick on every part of the outcome (each inside its producing stage, so the line moves
+    while the work happens) and log a line every `interval` seconds."""
+    handle = shared.Shared()
+    total = beam.pvalue.AsSingleton(input_rows)
+    for i, part in enumerate(embedding_parts):
+        part | f"ProgressEmbedded{i}" >> beam.ParDo(_Tick(handle, interval, "embedded"), total)
+    for i, part in enumerate(failure_parts):
+        part | f"ProgressFailed{i}" >> beam.ParDo(_Tick(handle, interval, "failed"), total)
 
 
 class _Tick(beam.DoFn):
