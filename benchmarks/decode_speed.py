@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgsim.images import DecodeConfig, decode_image
+from imgsim.embed.decode import DecodeConfig, decode_image
 
 
 def full_decode(data: bytes) -> np.ndarray:

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from imgsim.index_build import recall_at_k, top_k
-from imgsim.index_config import IndexOptions
+from imgsim.index.exact import recall_at_k, top_k
+from imgsim.index.searcher import IndexOptions
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int, point_seed: int, spread: float = 1.0) -> np.ndarray:

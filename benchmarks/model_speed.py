@@ -33,7 +33,7 @@ def matmul_gflops(n: int = 4096, seconds: float = 3.0) -> dict:
 
 def raw_throughput(embedder, batch_size: int, seconds: float = 20.0) -> float:
     """Images per second of the model alone on preprocessed tensors already in memory."""
-    from imgsim.images import vgg16_preprocess
+    from imgsim.embed.decode import vgg16_preprocess
 
     pixels = np.random.default_rng(1).integers(0, 256, (batch_size, 224, 224, 3), dtype=np.uint8)
     x = vgg16_preprocess(pixels)
@@ -48,7 +48,7 @@ def raw_throughput(embedder, batch_size: int, seconds: float = 20.0) -> float:
 
 def bf16_agreement(fp32, bf16, shared: Path, k: int = 10) -> dict:
     """Mean cosine between fp32 and bf16 vectors of the shared images, and top-k neighbour overlap."""
-    from imgsim.images import decode_image
+    from imgsim.embed.decode import decode_image
 
     files = sorted((shared / "data" / "photos").glob("*.jpg")) + sorted((shared / "data" / "openclipart").glob("*.png"))
     pixels = np.stack([decode_image(f.read_bytes()).pixels for f in files])

@@ -47,7 +47,7 @@ def describe_machine() -> dict:
 
 def model_section(results: dict, weights: str, layer: str, seconds: float, shared: Path) -> int:
     from benchmarks import model_speed
-    from imgsim.model import ModelSpec, load_embedder
+    from imgsim.embed.model import ModelSpec, load_embedder
 
     results["matmul_gflops"] = model_speed.matmul_gflops()
     print("FLOP ceiling:", results["matmul_gflops"], flush=True)
@@ -103,7 +103,7 @@ def pipeline_section(results: dict, shared: Path, weights: str, layer: str, size
 
 def index_section(results: dict, quick: bool) -> None:
     from benchmarks import index_speed
-    from imgsim.index_config import IndexOptions
+    from imgsim.index.searcher import IndexOptions
 
     cases = [(20_000, 512), (50_000, 512)] if quick else [(100_000, 512), (1_000_000, 512), (100_000, 4096)]
     out = []

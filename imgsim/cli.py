@@ -1,58 +1,168 @@
-"""The `imgsim` command: `run` (the Beam pipeline), `index` and `query` (no Beam needed)."""
+"""The `imgsim` command: parse (imgsim.config), call the Python API, print. Nothing else lives here.
+
+Exit codes: 0 success; 1 the work ran but did not fully succeed (a run that
+did not publish, a query that found nothing to load, a failed verification);
+2 bad configuration, reported in one line before any work starts.
+"""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from typing import Optional
 
-USAGE = """usage: imgsim COMMAND [options]
+from imgsim.config.flags import ConfigError
+from imgsim.config.parser import parse
 
-commands:
-  run     embed a collection and publish its index, with the Beam pipeline (imgsim run --help)
-  index   build and publish an index from existing embeddings, without re-running inference
-  query   ask a published index for the items most like an id or an image
-"""
+_LOG = logging.getLogger("imgsim")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "run":
-        if "-h" in rest or "--help" in rest:
-            return _run_help()
-        try:
-            from imgsim.pipelines import launcher
-        except ImportError as e:
-            print(f"imgsim run needs the pipeline extra: pip install 'imgsim[pipeline]' ({e})", file=sys.stderr)
-            return 2
-        return launcher.main(rest)
-    if command in ("index", "query"):
-        from imgsim import commands
+    command = next((a for a in argv if not a.startswith("-")), "imgsim")
+    try:
+        parsed = parse(argv)
+    except ConfigError as e:
+        return _error(command, e)
+    except SystemExit as e:  # --help and --version print and stop
+        return int(e.code or 0)
+    _configure_logging(parsed.common.effective_log_level)
+    handler = globals()["_" + parsed.command.replace("-", "_")]
+    try:
+        return handler(parsed)
+    except ConfigError as e:
+        return _error(parsed.command, e)
 
-        return commands.index_main(rest) if command == "index" else commands.query_main(rest)
-    print(f"imgsim: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+
+def _error(command: str, error: Exception) -> int:
+    print(f"imgsim {command}: error: {error}" if command != "imgsim" else f"imgsim: error: {error}",
+          file=sys.stderr)
     return 2
 
 
-def _run_help() -> int:
-    import argparse
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("apache_beam").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
-    from imgsim.pipelines.options import ImgsimOptions
 
-    parser = argparse.ArgumentParser(
-        prog="imgsim run", description="Embed every image of a collection with VGG16.",
-        epilog="Every Apache Beam pipeline option passes through: --runner DataflowRunner --project P "
-               "--region R --temp_location gs://... (setup_file is filled in for Dataflow). "
-               "--wait follows a Dataflow job to its end.")
-    ImgsimOptions._add_argparse_args(parser)
-    parser.print_help()
+def _print(document) -> None:
+    print(json.dumps(document, default=str, ensure_ascii=False))
+
+
+def _run(parsed) -> int:
+    from imgsim.api import run_options
+    from imgsim.runs.summary import RunSummary
+
+    try:
+        outcome = run_options(parsed.options, parsed.beam_args)
+    except RuntimeError as e:  # the job ended without its summary
+        print(f"imgsim run: {e}", file=sys.stderr)
+        return 1
+    _print(outcome.report())
+    if not isinstance(outcome, RunSummary):
+        return 0
+    for problem in outcome.problems():
+        print(f"imgsim run: {problem}", file=sys.stderr)
+    return 1 if outcome.problems() else 0
+
+
+def _index(parsed) -> int:
+    from imgsim.api import index_embeddings
+    from imgsim.index.artifact import ArtifactError
+    from imgsim.index.build import IndexInputError, RecallTooLow
+
+    try:
+        report = index_embeddings(parsed.options)
+    except (ArtifactError, IndexInputError) as e:
+        raise ConfigError(str(e)) from None
+    except RecallTooLow as e:
+        print(f"imgsim index: {e}", file=sys.stderr)
+        _print({"published": False, **e.report})
+        return 1
+    _print(report)
+    return 0 if report["latest_updated"] else 1
+
+
+def _query(parsed) -> int:
+    from imgsim.index.artifact import ArtifactError
+    from imgsim.index.consumer import ImageIndex, ModelMismatch
+
+    o = parsed.options
+    try:
+        index = ImageIndex.open(o.index, run_id=o.run_id, cache_dir=o.cache_dir)
+        matches = index.similar(o.id, o.k) if o.id is not None else index.search_image(o.image, o.k, weights=o.weights)
+    except (ArtifactError, ModelMismatch, KeyError, ValueError, FileNotFoundError) as e:
+        raise ConfigError(e.args[0] if isinstance(e, KeyError) and e.args else e) from None
+    for match in matches:
+        _print(match.to_dict())
+    return 0
+
+
+def _runs(parsed) -> int:
+    from imgsim.index.artifact import ArtifactError
+    from imgsim.index.history import list_runs, table
+    from imgsim.storage import ObjectStore
+
+    try:
+        states = list_runs(ObjectStore(), parsed.options.output)
+    except ArtifactError as e:
+        raise ConfigError(str(e)) from None
+    if parsed.options.json:
+        for state in states:
+            _print(state.to_dict())
+    else:
+        print(table(states) if states else f"no runs under {parsed.options.output}")
+    return 0
+
+
+def _rollback(parsed) -> int:
+    from imgsim.index.artifact import ArtifactError
+    from imgsim.index.publish import rollback
+    from imgsim.storage import ObjectStore, PreconditionFailed
+
+    o = parsed.options
+    try:
+        latest = rollback(ObjectStore(), o.output, o.run_id)
+    except ArtifactError as e:
+        raise ConfigError(str(e)) from None
+    except PreconditionFailed as e:
+        print(f"imgsim rollback: LATEST changed meanwhile and was left as it is ({e}); try again", file=sys.stderr)
+        return 1
+    _print({"latest": latest.run_id, "index": latest.index, "manifest_sha256": latest.manifest_sha256})
+    return 0
+
+
+def _verify(parsed) -> int:
+    from imgsim.index.artifact import ArtifactError
+    from imgsim.index.consumer import resolve_index_dir
+    from imgsim.index.publish import verify
+    from imgsim.storage import ObjectStore
+
+    o = parsed.options
+    store = ObjectStore()
+    try:
+        index_dir = resolve_index_dir(store, o.index, o.run_id)
+        manifest = verify(store, index_dir)
+    except ArtifactError as e:
+        print(f"imgsim verify: {e}", file=sys.stderr)
+        _print({"verified": False, "reason": str(e)})
+        return 1
+    _print({"verified": True, "index": index_dir, "run_id": manifest.get("run_id"), "count": manifest.get("count"),
+            "files": len(manifest.get("files", {})), "recall": manifest.get("recall")})
+    return 0
+
+
+def _template_metadata(parsed) -> int:
+    from imgsim.config.template import metadata_json
+
+    text = metadata_json()
+    if parsed.options.output:
+        with open(parsed.options.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -71,6 +71,12 @@ class Failure:
     def as_row(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def of(cls, row, stage: str, error: "StageError") -> "Failure":
+        """The failure of a row (anything with `id` and `url`) at a stage, from the StageError raised."""
+        return cls(id=row.id, url=row.url, stage=stage, reason=error.reason, detail=error.detail,
+                   http_status=error.http_status, attempts=error.attempts)
+
 
 class StageError(Exception):
     """Raised by pure stage logic (fetch, decode); the Beam layer turns it into a Failure."""

@@ -1,7 +1,9 @@
 """The row types that flow between pipeline stages.
 
 Plain frozen dataclasses: cheap to pickle between Beam workers, and usable
-without Beam in tests and in the consumer library.
+without Beam in tests and in the consumer library. A row becomes a dict only
+at a sink (`EmbeddingRow.to_dict`, `Failure.as_row`), so no stage relies on
+keys that a sink happens to ignore.
 """
 from __future__ import annotations
 
@@ -12,6 +14,16 @@ from typing import Any, Mapping, Optional
 # a manifest row asking for file:// is refused by the downloader.
 SOURCE_HTTP = "http"
 SOURCE_STORAGE = "storage"
+
+# How an embedding row came to be; counted in the run summary.
+NEW = "new"  # an id no earlier run had, embedded now
+CHANGED = "changed"  # an id LATEST's run had, whose URL or bytes changed: embedded again
+REUSED = "reused"  # LATEST's embedding, after the server said the bytes are unchanged
+RESUMED = "resumed"  # this run's own checkpoint (a restart), trusted without a request
+ORIGINS = (NEW, CHANGED, REUSED, RESUMED)
+
+# The embeddings output's own columns, in order; the input's metadata columns follow.
+EMBEDDING_COLUMNS = ("id", "url", "sha256", "width", "height", "embedding", "etag", "last_modified")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,3 +78,46 @@ class DecodedImage:
     pixels: Any  # numpy uint8 array (224, 224, 3), RGB
     etag: Optional[str] = None
     last_modified: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingRow:
+    """One row of the embeddings output, and how it came to be (`origin`, one of ORIGINS)."""
+
+    id: str
+    url: str
+    sha256: str
+    width: int
+    height: int
+    embedding: Any  # numpy float32 unit vector
+    etag: Optional[str]
+    last_modified: Optional[str]
+    metadata: Mapping[str, Any]
+    origin: str
+
+    def __post_init__(self):
+        if self.origin not in ORIGINS:
+            raise ValueError(f"unknown origin {self.origin!r}")
+
+    def to_dict(self) -> dict:
+        """The Parquet row: the embeddings columns, then the metadata columns (origin is not stored)."""
+        return {"id": self.id, "url": self.url, "sha256": self.sha256, "width": self.width,
+                "height": self.height, "embedding": self.embedding, "etag": self.etag,
+                "last_modified": self.last_modified, **self.metadata}
+
+    @classmethod
+    def computed(cls, image: DecodedImage, embedding) -> "EmbeddingRow":
+        """A row embedded in this run: new, or changed when an earlier run had the id."""
+        return cls(id=image.row.id, url=image.row.url, sha256=image.sha256, width=image.width,
+                   height=image.height, embedding=embedding, etag=image.etag,
+                   last_modified=image.last_modified, metadata=image.row.metadata,
+                   origin=CHANGED if image.row.known else NEW)
+
+    @classmethod
+    def from_previous(cls, row: CatalogueRow, previous: Previous, origin: str, etag: Optional[str] = None,
+                      last_modified: Optional[str] = None) -> "EmbeddingRow":
+        """An earlier embedding with today's metadata (titles change, images may not)."""
+        return cls(id=row.id, url=row.url, sha256=previous.sha256, width=previous.width,
+                   height=previous.height, embedding=previous.embedding, etag=etag or previous.etag,
+                   last_modified=last_modified or previous.last_modified, metadata=row.metadata,
+                   origin=origin)

@@ -18,6 +18,14 @@ from typing import BinaryIO, Optional
 GCS_SCHEME = "gs://"
 
 
+def cache_dir(*parts: str) -> str:
+    """imgsim's one cache root (weights, index copies): $IMGSIM_CACHE_DIR, else $XDG_CACHE_HOME/imgsim,
+    else ~/.cache/imgsim; parts name a subdirectory."""
+    root = os.environ.get("IMGSIM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgsim")
+    return os.path.join(root, *parts)
+
+
 class PreconditionFailed(Exception):
     """A compare-and-swap write lost: the object changed since it was read."""
 

@@ -9,7 +9,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.outputs import read_tables, signature_of
+from imgsim.runs.outputs import read_tables, signature_of
 from imgsim.storage import ObjectStore, join
 
 
@@ -28,9 +28,9 @@ def run_pipeline(*args: str) -> dict:
     from imgsim.pipelines.embed_pipeline import run
 
     argv = ["--runner", "DirectRunner", "--allow-private-addresses", "--progress-interval", "0", *args]
-    result, config = run(argv)
+    result, plan = run(argv)
     result.wait_until_finish()
-    out = read_run(config.layout.output, config.layout.run_id)
+    out = read_run(plan.layout.output, plan.layout.run_id)
     out["metrics"] = counters(result)
     return out
 
@@ -57,7 +57,7 @@ def read_run(output: str, run_id: str) -> dict:
 def _read_dir(path: str) -> pa.Table:
     files = ObjectStore().glob(join(path, "*.parquet"))
     assert files, f"no Parquet files in {path}"
-    return pa.concat_tables(read_tables(files))
+    return pa.concat_tables(read_tables(files, ObjectStore()))
 
 
 def by_id(table: pa.Table) -> dict:

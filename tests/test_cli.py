@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from imgsim.cli import main
-from imgsim.outputs import vectors
+from imgsim.runs.outputs import vectors
 from pipeline_helpers import read_run, write_manifest
 
 
 def imgsim(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "imgsim.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "imgsim", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=900)
 
 

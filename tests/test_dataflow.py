@@ -1,9 +1,12 @@
 """The job graph translates for DataflowRunner (Beam's --dry_run: built, not submitted)."""
 import pytest
 
-from imgsim.pipelines.embed_pipeline import run_with
-from imgsim.pipelines.launcher import find_setup_file, prepare_options
-from imgsim.pipelines.options import ConfigError, RunConfig
+from imgsim.config.flags import ConfigError
+from imgsim.config.parser import parse_run_args
+from imgsim.config.preflight import preflight
+from imgsim.pipelines.beam_options import find_setup_file, pipeline_options
+from imgsim.pipelines.embed_pipeline import run_plan
+from imgsim.storage import ObjectStore
 
 DATAFLOW = ["--runner", "DataflowRunner", "--dry_run=True", "--project", "imgsim-test",
             "--region", "us-central1", "--temp_location", "gs://imgsim-test/tmp"]
@@ -20,13 +23,18 @@ def gs_inputs(gcs, notop_weights, weights_cache):
             "output": f"gs://{gcs.bucket}/out"}
 
 
+def dataflow_plan(argv):
+    options, beam_args = parse_run_args(argv)
+    beam_options = pipeline_options(beam_args)
+    return preflight(options, ObjectStore(), remote_workers=True), beam_options
+
+
 def test_the_graph_translates_for_dataflow(gs_inputs):
     argv = DATAFLOW + ["--input", gs_inputs["input"], "--output", gs_inputs["output"],
                        "--weights", gs_inputs["weights"], "--layer", "pool"]
-    options = prepare_options(argv)
-    assert options.get_all_options()["setup_file"] == find_setup_file()  # filled in for the workers
-    config = RunConfig.from_options(options, remote_workers=True)
-    result, _ = run_with(options, config)
+    plan, beam_options = dataflow_plan(argv)
+    assert beam_options.get_all_options()["setup_file"] == find_setup_file()  # filled in for the workers
+    result = run_plan(plan, beam_options, ObjectStore())
     transforms = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
     for name in ("ReadCatalogue", "DeduplicateIds", "DownloadImages",
                  "EmbedImages/RunInference", "WriteEmbeddings", "WriteFailures", "WriteRunSummary"):
@@ -41,9 +49,10 @@ def test_local_paths_are_refused_for_dataflow(gs_inputs, flag, value):
     args[flag] = value
     argv = DATAFLOW + [item for pair in args.items() for item in pair]
     with pytest.raises(ConfigError, match=f"{flag} .*Dataflow workers cannot read"):
-        RunConfig.from_options(prepare_options(argv), remote_workers=True)
+        dataflow_plan(argv)
 
 
 def test_unknown_flags_fail_fast():
+    options, beam_args = parse_run_args(["--input", "cma", "--output", "o", "--layr", "pool"])
     with pytest.raises(ConfigError, match="unknown option.*--layr"):
-        prepare_options(["--input", "cma", "--layr", "pool"])
+        pipeline_options(beam_args)

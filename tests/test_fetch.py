@@ -3,10 +3,10 @@ import threading
 
 import pytest
 
-from imgsim import netguard
+from imgsim.fetch import netguard
 from imgsim.failures import StageError
-from imgsim.fetch import DEFAULT_USER_AGENT, Fetcher, FetchConfig
-from imgsim.politeness import HostLimiter
+from imgsim.fetch.http import DEFAULT_USER_AGENT, Fetcher, FetchConfig, shared_politeness
+from imgsim.fetch.politeness import HostLimiter
 
 FAST = FetchConfig(connect_timeout=2, read_timeout=2, deadline=10, max_retries=2, backoff_base=1.0,
                    backoff_max=8, retry_after_max=5, allow_private_addresses=True,
@@ -235,11 +235,10 @@ def test_per_host_rate_limit_spaces_request_starts():
 
 
 def test_robots_rules_are_honoured_per_rfc_9309(server, photos):
-    from imgsim.fetch import Politeness
 
     config = FetchConfig(allow_private_addresses=True, respect_robots=True, max_requests_per_second_per_host=0)
     server.route("/robots.txt", lambda h: h.send(200, b"User-agent: imgsim\nDisallow: /secret/\n", "text/plain"))
-    f = Politeness(config).fetcher(config, pool_size=4)
+    f = Fetcher(config, shared_politeness(config), pool_size=4)
     assert failure(f, server.file("/secret/a.jpg", photos["dog"])).reason == "robots_disallowed"
     assert f.fetch(server.file("/open/a.jpg", photos["dog"])).status == 200
     assert server.hits("/robots.txt") == 1 and server.hits("/secret/a.jpg") == 0
@@ -247,12 +246,11 @@ def test_robots_rules_are_honoured_per_rfc_9309(server, photos):
 
 @pytest.mark.parametrize("status, allowed", [(404, True), (401, True), (503, False)])
 def test_robots_unavailable_means_allow_and_unreachable_means_disallow(server, photos, status, allowed):
-    from imgsim.fetch import Politeness
 
     config = FetchConfig(allow_private_addresses=True, respect_robots=True, max_requests_per_second_per_host=0,
                          backoff_base=0.01)
     server.status("/robots.txt", status)
-    f = Politeness(config).fetcher(config, pool_size=2)
+    f = Fetcher(config, shared_politeness(config), pool_size=2)
     url = server.file("/a.jpg", photos["dog"])
     if allowed:
         assert f.fetch(url).status == 200

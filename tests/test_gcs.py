@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from imgsim import artifact
-from imgsim.consumer import ImageIndex
+from imgsim.index.latest import read_latest
+from imgsim.index.consumer import ImageIndex
 from imgsim.storage import ObjectStore, PreconditionFailed
 from imgsim.cli import main
 from pipeline_helpers import read_run, write_manifest
@@ -58,12 +58,13 @@ def test_pipeline_publishes_to_gcs_and_query_answers_from_it(bucket, server, pho
         assert store.exists(f"{output}/runs/g1/index/{name}")
     assert manifest["model_signature"]["weights"] == f"{bucket}/models/notop.weights.h5"
 
-    proc = subprocess.run([sys.executable, "-m", "imgsim.cli", "query", "--index", output, "--id", "eagle", "-k", "3",
+    proc = subprocess.run([sys.executable, "-m", "imgsim", "query", "--index", output, "--id", "eagle", "-k", "3",
                            "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300,
                           env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(lines) == 3 and lines[0]["id"] == "eagle" and lines[0]["title"] == "eagle"
+    assert len(lines) == 3 and lines[0]["id"] == "eagle" and lines[0]["metadata"]["title"] == "eagle"
+    assert [line["rank"] for line in lines] == [1, 2, 3]
     assert lines[0]["score"] == pytest.approx(1.0, abs=1e-4) and lines[0]["score"] >= lines[1]["score"]
 
     # a query by image embeds with the model the manifest names (the gs:// weights) and finds the photo
@@ -77,11 +78,11 @@ def test_concurrent_publishers_on_gcs_never_overwrite_each_other(bucket):
     out = f"{bucket}/concurrent"
     store = ObjectStore()
     publish_table(embeddings_table(clustered(40, seed=1)), out, "first")
-    seen = artifact.read_latest(store, out)
+    seen = read_latest(store, out)
     publish_table(embeddings_table(clustered(40, seed=2)), out, "fast")
     report = publish_table(embeddings_table(clustered(40, seed=3)), out, "slow", generation=seen.generation)
     assert not report["latest_updated"] and "LATEST changed" in report["latest"]
-    assert artifact.read_latest(store, out).run_id == "fast"
+    assert read_latest(store, out).run_id == "fast"
 
 
 def test_a_failed_publish_on_gcs_leaves_latest_untouched(bucket, tmp_path):

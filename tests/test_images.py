@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import jpeg, png
 from imgsim.failures import StageError
-from imgsim.images import DecodeConfig, border_colour, decode_image, vgg16_preprocess
+from imgsim.embed.decode import DecodeConfig, border_colour, decode_image, vgg16_preprocess
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

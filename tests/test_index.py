@@ -9,16 +9,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imgsim import artifact, indexer
-from imgsim.artifact import ArtifactError
-from imgsim.commands import build_and_publish
-from imgsim.consumer import ImageIndex, ModelMismatch
-from imgsim.index_build import connected_groups, exact_neighbors_and_pairs, recall_at_k
-from imgsim.index_config import IndexOptions
-from imgsim.layout import RunLayout
-from imgsim.outputs import embeddings_schema
-from imgsim.signature import ModelSignature
-from imgsim.storage import ObjectStore
+from imgsim.embed.signature import ModelSignature
+from imgsim.index import artifact
+from imgsim.index import build as indexer
+from imgsim.index.artifact import ArtifactError
+from imgsim.index.build import build_and_publish
+from imgsim.index.consumer import ImageIndex, ModelMismatch
+from imgsim.index.latest import read_latest
+from imgsim.index.exact import connected_groups, exact_neighbors_and_pairs, recall_at_k
+from imgsim.index.searcher import IndexOptions
+from imgsim.runs.layout import RunLayout
+from imgsim.runs.outputs import embeddings_schema
+from imgsim.storage import ObjectStore, sha256_file
 
 SIGNATURE = ModelSignature("vgg16", "pool", 16, "test", "sha256:" + "0" * 64, "vgg16-caffe/pad/224/v1", "fp32")
 
@@ -45,9 +47,9 @@ def embeddings_table(vectors, ids=None, signature=SIGNATURE):
 def publish_table(table, output, run_id, settings=indexer.IndexSettings(), generation=None, store=None):
     store = store or ObjectStore()
     if generation is None:
-        latest = artifact.read_latest(store, output)
+        latest = read_latest(store, output)
         generation = latest.generation if latest else 0
-    return build_and_publish([table], settings, RunLayout(output, run_id), generation, {"kind": "test"}, {}, store)
+    return build_and_publish(store, [table], settings, RunLayout(output, run_id), generation, {"kind": "test"}, {})
 
 
 @pytest.mark.parametrize("n, mode", [(1_000, "brute_force"), (50_000, "ah"), (400_000, "tree_ah")])
@@ -119,7 +121,7 @@ def test_artifact_layout_and_manifest(published):
     assert manifest["model_signature"]["dim"] == 16 and manifest["dimension"] == 16
     assert manifest["scann"]["version"] == "1.4.2" and manifest["recall"]["value"] == 1.0
     for name in ("ids.parquet", "neighbors.parquet", "groups.parquet", "scann/scann_config.pb"):
-        assert manifest["files"][name]["sha256"] == artifact.sha256_file(os.path.join(index_dir, name))
+        assert manifest["files"][name]["sha256"] == sha256_file(os.path.join(index_dir, name))
     assert not any(name.endswith(".pkl") for name in manifest["files"])
     neighbors = pq.read_table(os.path.join(index_dir, "neighbors.parquet")).to_pylist()
     assert neighbors[10]["neighbor_ids"][0] == "item-11" and len(neighbors[0]["neighbor_ids"]) == 20
@@ -136,6 +138,7 @@ def test_consumer_finds_the_item_itself_first(published, tmp_path):
     matches = index.similar("item-3", k=5)
     assert matches[0].id == "item-3" and matches[0].score == pytest.approx(1.0, abs=1e-5)
     assert matches[0].metadata["title"] == "title item-3" and matches[0].metadata["url"] == "http://x/item-3.jpg"
+    assert [m.rank for m in matches] == [1, 2, 3, 4, 5]
     assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
     raw = published["vectors"][[3, 4]] * 7.0  # un-normalised queries are normalised
     assert [r[0].id for r in index.search(raw, k=1)] == ["item-3", "item-4"]
@@ -165,17 +168,17 @@ def test_consumer_refuses_pickles_and_odd_paths(published, tmp_path):
 def test_malformed_latest_is_a_clear_error(tmp_path):
     (tmp_path / "LATEST").write_text("{not json")
     with pytest.raises(ArtifactError, match="LATEST is malformed"):
-        artifact.read_latest(ObjectStore(), str(tmp_path))
+        read_latest(ObjectStore(), str(tmp_path))
 
 
 def test_a_concurrent_publisher_is_detected_and_never_overwritten(tmp_path):
     out = str(tmp_path / "out")
     publish_table(embeddings_table(clustered(50, seed=1)), out, "first")
-    seen = artifact.read_latest(ObjectStore(), out)  # run "slow" starts and reads LATEST
+    seen = read_latest(ObjectStore(), out)  # run "slow" starts and reads LATEST
     publish_table(embeddings_table(clustered(50, seed=2)), out, "fast")  # another run publishes meanwhile
     report = publish_table(embeddings_table(clustered(50, seed=3)), out, "slow", generation=seen.generation)
     assert report["published"] and not report["latest_updated"] and "LATEST changed" in report["latest"]
-    assert artifact.read_latest(ObjectStore(), out).run_id == "fast"
+    assert read_latest(ObjectStore(), out).run_id == "fast"
     assert os.path.exists(os.path.join(out, "runs", "slow", "index", "manifest.json"))  # complete, not pointed at
 
 
@@ -235,7 +238,7 @@ class NoBeam:
         if name == "apache_beam" or name.startswith("apache_beam."):
             raise ImportError("apache_beam is not installed here")
 sys.meta_path.insert(0, NoBeam())
-from imgsim.consumer import ImageIndex
+from imgsim.index.consumer import ImageIndex
 index = ImageIndex.open({published['out']!r}, cache_dir={str(tmp_path / 'nb')!r})
 print(index.similar("item-1", k=1)[0].id)
 assert not any(m.startswith("apache_beam") for m in sys.modules)

@@ -1,21 +1,17 @@
 """infra/ against the code it deploys: no network, no Docker, no Terraform binary.
 
-- the Flex Template parameters (infra/metadata.json) are exactly imgsim run's flags, less the
-  documented exclusions (infra/template_exclusions.json), with regexes that accept the defaults;
+- the Flex Template parameters (infra/metadata.json) are generated from imgsim run's flags (less those
+  declared template=False, each with its reason), and templates' spellings reach imgsim;
 - the images (infra/Dockerfile, infra/Dockerfile.gpu) use the Beam version of setup.py and
-  constraints.txt, copy every package setup.py installs, and launch pipelines/launcher.py;
+  constraints.txt, a dated launcher base, copy every package setup.py installs, and launch main.py;
 - the Terraform parses, has the resources and least-privilege bindings the runbook describes, and its
   scheduler posts a launch body that renders to valid JSON naming the template, input and output.
 """
 from __future__ import annotations
 
-import argparse
 import ast
-import hashlib
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,29 +40,12 @@ def parameters() -> dict[str, dict]:
     return {p["name"]: p for p in metadata()["parameters"]}
 
 
-def exclusions() -> dict[str, str]:
-    return load_json(INFRA / "template_exclusions.json")["excluded"]
+def run_flags() -> dict:
+    """imgsim run's declared flags by name (imgsim.config.flags.DeclaredFlag)."""
+    from imgsim.config.flags import declared_flags
+    from imgsim.config.options import RunOptions
 
-
-def imgsim_actions() -> dict[str, argparse.Action]:
-    """imgsim run's own flags (long option string -> argparse action)."""
-    from imgsim.pipelines.options import ImgsimOptions
-
-    parser = argparse.ArgumentParser(add_help=False)
-    ImgsimOptions._add_argparse_args(parser)
-    return {s: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
-
-
-def switches() -> dict[str, argparse.Action]:
-    """Flags that take no value (store_true)."""
-    return {s: a for s, a in imgsim_actions().items() if a.nargs == 0}
-
-
-def flag_of(parameter: str) -> str:
-    from imgsim.pipelines.launcher import normalise_flags
-
-    (flag,) = normalise_flags([f"--{parameter}"])
-    return flag
+    return {d.name: d for d in declared_flags(RunOptions)}
 
 
 def setup_py() -> tuple[str, dict]:
@@ -356,25 +335,40 @@ def camel(snake: str) -> str:
 
 # --- template parameters <-> imgsim run ----------------------------------------------------------
 
-def test_every_template_parameter_is_an_imgsim_flag():
-    flags = imgsim_actions()
-    for name in parameters():
+def test_metadata_json_is_generated_from_the_flags():
+    from imgsim.config.template import metadata_json
+
+    assert (INFRA / "metadata.json").read_text(encoding="utf-8") == metadata_json(), (
+        "infra/metadata.json drifted from the flags of imgsim run: "
+        "regenerate it with `imgsim template-metadata --output infra/metadata.json`")
+
+
+def test_every_template_parameter_is_accepted_as_templates_pass_it():
+    from imgsim.config.parser import parse_run_args
+
+    declared = run_flags()
+    for name, p in parameters().items():
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{name}: Flex Template parameters use underscores"
-        assert flag_of(name) in flags, f"metadata.json parameter {name!r} is no flag of imgsim run"
+        flag = declared[name]
+        if flag.kind is str:
+            value = flag.spec.choices[-1] if flag.spec.choices else (
+                "r1" if name == "run_id" else str(flag.field.default or "gs://b/x"))
+        else:
+            value = {bool: "true", int: "3", float: "0.5"}[flag.kind]
+        options, beam_args = parse_run_args(["--input=cma", "--output=gs://b/o", f"--{name}={value}"])
+        assert beam_args == [], f"--{name} reached Beam instead of imgsim"
+        assert str(getattr(options, name)).lower() == value.lower() or getattr(options, name) == type(
+            getattr(options, name))(value), (name, value)
 
 
-def test_every_imgsim_flag_is_a_template_parameter_or_excluded():
-    offered = {flag_of(name) for name in parameters()}
-    excluded = exclusions()
-    for flag in imgsim_actions():
-        assert flag in offered or flag in excluded, (
-            f"imgsim run {flag} is neither a parameter in infra/metadata.json nor listed, with a reason, "
-            "in infra/template_exclusions.json")
-    for flag, reason in excluded.items():
-        assert flag in imgsim_actions(), f"template_exclusions.json lists {flag}, which imgsim run no longer has"
-        assert flag not in offered, f"{flag} is both excluded and a template parameter"
-        assert reason.strip()
-    assert {"--wait", "--progress-interval"} <= set(excluded)
+def test_every_flag_is_a_template_parameter_or_excluded_with_a_reason():
+    offered = set(parameters())
+    for name, declared in run_flags().items():
+        if declared.spec.template:
+            assert name in offered, f"--{name} is a template parameter but missing from metadata.json"
+        else:
+            assert name not in offered and declared.spec.template_excluded.strip(), name
+    assert {"wait", "progress_interval"} <= {n for n, d in run_flags().items() if not d.spec.template}
 
 
 def test_parameter_metadata_is_complete():
@@ -392,23 +386,24 @@ def test_parameter_metadata_is_complete():
 
 
 def test_regexes_accept_the_defaults_and_respect_types():
-    actions = imgsim_actions()
+    declared = run_flags()
     for name, p in parameters().items():
-        action = actions[flag_of(name)]
+        flag = declared[name]
+        default = flag.field.default
         for regex in p.get("regexes", []):
-            if action.default not in (None, False):
-                assert re.search(regex, str(action.default)), f"{name}: {regex} refuses the default {action.default!r}"
-            if action.type is int:
+            if default not in (None, False):
+                assert re.search(regex, str(default)), f"{name}: {regex} refuses the default {default!r}"
+            if flag.kind is int:
                 assert re.search(regex, "10") and not re.search(regex, "1.5"), (name, regex)
-            if action.type is float:
+            if flag.kind is float:
                 assert re.search(regex, "0.5") and not re.search(regex, "x"), (name, regex)
 
 
 def test_enum_regexes_match_the_code():
-    from imgsim.images import RESIZE_MODES
-    from imgsim.index_config import MODES, REORDER_TYPES
-    from imgsim.layout import _RUN_ID
-    from imgsim.model import LAYER_DIMS, PRECISIONS
+    from imgsim.embed.decode import RESIZE_MODES
+    from imgsim.embed.model import LAYER_DIMS, PRECISIONS
+    from imgsim.index.searcher import MODES, REORDER_TYPES
+    from imgsim.runs.layout import RUN_ID_PATTERN
 
     params = parameters()
     for name, values in (("layer", LAYER_DIMS), ("precision", PRECISIONS), ("resize", RESIZE_MODES),
@@ -416,51 +411,44 @@ def test_enum_regexes_match_the_code():
         (regex,) = params[name]["regexes"]
         match = re.fullmatch(r"\^\(([^()]*)\)\$", regex)
         assert match and set(match.group(1).split("|")) == set(values), f"{name}: {regex} vs {list(values)}"
-    assert params["run_id"]["regexes"] == [_RUN_ID.pattern]
+    assert params["run_id"]["regexes"] == [RUN_ID_PATTERN]
 
 
 def test_boolean_parameters_take_true_or_false():
     params = parameters()
-    for flag in switches():
-        name = flag[2:].replace("-", "_")
-        if name in params:
+    for name, flag in run_flags().items():
+        if flag.kind is bool and name in params:
             assert params[name]["regexes"] == ["^(true|false)$"], name
 
 
 def test_boolean_parameters_reach_imgsim_as_flex_templates_pass_them():
-    from imgsim.pipelines.launcher import prepare_options
-    from imgsim.pipelines.options import ImgsimOptions
+    from imgsim.config.parser import parse_run_args
 
-    for flag, action in switches().items():
-        name = flag[2:].replace("-", "_")
-        if name not in parameters():
+    for name, flag in run_flags().items():
+        if flag.kind is not bool or name not in parameters():
             continue
         for value, expected in (("true", True), ("false", False)):
-            try:
-                options = prepare_options([f"--{name}={value}"]).view_as(ImgsimOptions)
-            except SystemExit:
-                pytest.fail(f"--{name}={value} is refused")
-            assert getattr(options, action.dest) is expected, (name, value)
+            options, _ = parse_run_args(["--input=cma", "--output=gs://b/o", f"--{name}={value}"])
+            assert getattr(options, name) is expected, (name, value)
 
 
-def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch, capsys):
+def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch):
     from types import SimpleNamespace
 
-    from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult
 
+    from imgsim.config.options import RunOptions
     from imgsim.pipelines import launcher
+    from imgsim.storage import ObjectStore
 
-    options = PipelineOptions(["--runner=DataflowRunner", "--template_location=gs://b/staging/job_object"])
     layout = SimpleNamespace(run_id="20261125T030000Z", run_dir="gs://b/imgsim/runs/20261125T030000Z")
-    config = SimpleNamespace(layout=layout, input=SimpleNamespace(describe=lambda: {"kind": "cma"}))
-    monkeypatch.setattr(launcher, "prepare_options", lambda argv: options)
-    monkeypatch.setattr(launcher, "RunConfig", SimpleNamespace(from_options=lambda *a, **k: config))
+    plan = SimpleNamespace(layout=layout, input=SimpleNamespace(describe=lambda: {"kind": "cma"}))
+    monkeypatch.setattr(launcher, "preflight", lambda *a, **k: plan)
     # what DataflowRunner.run_pipeline returns when create_job only wrote the template file
-    monkeypatch.setattr(launcher, "run_with", lambda o, c: (DataflowPipelineResult(None, None, o), c))
-    assert launcher.main([]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["run_id"] == layout.run_id and printed["job_id"] is None
+    monkeypatch.setattr(launcher, "run_plan", lambda p, o, *a, **k: DataflowPipelineResult(None, None, o))
+    job = launcher.launch(RunOptions(input="cma", output="gs://b/imgsim"),
+                          ["--runner=DataflowRunner", "--template_location=gs://b/staging/job_object"], ObjectStore())
+    assert job.run_id == layout.run_id and job.job_id is None and job.report()["run_dir"] == layout.run_dir
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -475,7 +463,9 @@ def test_image_uses_the_pinned_beam_and_python(name):
     assert doc["args"]["BEAM_VERSION"] == beam == constraints()["apache-beam"]
     assert doc["from"] == [f"apache/beam_python3.{python.group(1)}_sdk:{beam}"]
     ((source, src_path, dst_path),) = doc["copy_from"]
-    assert source.startswith(f"gcr.io/dataflow-templates-base/python{minor}-template-launcher-base:")
+    image, tag = source.rsplit(":", 1)
+    assert image == f"gcr.io/dataflow-templates-base/python{minor}-template-launcher-base"
+    assert re.fullmatch(r"20\d{6}_RC\d\d", tag), f"{name}: pin a dated launcher tag, not {tag!r}"
     assert src_path == dst_path == "/opt/google/dataflow/python_template_launcher"
     assert any('"apache-beam[gcp]==${BEAM_VERSION}"' in run for run in doc["run"]), \
         "the install must hold Beam at the pinned version"
@@ -695,37 +685,18 @@ def test_runbook_names_existing_files():
         assert (ROOT / path).exists(), f"RUNBOOK.md names {path}, which does not exist"
     for command in ("gcloud dataflow flex-template build", "--metadata-file infra/metadata.json",
                     "terraform apply", "gcloud scheduler jobs run", "summary.json",
-                    "x-goog-if-generation-match"):
+                    "imgsim rollback", "imgsim runs", "imgsim verify"):
         assert command in text, command
 
 
-def test_runbook_rollback_snippet_moves_latest(tmp_path):
-    """The runbook's Python rollback, run as written against a local output root."""
-    from imgsim import artifact
-    from imgsim.storage import ObjectStore
+def test_runbook_imgsim_commands_are_real_commands():
+    """Every `imgsim ...` line of the runbook parses with imgsim's own parser."""
+    from imgsim.config.parser import parse
 
     text = (INFRA / "RUNBOOK.md").read_text(encoding="utf-8")
-    (code,) = [c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "# rollback LATEST" in c]
-    code = "\n".join(line[3:] if line.startswith("   ") else line for line in code.splitlines())
-
-    out = tmp_path / "out"
-    manifests = {}
-    for run in ("20261101T030000Z", "20261102T030000Z"):
-        manifest = {"format_version": artifact.FORMAT_VERSION, "run_id": run, "files": {}}
-        manifests[run] = json.dumps(manifest).encode()
-        path = out / "runs" / run / "index" / artifact.MANIFEST
-        path.parent.mkdir(parents=True)
-        path.write_bytes(manifests[run])
-    store = ObjectStore()
-    newest = "20261102T030000Z"
-    store.write_bytes(str(out / "LATEST"), artifact.Latest(
-        run_id=newest, index=f"runs/{newest}/index", created="2026-11-02T03:30:00+00:00",
-        manifest_sha256=hashlib.sha256(manifests[newest]).hexdigest()).to_json(), if_generation_match=0)
-
-    done = subprocess.run([sys.executable, "-", str(out), "20261101T030000Z"], input=code, text=True,
-                          capture_output=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr
-    latest = artifact.read_latest(store, str(out))
-    assert latest.run_id == "20261101T030000Z" and latest.index == "runs/20261101T030000Z/index"
-    assert latest.manifest_sha256 == hashlib.sha256(manifests["20261101T030000Z"]).hexdigest()
-    assert json.loads((out / "LATEST").read_bytes())["format_version"] == artifact.FORMAT_VERSION
+    commands = re.findall(r"`(imgsim (?:runs|rollback|verify|query|template-metadata) [^`]*)`", text)
+    commands += re.findall(r"^\s*(imgsim (?:runs|rollback|verify|query) [^#\n]*)", text, re.M)
+    assert len(commands) >= 6
+    for command in commands:
+        argv = command.replace("$BUCKET", "bucket").replace("RUN_ID", "r1").replace("SOME_ID", "x").split()[1:]
+        parse(argv)  # raises ConfigError with what is wrong

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imgsim import cma, manifest
+from imgsim.catalogue import cma, manifest
 from imgsim.failures import Failure
-from imgsim.inputs import CmaInput, GlobInput, ManifestInput, resolve_input
+from imgsim.catalogue.inputs import CmaInput, GlobInput, ManifestInput, resolve_input
 from imgsim.records import CatalogueRow
-from imgsim.storage import fixed_prefix
+from imgsim.storage import ObjectStore, fixed_prefix
 
 
 def rows_of(data: bytes, name: str, limit=None):
@@ -79,17 +79,17 @@ def test_resolve_input_classifies_every_form(tmp_path):
     (tmp_path / "m.csv").write_bytes(CSV)
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(b"x")
-    assert isinstance(resolve_input(str(tmp_path / "m.csv")), ManifestInput)
-    assert isinstance(resolve_input(str(tmp_path / "img" / "*.jpg")), GlobInput)
-    assert resolve_input(str(tmp_path / "img")).pattern.endswith("img/**")
-    spec = resolve_input("cma", limit=5)
+    assert isinstance(resolve_input(str(tmp_path / "m.csv"), ObjectStore()), ManifestInput)
+    assert isinstance(resolve_input(str(tmp_path / "img" / "*.jpg"), ObjectStore()), GlobInput)
+    assert resolve_input(str(tmp_path / "img"), ObjectStore()).pattern.endswith("img/**")
+    spec = resolve_input("cma", ObjectStore(), limit=5)
     assert isinstance(spec, CmaInput) and spec.limit == 5
     for bad, message in [(str(tmp_path / "nope.csv"), "cannot open"), (str(tmp_path / "x.txt"), "not a manifest"),
                          (str(tmp_path / "img" / "*.png"), "matches no files"), ("", "required")]:
         with pytest.raises(ValueError, match=message):
-            resolve_input(bad)
+            resolve_input(bad, ObjectStore())
     with pytest.raises(ValueError, match="--limit"):
-        resolve_input("cma", limit=0)
+        resolve_input("cma", ObjectStore(), limit=0)
 
 
 @pytest.mark.parametrize("pattern, prefix", [

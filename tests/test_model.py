@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from conftest import jpeg
-from imgsim import weights
-from imgsim.images import decode_image
-from imgsim.model import ModelSpec, WeightsMismatch, build_model, load_embedder
+from imgsim.embed import weights
+from imgsim.embed.decode import decode_image
+from imgsim.embed.model import ModelSpec, WeightsMismatch, build_model, load_embedder
+from imgsim.storage import ObjectStore
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +108,14 @@ def test_remote_weights_download_through_keras_with_md5_check(server, notop_weig
 
 
 def test_imagenet_checksum_needs_no_download():
-    assert weights.weights_checksum("imagenet", include_top=True) == "md5:" + weights.IMAGENET_WITH_TOP.md5
+    assert weights.weights_checksum("imagenet", include_top=True, store=ObjectStore()) == "md5:" + weights.IMAGENET_WITH_TOP.md5
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
-        weights.resolve(str(tmp_path / "missing.weights.h5"), include_top=False)
+        weights.resolve(str(tmp_path / "missing.weights.h5"), include_top=False, store=ObjectStore())
     with pytest.raises(ValueError, match="imagenet"):
-        weights.resolve("https://example.org/w.h5", include_top=False)
+        weights.resolve("https://example.org/w.h5", include_top=False, store=ObjectStore())
 
 
 def test_a_batch_too_big_for_accelerator_memory_is_split(pool_embedder, photos):

@@ -12,7 +12,7 @@ from PIL import Image
 from catalogue_server import CatalogueServer
 from conftest import jpeg
 from pipeline_helpers import by_id, parquet_bytes, run_pipeline, write_manifest
-from imgsim.outputs import vectors
+from imgsim.runs.outputs import vectors
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_work(server, photos
              for n, data in (("kite", photos["kite"]), ("dog-flipped", flipped))]
     manifest = write_manifest(tmp_path / "m.csv", rows)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "imgsim.cli", "run", "--input", manifest, *base_args(out, "big", notop_weights),
+    args = [sys.executable, "-m", "imgsim", "run", "--input", manifest, *base_args(out, "big", notop_weights),
             "--allow-private-addresses", "--checkpoint-rows", "2", "--max-batch-size", "2", "--min-batch-size", "2",
             "--progress-interval", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -142,7 +142,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_work(server, photos
 
 
 def test_a_restart_with_another_model_is_refused(catalogue, notop_weights, tmp_path):
-    from imgsim.pipelines.launcher import main
+    from imgsim.cli import main
 
     out = catalogue["out"]
     first = run_pipeline("--input", catalogue["manifest"], *base_args(out, "r1", notop_weights),
@@ -152,6 +152,6 @@ def test_a_restart_with_another_model_is_refused(catalogue, notop_weights, tmp_p
     os.makedirs(run_dir / "checkpoint")
     pq.write_table(first["embeddings"], run_dir / "checkpoint" / "part-x.parquet")
     os.remove(run_dir / "summary.json")
-    code = main(["--input", catalogue["manifest"], *base_args(out, "r1", notop_weights), "--resize", "crop",
+    code = main(["run", "--input", catalogue["manifest"], *base_args(out, "r1", notop_weights), "--resize", "crop",
                  "--allow-private-addresses"])
     assert code == 2

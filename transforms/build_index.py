@@ -1,7 +1,7 @@
 """The pipeline's final step: build, validate and publish the ScaNN index, on a worker.
 
 It waits for the embeddings sink to finalise (its file names arrive as a side
-input), reads those files, and hands them to imgsim.commands.build_and_publish.
+input), reads those files, and hands them to imgsim.index.build.build_and_publish.
 An index below --min-recall, or a LATEST that another run replaced meanwhile,
 is reported in the summary rather than raised: the run's data is still good.
 Storage errors do raise, so the runner retries the step; LATEST is written
@@ -13,10 +13,10 @@ import logging
 
 import apache_beam as beam
 
-from imgsim import indexer
-from imgsim.commands import build_and_publish
-from imgsim.layout import RunLayout
-from imgsim.outputs import read_tables
+from imgsim.index.build import IndexInputError, IndexSettings, RecallTooLow, build_and_publish
+from imgsim.runs.layout import RunLayout
+from imgsim.runs.outputs import read_tables
+from imgsim.storage import ObjectStore
 
 _LOG = logging.getLogger("imgsim.index")
 
@@ -24,7 +24,7 @@ _LOG = logging.getLogger("imgsim.index")
 class BuildIndex(beam.PTransform):
     """{embedding_files, input_rows} -> PCollection with one index report dict."""
 
-    def __init__(self, layout: RunLayout, settings: indexer.IndexSettings, input_description: dict,
+    def __init__(self, layout: RunLayout, settings: IndexSettings, input_description: dict,
                  expected_latest_generation: int):
         super().__init__()
         self._layout = layout
@@ -48,14 +48,17 @@ class _BuildIndexFn(beam.DoFn):
         self._input_description = input_description
         self._generation = generation
 
+    def setup(self):
+        self._store = ObjectStore()
+
     def process(self, _, files, input_rows):
         try:
-            tables = read_tables(sorted(files))
-            report = build_and_publish(tables, self._settings, self._layout, self._generation,
+            tables = read_tables(sorted(files), self._store)
+            report = build_and_publish(self._store, tables, self._settings, self._layout, self._generation,
                                        self._input_description, {"input_rows": input_rows})
-        except indexer.RecallTooLow as e:
+        except RecallTooLow as e:
             report = {"published": False, "reason": str(e), **e.report}
-        except indexer.IndexInputError as e:
+        except IndexInputError as e:
             report = {"published": False, "reason": str(e)}
         _LOG.info("index: %s", report.get("latest") or report.get("reason"))
         yield report

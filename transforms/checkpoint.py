@@ -17,12 +17,12 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.layout import RunLayout
+from imgsim.runs.layout import RunLayout
 from imgsim.storage import ObjectStore, join
 
 
 class WriteCheckpoint(beam.PTransform):
-    """embedding rows -> nothing (files under runs/RUN_ID/checkpoint/)."""
+    """EmbeddingRows -> nothing (files under runs/RUN_ID/checkpoint/)."""
 
     def __init__(self, layout: RunLayout, schema: pa.Schema, every: int = 500):
         super().__init__()
@@ -60,10 +60,9 @@ class _CheckpointFn(beam.DoFn):
     def _flush(self):
         if not self._rows:
             return
-        names = self._schema.names
-        table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in self._rows], schema=self._schema)
+        table = pa.Table.from_pylist([row.to_dict() for row in self._rows], schema=self._schema)
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        path = join(self._layout.run_dir, "checkpoint", f"part-{uuid.uuid4().hex}.parquet")
+        path = join(self._layout.checkpoint_dir, f"part-{uuid.uuid4().hex}.parquet")
         self._store.write_bytes(path, buf.getvalue())
         self._rows = []

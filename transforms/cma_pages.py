@@ -12,9 +12,9 @@ import json
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from imgsim import cma
+from imgsim.catalogue import cma
 from imgsim.failures import Failure, StageError
-from imgsim.fetch import Fetcher, FetchConfig
+from imgsim.fetch.http import Fetcher, FetchConfig
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed
 
 

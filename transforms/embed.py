@@ -1,7 +1,7 @@
 """Batched VGG16 inference through Beam's RunInference, with a model handler of our own.
 
 Beam's TensorFlow handler imports tensorflow_hub and cannot load Keras 3
-models, so Vgg16ModelHandler builds the model with imgsim.model. The base
+models, so Vgg16ModelHandler builds the model with imgsim.embed.model. The base
 class supplies batching (min/max batch size) and sharing: one model per
 worker process, used by all its threads (or, with large_model, one per
 machine across processes). A batch the model raises on becomes
@@ -16,10 +16,11 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from imgsim import reuse, weights
+from imgsim.embed import weights
+from imgsim.embed.model import Embedder, ModelSpec, load_embedder
 from imgsim.failures import STAGE_EMBED, Failure
-from imgsim.model import Embedder, ModelSpec, load_embedder
-from imgsim.records import DecodedImage
+from imgsim.records import DecodedImage, EmbeddingRow
+from imgsim.storage import ObjectStore
 from imgsim.transforms.failures import FAILURES, NAMESPACE, counted, failed
 
 
@@ -38,7 +39,7 @@ class Vgg16ModelHandler(ModelHandler[DecodedImage, PredictionResult, Embedder]):
         self._checksum = weights_checksum
 
     def load_model(self) -> Embedder:
-        local = weights.resolve(self._spec.weights, self._spec.include_top)
+        local = weights.resolve(self._spec.weights, self._spec.include_top, ObjectStore())
         if local.checksum != self._checksum:
             raise WeightsChanged(
                 f"--weights {self._spec.weights} now has checksum {local.checksum}, but the run "
@@ -59,9 +60,12 @@ class Vgg16ModelHandler(ModelHandler[DecodedImage, PredictionResult, Embedder]):
 
 
 class EmbedImages(beam.PTransform):
-    """decoded images -> (embedding rows, failures)."""
+    """decoded images -> (EmbeddingRows, failures).
 
-    def __init__(self, handler: Vgg16ModelHandler):
+    The handler's predictions are (vector, valid) pairs per image: Vgg16ModelHandler
+    in a run, any ModelHandler with that contract in tests."""
+
+    def __init__(self, handler: ModelHandler):
         super().__init__()
         self._handler = handler
 
@@ -71,12 +75,6 @@ class EmbedImages(beam.PTransform):
         batch_failures = errors.failed_inferences | "FailedBatches" >> beam.ParDo(_FailedBatch())
         failures = (outputs[FAILURES], batch_failures) | "EmbedFailures" >> beam.Flatten()
         return outputs.rows, failures
-
-
-def embedding_row(image: DecodedImage, vector: np.ndarray) -> dict:
-    return reuse.embedding_row(image.row, sha256=image.sha256, width=image.width, height=image.height,
-                               embedding=vector, etag=image.etag, last_modified=image.last_modified,
-                               origin=reuse.CHANGED if image.row.known else reuse.NEW)
 
 
 class _ToEmbeddingRow(beam.DoFn):
@@ -91,7 +89,7 @@ class _ToEmbeddingRow(beam.DoFn):
                                  "the raw vector is all zeros or not finite"))
             return
         self._embedded.inc()
-        yield embedding_row(image, vector)
+        yield EmbeddingRow.computed(image, vector)
 
 
 class _FailedBatch(beam.DoFn):

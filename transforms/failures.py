@@ -8,8 +8,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from imgsim.failures import Failure, StageError
-from imgsim.records import CatalogueRow
+from imgsim.failures import Failure
 
 FAILURES = "failures"
 NAMESPACE = "imgsim"
@@ -25,8 +24,3 @@ def counted(failure: Failure) -> Failure:
 def failed(failure: Failure) -> beam.pvalue.TaggedOutput:
     """Count the failure and tag it for the failures output."""
     return beam.pvalue.TaggedOutput(FAILURES, counted(failure))
-
-
-def failure_from(row: CatalogueRow, stage: str, error: StageError) -> Failure:
-    return Failure(id=row.id, url=row.url, stage=stage, reason=error.reason, detail=error.detail,
-                   http_status=error.http_status, attempts=error.attempts)

@@ -10,9 +10,9 @@ import logging
 import apache_beam as beam
 from apache_beam.utils import shared
 
-from imgsim.progress import ProgressMeter
+from imgsim.runs.progress import ProgressMeter
 
-_LOG = logging.getLogger("imgsim.progress")
+_LOG = logging.getLogger("imgsim.runs.progress")
 
 
 def report_progress(embedding_parts, failure_parts, input_rows, interval: float = 10.0) -> None:

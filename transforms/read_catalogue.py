@@ -10,10 +10,10 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from imgsim import manifest
+from imgsim.catalogue import manifest
 from imgsim.failures import Failure
-from imgsim.fetch import FetchConfig
-from imgsim.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
+from imgsim.fetch.http import FetchConfig
+from imgsim.catalogue.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
 from imgsim.records import SOURCE_STORAGE, CatalogueRow
 from imgsim.storage import ObjectStore
 from imgsim.transforms.cma_pages import ReadCmaPages
@@ -45,9 +45,12 @@ class _ReadManifest(beam.DoFn):
         self._spec = spec
         self._read = Metrics.counter(NAMESPACE, "rows_read")
 
+    def setup(self):
+        self._store = ObjectStore()
+
     def process(self, _):
         spec = self._spec
-        with ObjectStore().open_read(spec.path) as raw:
+        with self._store.open_read(spec.path) as raw:
             for item in manifest.iter_rows(raw, spec.path, spec.schema, spec.limit):
                 self._read.inc()
                 if isinstance(item, Failure):
@@ -61,9 +64,12 @@ class _ExpandGlob(beam.DoFn):
         self._spec = spec
         self._read = Metrics.counter(NAMESPACE, "rows_read")
 
+    def setup(self):
+        self._store = ObjectStore()
+
     def process(self, _):
         prefix = self._spec.prefix
-        paths = ObjectStore().glob(self._spec.pattern)
+        paths = self._store.glob(self._spec.pattern)
         if self._spec.limit is not None:
             paths = paths[: self._spec.limit]
         for position, path in enumerate(paths):

@@ -1,29 +1,31 @@
 """Joining the collection with earlier embeddings (incremental runs and restarts).
 
 Earlier rows are read in parallel, keyed by id and CoGrouped with today's
-rows. Per id: a row of this run's own checkpoint is reused outright; a row
+rows. Per id: a row of this run's own checkpoint is resumed outright; a row
 of LATEST's run with the same URL rides along with the download, which then
-asks the server whether the bytes changed (imgsim.reuse decides, the
-download stage acts); ids only in LATEST's run are counted as deleted.
+asks the server whether the bytes changed (imgsim.runs.reuse decides,
+imgsim.fetch.acquire asks); ids only in LATEST's run are counted as deleted.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 
-from imgsim import reuse
-from imgsim.outputs import read_tables
+from imgsim.records import RESUMED, EmbeddingRow
+from imgsim.runs import reuse
+from imgsim.runs.outputs import read_tables
+from imgsim.storage import ObjectStore
 from imgsim.transforms.failures import NAMESPACE
 
-REUSED = "reused"
 DELETED = "deleted"
 
 
 class PlanReuse(beam.PTransform):
     """rows -> outputs: `rows` (to fetch; .previous set where an earlier row may stand in),
-    REUSED (embedding rows resumed from the checkpoint), DELETED (ids gone since LATEST's run)."""
+    RESUMED (EmbeddingRows from this run's checkpoint), DELETED (ids gone since LATEST's run)."""
 
     def __init__(self, sources: list[reuse.ReuseSource]):
         super().__init__()
@@ -38,15 +40,18 @@ class PlanReuse(beam.PTransform):
         keyed = rows | "KeyRows" >> beam.Map(lambda row: (row.id, row))
         return ({"row": keyed, "previous": previous}
                 | "JoinById" >> beam.CoGroupByKey()
-                | "Decide" >> beam.ParDo(_Decide()).with_outputs(REUSED, DELETED, main="rows"))
+                | "Decide" >> beam.ParDo(_Decide()).with_outputs(RESUMED, DELETED, main="rows"))
 
 
 class _ReadEarlier(beam.DoFn):
+    def setup(self):
+        self._store = ObjectStore()
+
     def process(self, element):
         path, trusted = element
-        for table in read_tables([path]):
+        for table in read_tables([path], self._store):
             for row in table.to_pylist():
-                row["embedding"] = _as_vector(row["embedding"])
+                row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
                 yield row["id"], reuse.previous_from_row(row, trusted)
 
 
@@ -66,12 +71,6 @@ class _Decide(beam.DoFn):
         chosen = reuse.pick_previous(previous, row.url)
         if chosen is not None and chosen.trusted:
             self._resumed.inc()
-            yield beam.pvalue.TaggedOutput(REUSED, reuse.reused_row(row, chosen, reuse.RESUMED))
+            yield beam.pvalue.TaggedOutput(RESUMED, EmbeddingRow.from_previous(row, chosen, RESUMED))
         else:
             yield dataclasses.replace(row, previous=chosen, known=known)
-
-
-def _as_vector(values):
-    import numpy as np
-
-    return np.asarray(values, dtype=np.float32)

@@ -12,15 +12,15 @@ import time
 import apache_beam as beam
 import pyarrow as pa
 
-from imgsim.layout import RunLayout
-from imgsim.outputs import FAILURES_SCHEMA
-from imgsim.reuse import CHANGED, NEW, ORIGIN, RESUMED, REUSED
+from imgsim.records import ORIGINS
+from imgsim.runs.layout import RunLayout
+from imgsim.runs.outputs import FAILURES_SCHEMA
+from imgsim.runs.summary import build_summary
 from imgsim.storage import ObjectStore, join
-from imgsim.summary import build_summary
 
 
 class WriteEmbeddings(beam.PTransform):
-    """embedding rows (dicts) -> PCollection of the Parquet files written (embeddings/NAME-*.parquet)."""
+    """EmbeddingRows -> PCollection of the Parquet files written (embeddings/NAME-*.parquet)."""
 
     def __init__(self, layout: RunLayout, schema: pa.Schema, name: str = "part"):
         super().__init__()
@@ -29,8 +29,10 @@ class WriteEmbeddings(beam.PTransform):
         self._name = name
 
     def expand(self, rows):
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            join(self._layout.embeddings_dir, self._name), self._schema, file_name_suffix=".parquet")
+        return (rows
+                | "AsRows" >> beam.Map(lambda row: row.to_dict())
+                | "WriteParquet" >> beam.io.WriteToParquet(
+                    join(self._layout.embeddings_dir, self._name), self._schema, file_name_suffix=".parquet"))
 
 
 class WriteFailures(beam.PTransform):
@@ -64,7 +66,7 @@ class WriteRunSummary(beam.PTransform):
     def expand(self, pcolls):
         # Counted per part (combiner lifting keeps this inside each producing stage), then merged.
         origins = [part
-                   | f"Origin{i}" >> beam.Map(lambda row: row.get(ORIGIN, NEW))
+                   | f"Origin{i}" >> beam.Map(lambda row: row.origin)
                    | f"CountOrigins{i}" >> beam.combiners.Count.PerElement()
                    for i, part in enumerate(v for k, v in sorted(pcolls.items()) if k.startswith("embeddings:"))]
         origins = origins | "AllOrigins" >> beam.Flatten()
@@ -96,8 +98,11 @@ class _WriteSummary(beam.DoFn):
         self._started_at = started_at
         self._reuse_report = reuse_report
 
+    def setup(self):
+        self._store = ObjectStore()
+
     def process(self, _, input_rows, failure_counts, written, index, origins, deleted):
-        by_origin = {origin: 0 for origin in (NEW, CHANGED, REUSED, RESUMED)}
+        by_origin = dict.fromkeys(ORIGINS, 0)
         for origin, count in origins:
             by_origin[origin] += count
         embedded = sum(by_origin.values())
@@ -110,8 +115,7 @@ class _WriteSummary(beam.DoFn):
                    "index": index[0] if index else None,
                    "reuse": self._reuse_report})
         summary["counts"].update({**by_origin, "deleted": deleted})
-        store = ObjectStore()
-        store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),
-                          content_type="application/json")
-        store.delete_prefix(join(self._layout.run_dir, "checkpoint"))  # the run is complete
+        self._store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),
+                                content_type="application/json")
+        self._store.delete_prefix(self._layout.checkpoint_dir)  # the run is complete
         yield summary

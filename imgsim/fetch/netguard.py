@@ -77,22 +77,26 @@ class BlockedPeer(Exception):
 
 
 def guarded_pool_classes(allowed: Callable[[str], bool]) -> dict:
-    """urllib3 pool classes whose connections verify the connected peer address."""
+    """urllib3 pool classes whose connections verify the connected peer address.
 
-    def check(sock: socket.socket, host: str) -> socket.socket:
-        peer = sock.getpeername()[0]
+    The check runs in `connect()` (urllib3's public connection method), after
+    the socket is connected and before any request byte is sent."""
+
+    def check(connection) -> None:
+        peer = connection.sock.getpeername()[0]
         if not allowed(peer):
-            sock.close()
-            raise BlockedPeer(f"{host} connected to {peer}, which is not a public address")
-        return sock
+            connection.close()
+            raise BlockedPeer(f"{connection.host} connected to {peer}, which is not a public address")
 
     class GuardedHTTPConnection(HTTPConnection):
-        def _new_conn(self):
-            return check(super()._new_conn(), self.host)
+        def connect(self):
+            super().connect()
+            check(self)
 
     class GuardedHTTPSConnection(HTTPSConnection):
-        def _new_conn(self):
-            return check(super()._new_conn(), self.host)
+        def connect(self):
+            super().connect()
+            check(self)
 
     class GuardedHTTPPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection

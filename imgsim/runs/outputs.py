@@ -15,12 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.signature import PARQUET_METADATA_KEY, ModelSignature
+from imgsim.embed.signature import PARQUET_METADATA_KEY, ModelSignature
 from imgsim.storage import ObjectStore
 
 FORMAT_VERSION_KEY = b"imgsim.format_version"
 FORMAT_VERSION = b"1"
-BASE_COLUMNS = ("id", "url", "sha256", "width", "height", "embedding", "etag", "last_modified")
 
 FAILURES_SCHEMA = pa.schema([
     pa.field("id", pa.string()),
@@ -62,8 +61,7 @@ def signature_of_file(store: ObjectStore, path: str) -> ModelSignature:
         return signature_of(pq.read_schema(f))
 
 
-def read_tables(paths: Iterable[str], store: ObjectStore | None = None) -> list[pa.Table]:
-    store = store or ObjectStore()
+def read_tables(paths: Iterable[str], store: ObjectStore) -> list[pa.Table]:
     tables = []
     for path in paths:
         with store.open_read(path) as f:

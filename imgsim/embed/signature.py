@@ -19,7 +19,7 @@ class ModelSignature:
     dim: int
     weights: str  # as given: "imagenet", a path or a gs:// URI (informational)
     weights_checksum: str  # "md5:..." (Keras-verified download) or "sha256:..." (a file)
-    preprocessing: str  # imgsim.images.DecodeConfig.preprocessing_id
+    preprocessing: str  # imgsim.embed.decode.DecodeConfig.preprocessing_id
     precision: str  # fp32 or bf16
 
     # The fields that decide whether vectors are comparable; `weights` is only where they came from.

@@ -19,9 +19,9 @@ import warnings
 
 import numpy as np
 
-from imgsim.images import MODEL_INPUT_SIZE, vgg16_preprocess
+from imgsim.embed.decode import MODEL_INPUT_SIZE, vgg16_preprocess
 
-_LOG = logging.getLogger("imgsim.model")
+_LOG = logging.getLogger("imgsim.embed.model")
 LAYER_DIMS = {"fc2": 4096, "fc1": 4096, "pool": 512}
 PRECISIONS = ("fp32", "bf16")
 ARCHITECTURE = "vgg16"

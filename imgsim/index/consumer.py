@@ -1,6 +1,6 @@
 """Using a published index downstream, without Beam.
 
-    from imgsim.consumer import ImageIndex
+    from imgsim import ImageIndex
     index = ImageIndex.open("gs://bucket/imgsim")       # follows LATEST; or run_id=...
     index.similar("1915.534", k=10)                      # the item itself first
     index.search(vectors, k=10)                          # your own unit or raw vectors
@@ -23,48 +23,56 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim import artifact
-from imgsim.artifact import ArtifactError
-from imgsim.signature import ModelSignature
+from imgsim.embed import weights as weights_lib
+from imgsim.embed.decode import DecodeConfig, decode_image
+from imgsim.embed.model import ModelSpec, load_embedder  # TensorFlow is imported only when a model is built
+from imgsim.embed.signature import ModelSignature
+from imgsim.index import artifact
+from imgsim.index.artifact import ArtifactError
+from imgsim.index.latest import read_latest
+from imgsim.runs.layout import RunLayout
+from imgsim.runs.outputs import vectors
 from imgsim.storage import ObjectStore, is_gcs, join
+from imgsim.storage import cache_dir as imgsim_cache_dir
 
 _NOT_METADATA = ("row", "embedding")
 
 
 @dataclasses.dataclass(frozen=True)
 class Match:
+    """One result: the item's id, its cosine similarity to the query, its rank (1 = best), and the
+    item's metadata (url, sha256, width, height and the input's columns) under a key of its own."""
+
     id: str
     score: float
+    rank: int
     metadata: dict
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "score": round(float(self.score), 6), **self.metadata}
+        return {"id": self.id, "score": round(float(self.score), 6), "rank": self.rank,
+                "metadata": self.metadata}
 
 
 class ModelMismatch(ValueError):
     """The model at hand would produce vectors the index cannot be compared with."""
 
 
-def default_cache_dir() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "imgsim", "index")
-
-
-def resolve_index_dir(location: str, run_id: Optional[str] = None, store: Optional[ObjectStore] = None) -> str:
+def resolve_index_dir(store: ObjectStore, location: str, run_id: Optional[str] = None) -> str:
     """The index directory for an output root (via LATEST or run_id) or an index directory itself."""
-    store = store or ObjectStore()
     if run_id:
-        return join(location, "runs", run_id, "index")
+        return RunLayout(location, run_id).index_dir
     if store.exists(join(location, artifact.MANIFEST)):
         return location
-    latest = artifact.read_latest(store, location)
+    latest = read_latest(store, location)
     if latest is None:
         raise ArtifactError(f"no index at {location}: neither LATEST nor {artifact.MANIFEST} exists")
     return join(location, latest.index)
 
 
 class ImageIndex:
-    def __init__(self, local_dir: str, manifest: dict, source: str):
+    def __init__(self, local_dir: str, manifest: dict, source: str, store: ObjectStore):
         self.local_dir = local_dir
+        self._store = store
         self.manifest = manifest
         self.source = source
         self.signature = ModelSignature.from_dict(manifest["model_signature"])
@@ -83,14 +91,14 @@ class ImageIndex:
              store: Optional[ObjectStore] = None) -> "ImageIndex":
         """Open the index at an output root (LATEST, or run_id) or an index directory, local or gs://."""
         store = store or ObjectStore()
-        index_dir = resolve_index_dir(location, run_id, store)
+        index_dir = resolve_index_dir(store, location, run_id)
         if not is_gcs(index_dir) and not os.path.isdir(index_dir):
             raise ArtifactError(f"no index at {index_dir}")
         key = hashlib.sha256(os.path.abspath(index_dir).encode() if not is_gcs(index_dir)
                              else index_dir.encode()).hexdigest()[:16]
-        local = os.path.join(cache_dir or default_cache_dir(), key)
+        local = os.path.join(cache_dir or imgsim_cache_dir("index"), key)
         manifest = artifact.fetch_artifact(store, index_dir, local)
-        return cls(local, manifest, index_dir)
+        return cls(local, manifest, index_dir, store)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -115,14 +123,12 @@ class ImageIndex:
         queries = queries / np.where(norms > 0, norms, 1.0)
         k = max(1, min(k, len(self)))
         rows, scores = self._searcher.search_batched(queries, final_num_neighbors=k)
-        return [[self._match(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0]
+        return [[self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rr, ss), 1) if r >= 0]
                 for rr, ss in zip(np.asarray(rows), np.asarray(scores))]
 
     def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None) -> list[Match]:
         """Embed an image (path, gs:// URI or bytes) with the index's model, then search."""
-        from imgsim.images import decode_image
-
-        data = image if isinstance(image, (bytes, bytearray)) else ObjectStore().read_bytes(image)
+        data = image if isinstance(image, (bytes, bytearray)) else self._store.read_bytes(image)
         embedder, decode_config = self._model(weights)
         vectors, valid = embedder(decode_image(bytes(data), decode_config).pixels[None])
         if not valid[0]:
@@ -136,7 +142,8 @@ class ImageIndex:
         if not table.num_rows:
             raise KeyError(item_id)
         row = table.to_pylist()[0]
-        return [self._match(self._row(i), s) for i, s in zip(row["neighbor_ids"], row["scores"])]
+        return [self._match(self._row(i), s, rank)
+                for rank, (i, s) in enumerate(zip(row["neighbor_ids"], row["scores"]), 1)]
 
     def groups(self) -> pa.Table:
         return pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
@@ -148,29 +155,24 @@ class ImageIndex:
         except KeyError:
             raise KeyError(f"id {item_id!r} is not in the index") from None
 
-    def _match(self, row: int, score: float) -> Match:
+    def _match(self, row: int, score: float, rank: int) -> Match:
         info = {k: v for k, v in self._info.slice(row, 1).to_pylist()[0].items() if k != "id"}
-        return Match(self._ids[row], score, info)
+        return Match(self._ids[row], score, rank, info)
 
     def _all_vectors(self) -> np.ndarray:
         with self._lock:
             if self._vectors is None:
-                from imgsim.outputs import vectors
-
                 table = pq.read_table(os.path.join(self.local_dir, "ids.parquet"), columns=["embedding"])
                 self._vectors = vectors(table)
             return self._vectors
 
     def _model(self, weights: Optional[str]):
-        from imgsim import weights as weights_lib
-        from imgsim.model import ModelSpec, load_embedder
-
         with self._lock:
             if self._embedder is None:
                 sig = self.signature
                 decode_config = decode_config_for(sig.preprocessing)
                 spec = ModelSpec(layer=sig.layer, weights=weights or sig.weights, precision=sig.precision)
-                local = weights_lib.resolve(spec.weights, spec.include_top)
+                local = weights_lib.resolve(spec.weights, spec.include_top, self._store)
                 if local.checksum != sig.weights_checksum:
                     raise ModelMismatch(
                         f"the weights {spec.weights} (checksum {local.checksum}) are not the ones this index "
@@ -179,10 +181,8 @@ class ImageIndex:
             return self._embedder
 
 
-def decode_config_for(preprocessing: str):
+def decode_config_for(preprocessing: str) -> DecodeConfig:
     """The DecodeConfig that reproduces a signature's preprocessing, or ModelMismatch."""
-    from imgsim.images import DecodeConfig
-
     for resize in ("pad", "crop"):
         candidate = DecodeConfig(resize=resize)
         if candidate.preprocessing_id == preprocessing:

@@ -7,6 +7,7 @@ the per-process limit times the number of worker processes.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import urllib.robotparser
@@ -98,3 +99,13 @@ class RobotsPolicy:
         else:
             parser.parse(text.splitlines())
         return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Politeness:
+    """The per-process politeness state every download thread shares: host limits and robots rules.
+
+    imgsim.fetch.http.shared_politeness builds one (robots.txt needs a fetcher)."""
+
+    limiter: HostLimiter
+    robots: Optional[RobotsPolicy] = None

@@ -3,7 +3,8 @@
     OUT/LATEST                          pointer to the newest published index
     OUT/runs/RUN_ID/embeddings/*.parquet
     OUT/runs/RUN_ID/failures/*.parquet
-    OUT/runs/RUN_ID/summary.json
+    OUT/runs/RUN_ID/summary.json        written last: the run's data is complete
+    OUT/runs/RUN_ID/checkpoint/         embeddings so far, while the run works (restarts resume)
     OUT/runs/RUN_ID/index/              the index artifact
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import re
 
 from imgsim.storage import join
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_RUN_ID = re.compile(RUN_ID_PATTERN)
 
 
 def new_run_id(now: datetime.datetime | None = None) -> str:
@@ -38,12 +40,8 @@ class RunLayout:
         check_run_id(self.run_id)
 
     @property
-    def runs_dir(self) -> str:
-        return join(self.output, "runs")
-
-    @property
     def run_dir(self) -> str:
-        return join(self.output, "runs", self.run_id)
+        return join(runs_dir(self.output), self.run_id)
 
     @property
     def embeddings_dir(self) -> str:
@@ -54,13 +52,23 @@ class RunLayout:
         return join(self.run_dir, "failures")
 
     @property
+    def checkpoint_dir(self) -> str:
+        return join(self.run_dir, "checkpoint")
+
+    @property
     def summary_path(self) -> str:
         return join(self.run_dir, "summary.json")
 
     @property
     def index_dir(self) -> str:
-        return join(self.run_dir, "index")
+        return join(self.output, self.relative_index_dir(self.run_id))
 
-    @property
-    def latest_path(self) -> str:
-        return join(self.output, "LATEST")
+    @staticmethod
+    def relative_index_dir(run_id: str) -> str:
+        """A run's index directory relative to the output root (what LATEST records)."""
+        return f"runs/{run_id}/index"
+
+
+def runs_dir(output: str) -> str:
+    """OUT/runs: every run's directory."""
+    return join(output, "runs")

@@ -2,7 +2,8 @@
 
 ``--weights`` is ``imagenet`` (Keras downloads the official files once and
 verifies their published MD5), a local path, or a gs:// URI (copied once into
-a local cache, because Keras loads from the file system). The checksum goes
+a local cache, because Keras loads from the file system). Downloads and copies
+go to imgsim's one cache directory (imgsim.storage.cache_dir), under weights/. The checksum goes
 into the model signature, so two runs with the same weights agree however the
 file was reached.
 """
@@ -13,7 +14,7 @@ import hashlib
 import os
 from typing import Optional
 
-from imgsim.storage import ObjectStore, is_gcs, sha256_file
+from imgsim.storage import ObjectStore, cache_dir as imgsim_cache_dir, is_gcs, sha256_file
 
 IMAGENET = "imagenet"
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
@@ -45,30 +46,27 @@ class LocalWeights:
     checksum: str
 
 
-def default_cache_dir() -> str:
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                        "imgsim", "weights")
-
-
 def imagenet_file(include_top: bool) -> RemoteWeights:
     return IMAGENET_WITH_TOP if include_top else IMAGENET_NO_TOP
 
 
-def weights_checksum(spec: str, include_top: bool, store: Optional[ObjectStore] = None,
-                     cache_dir: Optional[str] = None) -> str:
+def weights_checksum(spec: str, include_top: bool, store: ObjectStore) -> str:
     """The checksum the signature records, fetching the file only when it must be hashed."""
     if spec == IMAGENET:
         return "md5:" + imagenet_file(include_top).md5
-    return resolve(spec, include_top, store, cache_dir).checksum
+    return resolve(spec, include_top, store).checksum
 
 
-def resolve(spec: str, include_top: bool, store: Optional[ObjectStore] = None,
-            cache_dir: Optional[str] = None, imagenet: Optional[RemoteWeights] = None) -> LocalWeights:
-    """A local file for the weights spec; raises FileNotFoundError or ValueError with a clear message."""
+def resolve(spec: str, include_top: bool, store: ObjectStore, cache_dir: Optional[str] = None,
+            imagenet: Optional[RemoteWeights] = None) -> LocalWeights:
+    """A local file for the weights spec; raises FileNotFoundError or ValueError with a clear message.
+
+    cache_dir: where downloads and gs:// copies go (default: imgsim's cache, weights/)."""
+    cache_dir = cache_dir or imgsim_cache_dir("weights")
     if spec == IMAGENET:
         return download_remote(imagenet or imagenet_file(include_top), cache_dir)
     if is_gcs(spec):
-        return _cached_copy(spec, store or ObjectStore(), cache_dir or default_cache_dir())
+        return _cached_copy(spec, store, cache_dir)
     if "://" in spec:
         raise ValueError(f"--weights {spec!r}: use 'imagenet', a local path or a gs:// URI")
     path = os.path.abspath(os.path.expanduser(spec))
@@ -77,14 +75,17 @@ def resolve(spec: str, include_top: bool, store: Optional[ObjectStore] = None,
     return LocalWeights(path, "sha256:" + sha256_file(path))
 
 
-def download_remote(remote: RemoteWeights, cache_dir: Optional[str] = None) -> LocalWeights:
-    """Keras' own cached, MD5-verified download (into ~/.keras/models unless cache_dir is given)."""
+def download_remote(remote: RemoteWeights, cache_dir: str) -> LocalWeights:
+    """Keras' own cached, MD5-verified download into cache_dir."""
     from keras.utils import get_file
+    parent, subdir = os.path.split(os.path.abspath(cache_dir))
     try:
         path = get_file(remote.fname, origin=remote.url, file_hash=remote.md5,
-                        cache_subdir="models", cache_dir=cache_dir)
+                        cache_subdir=subdir, cache_dir=parent)
     except Exception as e:
-        raise ValueError(f"could not download the ImageNet weights from {remote.url}: {e}") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"could not download the ImageNet weights from {remote.url} ({reason}); "
+                         "check the network, or pass --weights a local or gs:// copy") from None
     return LocalWeights(path, "md5:" + remote.md5)
 
 

@@ -28,9 +28,10 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
-from imgsim import __version__, netguard
+from imgsim import __version__
 from imgsim.failures import StageError
-from imgsim.politeness import HostLimiter, RobotsPolicy
+from imgsim.fetch import netguard
+from imgsim.fetch.politeness import HostLimiter, Politeness, RobotsPolicy
 
 DEFAULT_USER_AGENT = (
     f"imgsim/{__version__} (image-similarity pipeline; +https://github.com/imgsim/imgsim)")
@@ -91,15 +92,16 @@ class _Retryable(Exception):
 class Fetcher:
     """Thread-safe: one Fetcher serves all download threads of a DoFn instance."""
 
-    def __init__(self, config: FetchConfig = FetchConfig(), limiter: Optional[HostLimiter] = None,
-                 robots: Optional[RobotsPolicy] = None,
+    def __init__(self, config: FetchConfig = FetchConfig(), politeness: Optional[Politeness] = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  rand: Callable[[], float] = random.random, pool_size: int = 16):
+        """politeness: shared host limits and robots rules (default: limits of this Fetcher's own)."""
         self.config = config
-        self._limiter = limiter or HostLimiter(
-            config.max_connections_per_host, config.max_requests_per_second_per_host)
-        self._robots = robots
+        politeness = politeness or Politeness(HostLimiter(config.max_connections_per_host,
+                                                          config.max_requests_per_second_per_host))
+        self._limiter = politeness.limiter
+        self._robots = politeness.robots
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
@@ -204,9 +206,8 @@ class Fetcher:
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         cap = self.config.max_bytes
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > cap:
-            raise StageError("too_large", f"Content-Length {declared} exceeds {cap} bytes",
-                             http_status=response.status_code)
+        if declared and declared.isdigit():
+            check_size(int(declared), cap, f"Content-Length {declared}", response.status_code)
         body = bytearray()
         try:
             while True:
@@ -219,9 +220,7 @@ class Fetcher:
                 if not chunk:
                     break
                 body += chunk
-                if len(body) > cap:
-                    raise StageError("too_large", f"body exceeds {cap} bytes",
-                                     http_status=response.status_code)
+                check_size(len(body), cap, "body", response.status_code)
         except (urllib3.exceptions.ReadTimeoutError, socket.timeout) as e:
             raise _Retryable(StageError("timeout", _short(e), http_status=response.status_code)) from None
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as e:
@@ -276,26 +275,26 @@ def _short(error: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-class Politeness:
-    """The per-process politeness state shared by every download thread: host limits, robots.txt.
+def shared_politeness(config: FetchConfig) -> Politeness:
+    """The politeness state for one worker process: host limits, and robots.txt rules when asked.
 
     robots.txt itself is fetched by a Fetcher of its own (same limits and
     guard, no robots check, one retry), so asking for the rules never recurses.
     """
+    limiter = HostLimiter(config.max_connections_per_host, config.max_requests_per_second_per_host)
+    if not config.respect_robots:
+        return Politeness(limiter)
+    robots_config = dataclasses.replace(config, respect_robots=False, max_retries=1, max_bytes=512 * 1024)
+    robots_fetcher = Fetcher(robots_config, Politeness(limiter), pool_size=4)
 
-    def __init__(self, config: FetchConfig):
-        self.limiter = HostLimiter(config.max_connections_per_host,
-                                   config.max_requests_per_second_per_host)
-        self.robots: Optional[RobotsPolicy] = None
-        if config.respect_robots:
-            robots_config = dataclasses.replace(config, respect_robots=False, max_retries=1,
-                                                max_bytes=512 * 1024)
-            self._robots_fetcher = Fetcher(robots_config, limiter=self.limiter, pool_size=4)
-            self.robots = RobotsPolicy(self._robots_text, config.user_agent)
-
-    def _robots_text(self, url: str) -> tuple[int, str]:
-        result = self._robots_fetcher.fetch(url)
+    def robots_text(url: str) -> tuple[int, str]:
+        result = robots_fetcher.fetch(url)
         return result.status, result.data.decode("utf-8", errors="replace")
 
-    def fetcher(self, config: FetchConfig, pool_size: int) -> Fetcher:
-        return Fetcher(config, limiter=self.limiter, robots=self.robots, pool_size=pool_size)
+    return Politeness(limiter, RobotsPolicy(robots_text, config.user_agent))
+
+
+def check_size(size: int, cap: int, what: str, http_status: Optional[int] = None) -> None:
+    """StageError too_large when size exceeds the byte cap (downloads and storage reads alike)."""
+    if size > cap:
+        raise StageError("too_large", f"{what} exceeds {cap} bytes", http_status=http_status)

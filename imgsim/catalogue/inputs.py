@@ -9,8 +9,8 @@ import dataclasses
 import os
 from typing import Optional, Union
 
-from imgsim import manifest
-from imgsim.cma import CmaQuery
+from imgsim.catalogue import manifest
+from imgsim.catalogue.cma import CmaQuery
 from imgsim.storage import ObjectStore, fixed_prefix, is_gcs
 
 _WILDCARDS = "*?["
@@ -54,8 +54,9 @@ class CmaInput:
 InputSpec = Union[ManifestInput, GlobInput, CmaInput]
 
 
-def resolve_input(value: str, limit: Optional[int] = None, cma_query: Optional[CmaQuery] = None,
-                  store: Optional[ObjectStore] = None) -> InputSpec:
+def resolve_input(value: str, store: ObjectStore, limit: Optional[int] = None,
+                  cma_query: Optional[CmaQuery] = None, id_column: str = "id",
+                  url_column: str = "url") -> InputSpec:
     """Classify and check --input; raises ValueError with a message that says what to fix."""
     if limit is not None and limit < 1:
         raise ValueError("--limit must be at least 1")
@@ -63,7 +64,6 @@ def resolve_input(value: str, limit: Optional[int] = None, cma_query: Optional[C
         raise ValueError("--input is required: a manifest (.csv/.jsonl/.parquet), a glob of images, or 'cma'")
     if value == "cma":
         return CmaInput(dataclasses.replace(cma_query or CmaQuery(), limit=limit))
-    store = store or ObjectStore()
     if not is_gcs(value) and os.path.isdir(value):
         value = os.path.join(value, "**")
     if any(ch in value for ch in _WILDCARDS):
@@ -76,7 +76,7 @@ def resolve_input(value: str, limit: Optional[int] = None, cma_query: Optional[C
             "a glob or directory of images, or 'cma'")
     try:
         with store.open_read(value) as raw:
-            schema = manifest.inspect(raw, value)
+            schema = manifest.inspect(raw, value, id_column, url_column)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise ValueError(f"--input {value!r}: cannot open the manifest ({e.strerror or e})") from None
     except manifest.ManifestError:

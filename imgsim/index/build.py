@@ -1,26 +1,31 @@
-"""Turning a run's embeddings into a staged index artifact (ScaNN, tables, manifest).
+"""Building an index artifact from embeddings, and publishing it (`build_and_publish`).
 
-Used by the pipeline's final step (on a Dataflow worker) and by `imgsim
-index` (no Beam). The recall of the ScaNN configuration is measured against
-exact brute force on a sample of the collection's own vectors; below
-`min_recall` the index is refused.
+Used by the pipeline's final step (on a Dataflow worker), by `imgsim index`
+and by the Python API's `imgsim.build_index` (no Beam). The recall of the
+ScaNN configuration is measured against exact brute force on a sample of the
+collection's own vectors; below `min_recall` the index is refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import os
+import shutil
+import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from imgsim import artifact
-from imgsim.index_build import (connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors,
-                                recall_at_k, Neighbors)
-from imgsim.index_config import IndexOptions
-from imgsim.outputs import signature_of, vectors
-from imgsim.signature import ModelSignature
+from imgsim.embed.signature import ModelSignature
+from imgsim.index import artifact
+from imgsim.index.exact import (Neighbors, connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors,
+                                recall_at_k)
+from imgsim.index.publish import publish
+from imgsim.index.searcher import IndexOptions
+from imgsim.runs.layout import RunLayout
+from imgsim.runs.outputs import signature_of, vectors
+from imgsim.storage import ObjectStore
 
 
 class RecallTooLow(Exception):
@@ -54,6 +59,25 @@ class IndexSettings:
             raise ValueError("--neighbors-k, the recall k and --recall-queries must be at least 1")
         if self.keep_runs is not None and self.keep_runs < 1:
             raise ValueError("--keep-runs must be at least 1")
+
+
+def build_and_publish(store: ObjectStore, tables: Sequence[pa.Table], settings: IndexSettings, layout: RunLayout,
+                      expected_generation: int, input_description: dict, counts: dict) -> dict:
+    """Stage, validate and publish an index; returns the report the summary and CLI print.
+
+    Raises RecallTooLow and IndexInputError (the run's data is still good) and ArtifactError."""
+    table, signature, repeated = combine_embeddings(tables)
+    staging = tempfile.mkdtemp(prefix="imgsim-index-")
+    try:
+        manifest = build_artifact(table, signature, staging, settings, run_id=layout.run_id,
+                                  input_description=input_description,
+                                  counts={**counts, "indexed": table.num_rows, "repeated_ids": repeated})
+        result = publish(store, staging, layout, expected_generation, keep_runs=settings.keep_runs)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"published": True, "index": result.index_dir, "count": manifest["count"],
+            "recall": manifest["recall"], "scann": manifest["scann"], "groups": manifest["groups"],
+            "latest_updated": result.latest_updated, "latest": result.latest_detail}
 
 
 def combine_embeddings(tables: Sequence[pa.Table]) -> tuple[pa.Table, ModelSignature, int]:

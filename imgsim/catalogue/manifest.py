@@ -1,6 +1,7 @@
-"""Manifest files: CSV, JSONL or Parquet listing `id` and `url` per image.
+"""Manifest files: CSV, JSONL or Parquet listing an id and an image URL per row.
 
-Every other column is metadata and is carried to the outputs. The metadata
+The id and URL columns are `id` and `url` unless `--id-column` and
+`--url-column` name others (as img2dataset's `url_col` does). Every other column is metadata and is carried to the outputs. The metadata
 schema must be known before the pipeline starts (Parquet sinks need it), so
 ``inspect`` reads the header (CSV), the footer (Parquet) or the keys of every
 line (JSONL, which has no header). CSV and JSONL metadata is text: JSONL
@@ -20,13 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgsim.failures import STAGE_READ, Failure
-from imgsim.outputs import BASE_COLUMNS
-from imgsim.records import CatalogueRow
+from imgsim.records import EMBEDDING_COLUMNS, CatalogueRow
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-KEY_COLUMNS = ("id", "url")
-# Column names the outputs use themselves; a manifest may not bring its own.
-RESERVED_COLUMNS = frozenset(BASE_COLUMNS) | {"row"}  # "row" numbers the index's ids.parquet
+# Column names the outputs use themselves; a manifest's metadata may not bring its own.
+RESERVED_COLUMNS = frozenset(EMBEDDING_COLUMNS) | {"row"}  # "row" numbers the index's ids.parquet
 
 
 class ManifestError(ValueError):
@@ -37,6 +36,8 @@ class ManifestError(ValueError):
 class ManifestSchema:
     format: str
     metadata: pa.Schema  # the metadata columns, in input order
+    id_column: str = "id"
+    url_column: str = "url"
 
     @property
     def metadata_columns(self) -> tuple[str, ...]:
@@ -57,7 +58,7 @@ def open_text_stream(raw: BinaryIO, path: str) -> BinaryIO:
     return gzip.GzipFile(fileobj=raw) if path.lower().endswith(".gz") else raw
 
 
-def inspect(raw: BinaryIO, path: str) -> ManifestSchema:
+def inspect(raw: BinaryIO, path: str, id_column: str = "id", url_column: str = "url") -> ManifestSchema:
     """The manifest's format and metadata schema; raises ManifestError when it is unusable."""
     fmt = detect_format(path)
     if fmt is None:
@@ -91,19 +92,21 @@ def inspect(raw: BinaryIO, path: str) -> ManifestSchema:
             fields = [schema.field(c) for c in columns]
     except (UnicodeDecodeError, EOFError, OSError, csv.Error) as e:
         raise ManifestError(f"{path}: cannot read the manifest ({e})") from None
-    missing = [c for c in KEY_COLUMNS if c not in columns]
+    keys = (id_column, url_column)
+    missing = [c for c in keys if c not in columns]
     if missing:
         raise ManifestError(
-            f"{path}: the manifest needs columns 'id' and 'url'; it lacks {', '.join(map(repr, missing))} "
-            f"(columns found: {', '.join(columns[:10]) or 'none'})")
-    clashes = sorted(c for c in columns if c in RESERVED_COLUMNS and c not in KEY_COLUMNS)
+            f"{path}: the manifest needs columns {id_column!r} and {url_column!r}; it lacks "
+            f"{', '.join(map(repr, missing))} (columns found: {', '.join(columns[:10]) or 'none'}; "
+            "--id-column and --url-column name others)")
+    clashes = sorted(c for c in columns if c in RESERVED_COLUMNS and c not in keys)
     if clashes:
         raise ManifestError(f"{path}: rename the column(s) {', '.join(clashes)}: the outputs use these names")
     duplicates = sorted({c for c in columns if columns.count(c) > 1})
     if duplicates:
         raise ManifestError(f"{path}: duplicate column(s) {', '.join(duplicates)}")
-    metadata = pa.schema([f for f in fields if f.name not in KEY_COLUMNS])
-    return ManifestSchema(fmt, metadata)
+    metadata = pa.schema([f for f in fields if f.name not in keys])
+    return ManifestSchema(fmt, metadata, id_column, url_column)
 
 
 def iter_rows(raw: BinaryIO, path: str, schema: ManifestSchema,
@@ -116,18 +119,19 @@ def iter_rows(raw: BinaryIO, path: str, schema: ManifestSchema,
         records = _jsonl_records(stream)
     else:
         records = _parquet_records(stream)
-    columns = schema.metadata_columns
     for position, record in enumerate(records):
         if limit is not None and position >= limit:
             return
         if isinstance(record, str):  # a line that did not parse
             yield Failure(None, None, STAGE_READ, "invalid_record", f"row {position}: {record}")
             continue
-        yield row_from_record(record, position, columns, text_metadata=schema.format != "parquet")
+        yield row_from_record(record, position, schema)
 
 
-def row_from_record(record: dict, position: int, columns, text_metadata: bool) -> Union[CatalogueRow, Failure]:
-    row_id, url = _clean(record.get("id")), _clean(record.get("url"))
+def row_from_record(record: dict, position: int, schema: ManifestSchema) -> Union[CatalogueRow, Failure]:
+    row_id, url = _clean(record.get(schema.id_column)), _clean(record.get(schema.url_column))
+    text_metadata = schema.format != "parquet"
+    columns = schema.metadata_columns
     if row_id is None:
         return Failure(None, url, STAGE_READ, "missing_id", f"row {position} has no id")
     if url is None:

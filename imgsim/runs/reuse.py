@@ -7,18 +7,18 @@ Two kinds of earlier rows can stand in for a download or an inference:
   matches;
 - this run's own checkpoint, left by an interrupted attempt with the same
   --run-id: trusted outright, no request at all.
-This module holds the decisions; transforms/reuse.py does the joining.
+This module holds the decisions; transforms/reuse.py does the joining and
+imgsim.fetch.acquire asks the server.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Iterable, Optional
 
-from imgsim.records import CatalogueRow, Previous
-
-# How an embedding row came to be; counted in the summary.
-NEW, CHANGED, REUSED, RESUMED = "new", "changed", "reused", "resumed"
-ORIGIN = "_origin"  # a key on embedding row dicts; not a Parquet column
+from imgsim.records import Previous
+from imgsim.runs.layout import RunLayout
+from imgsim.runs.outputs import signature_of_file
+from imgsim.storage import ObjectStore, join
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,31 +55,13 @@ def conditional_headers(previous: Previous) -> dict:
     return headers
 
 
-def embedding_row(row: CatalogueRow, *, sha256: str, width: int, height: int, embedding,
-                  etag: Optional[str], last_modified: Optional[str], origin: str) -> dict:
-    """One row of the embeddings output (the Parquet sinks pick their columns; ORIGIN is counted)."""
-    return {"id": row.id, "url": row.url, "sha256": sha256, "width": width, "height": height,
-            "embedding": embedding, "etag": etag, "last_modified": last_modified, **row.metadata,
-            ORIGIN: origin}
-
-
-def reused_row(row: CatalogueRow, previous: Previous, origin: str, etag: Optional[str] = None,
-               last_modified: Optional[str] = None) -> dict:
-    """An embedding row from an earlier embedding and today's metadata (titles change, images may not)."""
-    return embedding_row(row, sha256=previous.sha256, width=previous.width, height=previous.height,
-                         embedding=previous.embedding, etag=etag or previous.etag,
-                         last_modified=last_modified or previous.last_modified, origin=origin)
-
-
-def discover_sources(store, layout, latest, signature, full: bool) -> tuple[list[ReuseSource], list[str]]:
+def discover_sources(store: ObjectStore, layout: RunLayout, latest_run_id: Optional[str], signature,
+                     full: bool) -> tuple[list[ReuseSource], list[str]]:
     """The earlier embeddings this run may reuse, and notes on what was not reused and why.
 
     Raises ValueError when this run's own checkpoint was made with another model."""
-    from imgsim.outputs import signature_of_file
-    from imgsim.storage import join
-
     sources, notes = [], []
-    checkpoint = store.glob(join(layout.run_dir, "checkpoint", "*.parquet"))
+    checkpoint = store.glob(join(layout.checkpoint_dir, "*.parquet"))
     if checkpoint:
         earlier = signature_of_file(store, checkpoint[0])
         if not earlier.matches(signature):
@@ -87,17 +69,17 @@ def discover_sources(store, layout, latest, signature, full: bool) -> tuple[list
                              + "; ".join(signature.differences(earlier))
                              + "): restart it with the same flags, or use a new --run-id")
         sources.append(ReuseSource(tuple(checkpoint), True, f"checkpoint of interrupted run {layout.run_id}"))
-    if latest is not None and latest.run_id != layout.run_id:
-        files = store.glob(join(layout.output, "runs", latest.run_id, "embeddings", "*.parquet"))
+    if latest_run_id is not None and latest_run_id != layout.run_id:
+        files = store.glob(join(RunLayout(layout.output, latest_run_id).embeddings_dir, "*.parquet"))
         if full:
-            notes.append(f"--full: run {latest.run_id}'s embeddings are not reused")
+            notes.append(f"--full: run {latest_run_id}'s embeddings are not reused")
         elif not files:
-            notes.append(f"run {latest.run_id} has no embeddings files to reuse")
+            notes.append(f"run {latest_run_id} has no embeddings files to reuse")
         else:
             earlier = signature_of_file(store, files[0])
             if earlier.matches(signature):
-                sources.append(ReuseSource(tuple(files), False, f"run {latest.run_id} (LATEST)"))
+                sources.append(ReuseSource(tuple(files), False, f"run {latest_run_id} (LATEST)"))
             else:
-                notes.append(f"run {latest.run_id} used another model ("
+                notes.append(f"run {latest_run_id} used another model ("
                              + "; ".join(signature.differences(earlier)) + "): everything is embedded again")
     return sources, notes

@@ -1,0 +1,122 @@
+"""imgsim's Python API: the functions the `imgsim` command itself calls.
+
+    import imgsim
+    summary = imgsim.run(input="manifest.csv", output="out/", layer="pool")    # -> RunSummary
+    report = imgsim.build_index("out/", embeddings="out/runs/R/embeddings/*.parquet")
+    report = imgsim.build_index("out/", ids=ids, vectors=vectors, metadata={"title": titles})
+    index = imgsim.ImageIndex.open("out/")
+
+Keyword options are the flags of `imgsim run` with underscores (`layer`,
+`weights`, `allow_private_addresses`, ...); they are checked exactly as the
+command line is (imgsim.config), and bad configuration raises ConfigError
+before any work starts.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+
+from imgsim.config.flags import ConfigError
+from imgsim.config.options import IndexCommandOptions, IndexFlags, RunOptions
+from imgsim.embed.signature import ModelSignature
+from imgsim.index.build import build_and_publish
+from imgsim.index.latest import read_latest
+from imgsim.records import EMBEDDING_COLUMNS
+from imgsim.runs.layout import RunLayout, new_run_id
+from imgsim.runs.outputs import embeddings_schema, read_tables
+from imgsim.storage import ObjectStore
+
+
+def run(input: str, output: str, *, beam_options: Union[Sequence[str], Mapping[str, Any]] = (),
+        store: Optional[ObjectStore] = None, **options):
+    """Embed a collection and publish its index; the Python form of `imgsim run`.
+
+    beam_options: Beam's own pipeline options, as flags (["--runner", "DataflowRunner", ...]) or a
+    mapping ({"runner": "DataflowRunner", "project": "p"}). On a local runner this waits and returns
+    the RunSummary; on Dataflow it returns the LaunchedJob (or, with wait=True, the RunSummary).
+    Raises ConfigError before any work starts, RunFailed if the job ends without a summary."""
+    return run_options(RunOptions(input=input, output=output, **options), beam_args(beam_options), store)
+
+
+def run_options(options: RunOptions, beam_args: Sequence[str] = (), store: Optional[ObjectStore] = None):
+    """`run` for already parsed options (the CLI's path)."""
+    try:
+        from imgsim.pipelines import launcher
+    except ImportError as e:
+        raise ConfigError(f"imgsim run needs the pipeline extra: pip install 'imgsim[pipeline]' ({e})") from None
+    return launcher.launch(options, list(beam_args), store or ObjectStore())
+
+
+def beam_args(beam_options: Union[Sequence[str], Mapping[str, Any]]) -> list[str]:
+    if isinstance(beam_options, Mapping):
+        return [f"--{name}={value}" for name, value in beam_options.items()]
+    return list(beam_options)
+
+
+def build_index(output: str, *, embeddings: Optional[str] = None, ids: Optional[Sequence[str]] = None,
+                vectors=None, metadata: Union[pa.Table, Mapping[str, Sequence], None] = None,
+                signature: Optional[ModelSignature] = None, run_id: Optional[str] = None,
+                store: Optional[ObjectStore] = None, **index_options) -> dict:
+    """Build, check and publish an index under output, without Beam; the Python form of `imgsim index`.
+
+    Either embeddings (a glob of imgsim embeddings Parquet files) or ids and vectors (any (n, d)
+    array; rows are L2-normalised here) with optional per-item metadata columns. Vectors from
+    elsewhere carry no VGG16 signature unless given one, so `search_image` refuses them.
+    index_options: the index flags (neighbors_k, min_recall, index_mode, ...).
+    Returns the index report; raises ConfigError, RecallTooLow, IndexInputError or ArtifactError."""
+    if (embeddings is None) == (vectors is None):
+        raise ConfigError("give either embeddings (a glob of Parquet files) or ids and vectors")
+    if embeddings is not None:
+        return index_embeddings(IndexCommandOptions(embeddings=embeddings, output=output, run_id=run_id,
+                                                    **index_options), store)
+    table = vectors_table(ids, vectors, metadata, signature)
+    return _publish(store or ObjectStore(), [table], IndexFlags(**index_options).index_settings(), output, run_id,
+                    {"kind": "vectors", "count": table.num_rows})
+
+
+def index_embeddings(options: IndexCommandOptions, store: Optional[ObjectStore] = None) -> dict:
+    """`build_index` from embeddings files, for already parsed options (the CLI's path)."""
+    store = store or ObjectStore()
+    files = store.glob(options.embeddings)
+    if not files:
+        raise ConfigError(f"--embeddings {options.embeddings!r} matches no files")
+    return _publish(store, read_tables(files, store), options.index_settings(), options.output, options.run_id,
+                    {"kind": "embeddings", "pattern": options.embeddings, "files": len(files)})
+
+
+def _publish(store: ObjectStore, tables: list[pa.Table], settings, output: str, run_id: Optional[str],
+             source: dict) -> dict:
+    latest = read_latest(store, output)
+    layout = RunLayout(output, run_id or new_run_id())
+    return build_and_publish(store, tables, settings, layout, latest.generation if latest else 0, source,
+                             {"embedded": sum(t.num_rows for t in tables)})
+
+
+def vectors_table(ids: Optional[Sequence[str]], vectors, metadata=None,
+                  signature: Optional[ModelSignature] = None) -> pa.Table:
+    """An embeddings table (the run's Parquet schema) from in-memory ids, vectors and metadata."""
+    data = np.asarray(vectors, dtype=np.float32)
+    if data.ndim != 2 or not len(data):
+        raise ConfigError("vectors must be a non-empty (n, d) array")
+    ids = [str(i) for i in (ids if ids is not None else range(len(data)))]
+    if len(ids) != len(data):
+        raise ConfigError(f"{len(ids)} ids for {len(data)} vectors")
+    norms = np.linalg.norm(data, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise ConfigError("every vector must be finite and non-zero")
+    columns = pa.table(metadata or {}) if not isinstance(metadata, pa.Table) else metadata
+    reserved = sorted(set(columns.column_names) & (set(EMBEDDING_COLUMNS) | {"row"}))
+    if reserved:
+        raise ConfigError(f"rename the metadata column(s) {', '.join(reserved)}: the index uses these names")
+    if columns.num_columns and columns.num_rows != len(ids):
+        raise ConfigError(f"{columns.num_rows} metadata rows for {len(ids)} vectors")
+    signature = signature or ModelSignature(model="custom", layer="custom", dim=data.shape[1], weights="",
+                                            weights_checksum="", preprocessing="", precision="fp32")
+    schema = embeddings_schema(signature, columns.schema)
+    given = {"id": pa.array(ids, pa.string()),
+             "embedding": pa.FixedSizeListArray.from_arrays(pa.array((data / norms).reshape(-1), pa.float32()),
+                                                            data.shape[1]),
+             **{name: columns.column(name) for name in columns.column_names}}
+    return pa.Table.from_arrays([given.get(f.name, pa.nulls(len(ids), f.type)) for f in schema], schema=schema)

@@ -1,0 +1,1 @@
+"""Configuration: flags declared once (options), parsed (parser), checked against the world (preflight)."""

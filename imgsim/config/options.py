@@ -1,0 +1,280 @@
+"""The typed options of every command, declared once (each field is a flag; see imgsim.config.flags).
+
+Constructing an options object is parsing: it checks types, ranges and
+combinations, touches nothing outside the process, and raises ConfigError
+with one line. Checks that need storage, the network or the weights run
+afterwards, in one preflight step (imgsim.config.preflight).
+
+`RunOptions` is `imgsim run` (and the Flex Template, and `imgsim.run(...)`);
+its fields are grouped by the mixins below, in --help order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from imgsim.catalogue.cma import DEFAULT_API_URL, MAX_PAGE_SIZE, CmaQuery
+from imgsim.config.flags import ConfigError, Flags, flag
+from imgsim.embed.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig
+from imgsim.embed.model import LAYER_DIMS, PRECISIONS, ModelSpec
+from imgsim.embed.weights import IMAGENET
+from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
+from imgsim.index.build import IndexSettings
+from imgsim.index.searcher import MODES, REORDER_TYPES, IndexOptions
+from imgsim.runs.layout import RUN_ID_PATTERN, check_run_id
+
+# API pages are JSON, bigger than most images are allowed to be.
+API_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueFlags(Flags):
+    GROUP = "input"
+
+    input: Optional[str] = flag(
+        None, "a manifest (.csv/.jsonl/.parquet, optionally .gz; local or gs://), a glob or directory of "
+        "images, or 'cma' for the Cleveland Museum of Art API", required=True, label="Input",
+        template_help="what to embed: a manifest (.csv, .jsonl, .parquet, optionally .gz) with an id and a "
+        "url column, a glob or directory of images on gs:// (e.g. gs://bucket/scans/**), or 'cma' for the "
+        "Cleveland Museum of Art Open Access API", template_regex="^(cma|gs://[^ ]+)$")
+    limit: Optional[int] = flag(None, "process only the first N input rows", minimum=1, label="Row limit",
+                                default_text="all")
+    id_column: str = flag("id", "the manifest column that holds each row's id", label="Id column")
+    url_column: str = flag("url", "the manifest column that holds each row's image URL", label="URL column")
+    cma_api_url: str = flag(DEFAULT_API_URL, "the Cleveland Museum of Art API endpoint, for --input cma",
+                            label="CMA API URL", template_regex="^https?://[^ ]+$")
+    cma_cc0: bool = flag(False, "for --input cma: only CC0 works", label="CMA: CC0 only")
+    cma_type: Optional[str] = flag(None, "for --input cma: only works of this type, e.g. Painting",
+                                   label="CMA: type")
+    cma_department: Optional[str] = flag(None, "for --input cma: only works of this department",
+                                         label="CMA: department")
+    cma_page_size: int = flag(MAX_PAGE_SIZE, "for --input cma: records per API page (the API's maximum)",
+                              minimum=1, maximum=MAX_PAGE_SIZE, label="CMA: page size")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputFlags(Flags):
+    GROUP = "output"
+
+    output: Optional[str] = flag(
+        None, "a local directory or gs://bucket/prefix", required=True, label="Output root",
+        template_help="gs://bucket/prefix the run is written under (runs/RUN_ID/...) and whose LATEST "
+        "pointer is updated", template_regex="^gs://[^ ]+$")
+    run_id: Optional[str] = flag(
+        None, "the run's name under OUTPUT/runs/; a restart with the same id resumes", label="Run id",
+        default_text="a UTC timestamp such as 20261125T033100Z", template_regex=RUN_ID_PATTERN)
+    full: bool = flag(False, "embed everything again instead of reusing the unchanged embeddings of the run "
+                      "LATEST points at", label="Full rebuild")
+    checkpoint_rows: int = flag(500, "checkpoint embeddings every N rows so that a restart with the same "
+                                "--run-id resumes (0: no checkpoint)", minimum=0, label="Checkpoint rows")
+    progress_interval: float = flag(
+        10.0, "seconds between progress lines on local runners (0: none)", minimum=0, template=False,
+        template_excluded="progress lines are printed on local runners only; on Dataflow the counters in "
+        "namespace imgsim show progress")
+    wait: bool = flag(False, "on Dataflow, follow the job to its end and print its summary", template=False,
+                      template_excluded="a Flex Template launcher must return once the job is submitted; "
+                      "following the job would hold the launcher VM until the launch times out")
+    no_index: bool = flag(False, "write embeddings only; build and publish no index", label="No index")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFlags(Flags):
+    GROUP = "model"
+
+    layer: str = flag("fc2", "the embedding layer: fc2 (4096-d), fc1 (4096-d) or pool (block5 average "
+                      "pooling, 512-d)", choices=tuple(LAYER_DIMS), label="VGG16 layer")
+    weights: str = flag(IMAGENET, "'imagenet' (the official Keras files, MD5-checked) or a Keras weights "
+                        "file, local or gs://", label="Weights",
+                        template_help="'imagenet' (the official Keras files, MD5-checked) or a Keras "
+                        "weights file on gs://", template_regex="^(imagenet|gs://[^ ]+)$")
+    precision: str = flag("fp32", "fp32, or bf16 (Keras mixed_bfloat16: about twice as fast on CPUs with "
+                          "AVX512-BF16 or AMX)", choices=PRECISIONS, label="Precision")
+    resize: str = flag("pad", "pad (letterbox the whole image) or crop (the centre square)",
+                       choices=RESIZE_MODES, label="Resize mode")
+    min_batch_size: int = flag(1, "the smallest inference batch", minimum=1, label="Minimum batch size")
+    max_batch_size: int = flag(32, "the largest inference batch", minimum=1, label="Maximum batch size")
+    large_model: bool = flag(False, "one model per worker machine, shared by its SDK processes, instead of "
+                             "one per process", label="Large model")
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadFlags(Flags):
+    GROUP = "downloads"
+
+    download_threads: int = flag(16, "concurrent downloads (each decoded on its thread) per worker thread",
+                                 minimum=1, label="Download threads")
+    connect_timeout: float = flag(10.0, "seconds per connection attempt", positive=True,
+                                  label="Connect timeout")
+    read_timeout: float = flag(30.0, "seconds per socket read", positive=True, label="Read timeout")
+    download_deadline: float = flag(120.0, "seconds for one download, retries and waits included",
+                                    positive=True, label="Download deadline")
+    max_download_mb: float = flag(50.0, "byte cap per image in MB, enforced while streaming", positive=True,
+                                  label="Maximum download size")
+    max_retries: int = flag(3, "retries on connection errors, timeouts, 408, 429 and 5xx", minimum=0,
+                            label="Maximum retries")
+    retry_after_max: float = flag(60.0, "a server's Retry-After is honoured up to this many seconds",
+                                  minimum=0, label="Retry-After cap")
+    max_redirects: int = flag(5, "redirects followed per download", minimum=0, label="Maximum redirects")
+    user_agent: str = flag(DEFAULT_USER_AGENT, "the User-Agent sent to image hosts", label="User agent")
+    allow_private_addresses: bool = flag(
+        False, "fetch URLs whose host resolves to loopback, private or link-local addresses (the cloud "
+        "metadata server among them): unsafe in clouds", label="Allow private addresses")
+    max_connections_per_host: int = flag(8, "concurrent connections per host and worker process", minimum=1,
+                                         label="Connections per host")
+    max_requests_per_second_per_host: float = flag(
+        20.0, "request starts per second per host and worker process (0: unlimited)", minimum=0,
+        label="Requests per second per host")
+    respect_robots: bool = flag(False, "honour robots.txt (RFC 9309)", label="Respect robots.txt")
+    max_image_pixels: int = flag(DEFAULT_MAX_PIXELS, "larger images are refused as decompression bombs",
+                                 minimum=1, label="Maximum image pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexFlags(Flags):
+    GROUP = "index"
+
+    index_mode: str = flag("auto", "the ScaNN configuration (auto: chosen by collection size)", choices=MODES,
+                           label="Index mode")
+    index_leaves: Optional[int] = flag(None, "tree_ah: the number of partitions", minimum=1,
+                                       label="Index leaves", default_text="about the square root of the count")
+    index_leaves_to_search: Optional[int] = flag(None, "tree_ah: partitions searched per query", minimum=1,
+                                                 label="Leaves to search", default_text="5% of the leaves")
+    index_reorder: Optional[int] = flag(None, "candidates re-scored exactly", minimum=1,
+                                        label="Re-ordering candidates", default_text="max(100, 10k)")
+    index_reorder_type: str = flag("float32", "the precision of the re-ordering data", choices=REORDER_TYPES,
+                                   label="Re-ordering precision")
+    neighbors_k: int = flag(20, "neighbours per item in neighbors.parquet", minimum=1,
+                            label="Neighbours per item")
+    min_recall: float = flag(0.95, "refuse to publish an index whose measured recall@10 is lower", minimum=0,
+                             maximum=1, label="Minimum recall")
+    recall_queries: int = flag(1000, "queries used to measure recall", minimum=1, label="Recall queries")
+    duplicate_threshold: float = flag(0.95, "the cosine similarity at which two items join a near-duplicate "
+                                      "group", minimum=-1, maximum=1, label="Duplicate threshold")
+    keep_runs: Optional[int] = flag(None, "after publishing, delete all but the N most recent runs", minimum=1,
+                                    label="Keep runs", default_text="keep all")
+
+    def index_settings(self) -> IndexSettings:
+        options = IndexOptions(mode=self.index_mode, num_leaves=self.index_leaves,
+                               leaves_to_search=self.index_leaves_to_search, reorder=self.index_reorder,
+                               reorder_type=self.index_reorder_type)
+        return IndexSettings(options=options, neighbors_k=self.neighbors_k, min_recall=self.min_recall,
+                             recall_queries=self.recall_queries, duplicate_threshold=self.duplicate_threshold,
+                             keep_runs=self.keep_runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFlags):
+    """`imgsim run`: embed a collection and publish its index. Beam's own options travel separately."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.min_batch_size > self.max_batch_size:
+            raise ConfigError("--min-batch-size and --max-batch-size need 1 <= min <= max")
+        if self.run_id is not None:
+            _checked(check_run_id, self.run_id)
+        # Building the typed configurations checks whatever the flags alone could not.
+        _checked(self.fetch_config)
+        _checked(self.model_spec)
+        _checked(self.decode_config)
+        _checked(self.cma_query)
+        _checked(self.index_settings)
+
+    def fetch_config(self) -> FetchConfig:
+        return FetchConfig(
+            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout, deadline=self.download_deadline,
+            max_bytes=int(self.max_download_mb * 1024 * 1024), max_retries=self.max_retries,
+            retry_after_max=self.retry_after_max, max_redirects=self.max_redirects, user_agent=self.user_agent,
+            allow_private_addresses=self.allow_private_addresses,
+            max_connections_per_host=self.max_connections_per_host,
+            max_requests_per_second_per_host=self.max_requests_per_second_per_host,
+            respect_robots=self.respect_robots)
+
+    def api_fetch_config(self) -> FetchConfig:
+        """The museum API's pages: the same guard and limits, a larger cap, never robots-gated."""
+        fetch = self.fetch_config()
+        return dataclasses.replace(fetch, max_bytes=max(fetch.max_bytes, API_MAX_BYTES), respect_robots=False)
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(layer=self.layer, weights=self.weights, precision=self.precision)
+
+    def decode_config(self) -> DecodeConfig:
+        return DecodeConfig(resize=self.resize, max_pixels=self.max_image_pixels)
+
+    def cma_query(self) -> CmaQuery:
+        return CmaQuery(api_url=self.cma_api_url, cc0=self.cma_cc0, type=self.cma_type,
+                        department=self.cma_department, page_size=self.cma_page_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexCommandOptions(IndexFlags):
+    """`imgsim index`: build and publish an index from existing embeddings, without inference."""
+
+    GROUP = "index"
+
+    embeddings: Optional[str] = flag(None, "a glob of embeddings Parquet files, local or gs://", required=True)
+    output: Optional[str] = flag(None, "the output root to publish under, local or gs://", required=True)
+    run_id: Optional[str] = flag(None, "the run's name under OUTPUT/runs/", default_text="a UTC timestamp")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.run_id is not None:
+            _checked(check_run_id, self.run_id)
+        _checked(self.index_settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryOptions(Flags):
+    """`imgsim query`: the items most like an id or an image."""
+
+    index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
+                                required=True)
+    run_id: Optional[str] = flag(None, "query this run instead of the one LATEST points at")
+    id: Optional[str] = flag(None, "find items like this id", metavar="ID")
+    image: Optional[str] = flag(None, "find items like this image file (local or gs://)", metavar="PATH")
+    k: int = flag(10, "how many results", minimum=1, short="-k")
+    weights: Optional[str] = flag(None, "for --image: the weights file, when the manifest's is not reachable here",
+                                  default_text="the file the index was built with")
+    cache_dir: Optional[str] = flag(None, "where the index is copied to", default_text="~/.cache/imgsim/index")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.id is None) == (self.image is None):
+            raise ConfigError("give exactly one of --id and --image")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunsOptions(Flags):
+    """`imgsim runs`: every run under an output root, with its state."""
+
+    output: Optional[str] = flag(None, "the output root, local or gs://", required=True)
+    json: bool = flag(False, "print one JSON object per run instead of a table")
+
+
+@dataclasses.dataclass(frozen=True)
+class RollbackOptions(Flags):
+    """`imgsim rollback`: point LATEST at an earlier published run."""
+
+    output: Optional[str] = flag(None, "the output root, local or gs://", required=True)
+    run_id: Optional[str] = flag(None, "the published run LATEST should point at", required=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _checked(check_run_id, self.run_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyOptions(Flags):
+    """`imgsim verify`: check a published index as a consumer would."""
+
+    index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
+                                required=True)
+    run_id: Optional[str] = flag(None, "verify this run instead of the one LATEST points at")
+
+
+def _checked(build, *args):
+    try:
+        return build(*args)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -1,0 +1,123 @@
+"""Preflight: every check that touches storage, the network or the weights, in one step → a RunPlan.
+
+    parse (RunOptions, pure) → preflight (this module: I/O, once) → plan (RunPlan) → the Beam graph
+
+Every entry point (the CLI, the Flex Template, `imgsim.run(...)` and the
+pipeline's `run(argv, test_pipeline)`) goes through `preflight`, so a bad
+input, an unwritable output, a malformed LATEST, unreachable or ill-fitting
+weights, or a restart with another model all fail the same way: one line,
+before any work starts. Local runs resolve `--weights imagenet` here, so a
+machine that cannot download them says so at once instead of in a worker's
+traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional
+
+from imgsim.catalogue.inputs import InputSpec, resolve_input
+from imgsim.catalogue.manifest import ManifestError
+from imgsim.config.flags import ConfigError
+from imgsim.config.options import RunOptions
+from imgsim.embed import weights
+from imgsim.embed.decode import DecodeConfig
+from imgsim.embed.model import ARCHITECTURE, ModelSpec, build_model
+from imgsim.embed.signature import ModelSignature
+from imgsim.fetch.http import FetchConfig
+from imgsim.index.artifact import ArtifactError
+from imgsim.index.build import IndexSettings
+from imgsim.index.latest import read_latest
+from imgsim.runs.layout import RunLayout, new_run_id
+from imgsim.runs.reuse import ReuseSource, discover_sources
+from imgsim.storage import ObjectStore, is_gcs
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Everything the pipeline graph is built from: the options, checked and resolved once."""
+
+    options: RunOptions
+    input: InputSpec
+    layout: RunLayout
+    model: ModelSpec
+    weights_checksum: str
+    decode: DecodeConfig
+    fetch: FetchConfig
+    api_fetch: FetchConfig
+    index: Optional[IndexSettings]  # None: no index step
+    latest_generation: int = 0  # LATEST's version when the run started (0: none yet)
+    reuse_sources: tuple[ReuseSource, ...] = ()  # earlier embeddings that may stand in
+    reuse_notes: tuple[str, ...] = ()
+    remote_workers: bool = False  # the workers are other machines (Dataflow)
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def signature(self) -> ModelSignature:
+        return ModelSignature(model=ARCHITECTURE, layer=self.model.layer, dim=self.model.dim,
+                              weights=self.model.weights, weights_checksum=self.weights_checksum,
+                              preprocessing=self.decode.preprocessing_id, precision=self.model.precision)
+
+
+def preflight(options: RunOptions, store: ObjectStore, *, remote_workers: bool = False,
+              check_weights_fit: bool = True) -> RunPlan:
+    """Check what the run needs from the world and resolve it; ConfigError with one line otherwise.
+
+    remote_workers: the workers are other machines (Dataflow), so local paths cannot work and the
+    workers download the ImageNet weights themselves.
+    check_weights_fit: build the model once to refuse a weights file that does not fit the layer."""
+    try:
+        return _preflight(options, store, remote_workers, check_weights_fit)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError, ManifestError, ArtifactError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _preflight(options: RunOptions, store: ObjectStore, remote_workers: bool, check_weights_fit: bool) -> RunPlan:
+    if remote_workers:
+        check_reachable_from_workers(options)
+    spec = resolve_input(options.input, store, limit=options.limit, cma_query=options.cma_query(),
+                         id_column=options.id_column, url_column=options.url_column)
+    layout = RunLayout(options.output, options.run_id or new_run_id())
+    check_output(store, layout)
+    latest = read_latest(store, options.output)
+    model = options.model_spec()
+    checksum = weights_checksum(store, model, download=not remote_workers, check_fit=check_weights_fit)
+    plan = RunPlan(options=options, input=spec, layout=layout, model=model, weights_checksum=checksum,
+                   decode=options.decode_config(), fetch=options.fetch_config(),
+                   api_fetch=options.api_fetch_config(),
+                   index=None if options.no_index else options.index_settings(),
+                   latest_generation=latest.generation if latest else 0, remote_workers=remote_workers)
+    sources, notes = discover_sources(store, layout, latest.run_id if latest else None, plan.signature,
+                                      options.full)
+    return dataclasses.replace(plan, reuse_sources=tuple(sources), reuse_notes=tuple(notes))
+
+
+def weights_checksum(store: ObjectStore, model: ModelSpec, download: bool, check_fit: bool) -> str:
+    """The weights' checksum for the signature. download: fetch the ImageNet file now (a local run
+    needs it anyway), so that a failed download is a one-line error here."""
+    if model.weights == weights.IMAGENET and not download:
+        return weights.weights_checksum(model.weights, model.include_top, store)  # Keras verifies the MD5
+    local = weights.resolve(model.weights, model.include_top, store)
+    if check_fit and model.weights != weights.IMAGENET:
+        build_model(model, local.path)  # imports TensorFlow: only when a file must be checked
+    return local.checksum
+
+
+def check_reachable_from_workers(options: RunOptions) -> None:
+    for flag, value, allowed in (("--input", options.input, ("cma",)), ("--output", options.output, ()),
+                                 ("--weights", options.weights, (weights.IMAGENET,))):
+        if value and value not in allowed and not is_gcs(value):
+            raise ConfigError(f"{flag} {value!r} is a local path, which Dataflow workers cannot read: "
+                              "use a gs:// location")
+
+
+def check_output(store: ObjectStore, layout: RunLayout) -> None:
+    if store.exists(layout.summary_path):
+        raise ConfigError(f"run {layout.run_id!r} already finished under {layout.output}; "
+                          "choose another --run-id")
+    try:
+        store.check_writable(layout.run_dir)
+    except Exception as e:
+        raise ConfigError(f"--output {layout.output!r} is not writable ({type(e).__name__}: {e})") from None

@@ -1,0 +1,109 @@
+"""Getting one catalogue row's image, Beam-free: every decision in one function.
+
+    acquire(row, fetcher, store, decode) -> Acquired(result=DecodedImage | Reused | Failure)
+
+- where the bytes come from: the object store for glob inputs, HTTP otherwise
+  (a manifest row naming a file path is refused by the fetcher's scheme check);
+- whether an earlier embedding stands in: a row carrying `previous` is fetched
+  conditionally, and a 304 or identical bytes (same sha256) reuse the earlier
+  vector, so the image skips decoding and inference;
+- decoding and resizing for the model.
+It never raises: every outcome a row can have is a value, so the Beam layer
+(transforms/download.py) keeps only the thread pool, windows and metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Callable, Optional, Union
+
+from imgsim.embed.decode import DecodeConfig, decode_image
+from imgsim.failures import STAGE_DECODE, STAGE_DOWNLOAD, Failure, StageError
+from imgsim.fetch.http import Fetcher, check_size
+from imgsim.records import REUSED, SOURCE_STORAGE, CatalogueRow, DecodedImage, EmbeddingRow, FetchedImage
+from imgsim.runs.reuse import conditional_headers
+from imgsim.storage import ObjectStore
+
+
+@dataclasses.dataclass(frozen=True)
+class Reused:
+    """An earlier embedding stands in: the server answered 304 (`not_modified`) or sent the same bytes."""
+
+    row: EmbeddingRow
+    not_modified: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquired:
+    """The outcome of one row, with what the metrics need."""
+
+    result: Union[DecodedImage, Reused, Failure]
+    bytes_fetched: Optional[int] = None  # None: nothing was downloaded
+    download_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+def acquire(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore, decode: DecodeConfig,
+            clock: Callable[[], float] = time.monotonic) -> Acquired:
+    """Fetch, check for reuse, decode. Never raises."""
+    started = clock()
+    fetched = fetch_row(row, fetcher, store)
+    downloaded = clock()
+    if not isinstance(fetched, FetchedImage):
+        return Acquired(fetched, None, downloaded - started)
+    result = decode_fetched(fetched, decode)
+    return Acquired(result, len(fetched.data), downloaded - started, clock() - downloaded)
+
+
+def fetch_row(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore) -> Union[FetchedImage, Reused, Failure]:
+    """The row's bytes, an earlier embedding confirmed unchanged, or a download-stage Failure."""
+    etag = last_modified = None
+    try:
+        if row.source == SOURCE_STORAGE:
+            data, status, attempts = read_storage(store, row.url, fetcher.config.max_bytes), None, 1
+        else:
+            headers = conditional_headers(row.previous) if row.previous else None
+            result = fetcher.fetch(row.url, headers=headers)
+            data, status, attempts = result.data, result.status, result.attempts
+            etag, last_modified = result.etag, result.last_modified
+    except StageError as e:
+        return Failure.of(row, STAGE_DOWNLOAD, e)
+    except Exception as e:  # a bug or an unforeseen library error must still account for the row
+        return Failure.of(row, STAGE_DOWNLOAD, StageError("internal_error", f"{type(e).__name__}: {e}"[:300]))
+    sha256 = hashlib.sha256(data).hexdigest()
+    if row.previous is not None and (status == 304 or sha256 == row.previous.sha256):
+        return Reused(EmbeddingRow.from_previous(row, row.previous, REUSED, etag, last_modified),
+                      not_modified=status == 304)
+    if status == 304:  # a 304 we did not ask for
+        return Failure.of(row, STAGE_DOWNLOAD, StageError("empty_body", "304 without a request for it", 304))
+    return FetchedImage(row=row, data=data, sha256=sha256, http_status=status, attempts=attempts,
+                        etag=etag, last_modified=last_modified)
+
+
+def read_storage(store: ObjectStore, path: str, max_bytes: int) -> bytes:
+    """A file of a glob input, under the same byte cap as downloads."""
+    try:
+        with store.open_read(path) as f:
+            data = f.read(max_bytes + 1)
+    except Exception as e:
+        raise StageError("read_error", f"{type(e).__name__}: {e}"[:300]) from None
+    check_size(len(data), max_bytes, "the file")
+    if not data:
+        raise StageError("empty_body", "the file is empty")
+    return data
+
+
+def decode_fetched(image: FetchedImage, config: DecodeConfig) -> Union[DecodedImage, Failure]:
+    """A DecodedImage, or a decode-stage Failure; never raises."""
+    try:
+        decoded = decode_image(image.data, config)
+    except StageError as e:
+        e.attempts = image.attempts
+        e.http_status = e.http_status or image.http_status
+        return Failure.of(image.row, STAGE_DECODE, e)
+    except Exception as e:  # Pillow has many failure modes; none may cost the job
+        return Failure.of(image.row, STAGE_DECODE, StageError(
+            "internal_error", f"{type(e).__name__}: {e}"[:300], image.http_status, image.attempts))
+    return DecodedImage(row=image.row, sha256=image.sha256, width=decoded.width, height=decoded.height,
+                        pixels=decoded.pixels, etag=image.etag, last_modified=image.last_modified)

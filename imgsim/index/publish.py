@@ -1,0 +1,111 @@
+"""Publishing an index artifact, checking a published one, and moving LATEST back.
+
+Publishing uploads the files (manifest last), reads the index back from where
+it landed, verifies every checksum, loads ScaNN and self-queries it, and only
+then replaces LATEST, with a compare-and-swap against the version read when
+the run started: a run never silently overwrites a LATEST it did not see.
+`verify` runs the same checks on any published run (`imgsim verify`), and
+`rollback` points LATEST at an earlier run through the same compare-and-swap
+(`imgsim rollback`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, local_files, self_query_check,
+                                   verify_local)
+from imgsim.index.latest import Latest, read_latest, swap_latest
+from imgsim.runs.layout import RunLayout, runs_dir
+from imgsim.storage import ObjectStore, PreconditionFailed, is_gcs, join
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishResult:
+    index_dir: str
+    manifest_sha256: str
+    latest_updated: bool
+    latest_detail: str
+
+
+def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest_generation: int,
+            keep_runs: Optional[int] = None) -> PublishResult:
+    """Upload the staged artifact, validate it where it landed, then compare-and-swap LATEST."""
+    with open(os.path.join(staging, MANIFEST), "rb") as f:
+        manifest_bytes = f.read()
+    index_dir = layout.index_dir
+    for rel in local_files(staging):
+        if rel != MANIFEST:
+            store.upload_file(os.path.join(staging, *rel.split("/")), join(index_dir, rel))
+    store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
+    verify(store, index_dir)
+
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    try:
+        swap_latest(store, layout.output, Latest.for_run(layout.run_id, manifest_sha), expected_latest_generation)
+    except PreconditionFailed as e:
+        return PublishResult(index_dir, manifest_sha, False,
+                             f"LATEST changed while this run was working, so it was left as it is ({e}); "
+                             f"this run's index is complete at {index_dir}")
+    pruned = prune_runs(store, layout.output, keep_runs, protect={layout.run_id}) if keep_runs else []
+    detail = f"LATEST now points at run {layout.run_id}"
+    if pruned:
+        detail += f"; pruned runs {', '.join(pruned)}"
+    return PublishResult(index_dir, manifest_sha, True, detail)
+
+
+def verify(store: ObjectStore, index_dir: str) -> dict:
+    """Check a published artifact as a consumer would: every checksum, then load and self-query.
+
+    A gs:// artifact is read back into a temporary directory; a local one is checked where it is.
+    Returns its manifest; raises ArtifactError."""
+    if is_gcs(index_dir):
+        check_dir = tempfile.mkdtemp(prefix="imgsim-verify-")
+        try:
+            manifest = fetch_artifact(store, index_dir, check_dir)
+            self_query_check(check_dir)
+        finally:
+            shutil.rmtree(check_dir, ignore_errors=True)
+        return manifest
+    try:
+        manifest = json.loads(store.read_bytes(join(index_dir, MANIFEST)))
+    except FileNotFoundError:
+        raise ArtifactError(f"no index at {index_dir}: {MANIFEST} is missing") from None
+    except ValueError as e:
+        raise ArtifactError(f"{join(index_dir, MANIFEST)} is not JSON ({e})") from None
+    verify_local(index_dir, manifest)
+    self_query_check(index_dir)
+    return manifest
+
+
+def manifest_sha256(store: ObjectStore, index_dir: str) -> str:
+    return hashlib.sha256(store.read_bytes(join(index_dir, MANIFEST))).hexdigest()
+
+
+def rollback(store: ObjectStore, output: str, run_id: str) -> Latest:
+    """Point LATEST at an earlier published run, after verifying its artifact; compare-and-swap
+    against the LATEST read here. Raises ArtifactError (no such index, damaged) or PreconditionFailed."""
+    current = read_latest(store, output)
+    index_dir = RunLayout(output, run_id).index_dir
+    if not store.exists(join(index_dir, MANIFEST)):
+        raise ArtifactError(f"run {run_id!r} has no published index under {output}")
+    verify(store, index_dir)
+    latest = Latest.for_run(run_id, manifest_sha256(store, index_dir))
+    swap_latest(store, output, latest, current.generation if current else 0)
+    return latest
+
+
+def prune_runs(store: ObjectStore, output: str, keep: int, protect: set[str]) -> list[str]:
+    """Delete all but the `keep` most recent runs (by run id order), never a protected one."""
+    directory = runs_dir(output)
+    prefix = directory.rstrip("/") + "/"
+    run_ids = sorted({p[len(prefix):].split("/", 1)[0] for p in store.list(directory) if p.startswith(prefix)})
+    doomed = [r for r in run_ids[:-keep] if r not in protect] if keep < len(run_ids) else []
+    for run in doomed:
+        store.delete_prefix(join(directory, run))
+    return doomed
