@@ -11,7 +11,7 @@ def run_pipeline(manifest: Path, count: int, output: Path, weights: str, layer: 
                  batch_size: int) -> dict:
     """One real `imgsim run` (DirectRunner, defaults otherwise) in a fresh process, measured."""
     cmd = [sys.executable, "-m", "benchmarks.measure", "--",
-           sys.executable, "-m", "imgsim.cli", "run", "--input", str(manifest), "--limit", str(count),
+           sys.executable, "-m", "imgsim", "run", "--input", str(manifest), "--limit", str(count),
            "--output", str(output), "--run-id", f"bench-{count}-{precision}", "--weights", weights,
            "--layer", layer, "--precision", precision, "--min-batch-size", str(batch_size),
            "--max-batch-size", str(batch_size), "--allow-private-addresses", "--progress-interval", "0"]

@@ -53,11 +53,11 @@ def _print(document) -> None:
 
 def _run(parsed) -> int:
     from imgsim.api import run_options
-    from imgsim.runs.summary import RunSummary
+    from imgsim.runs.summary import RunFailed, RunSummary
 
     try:
         outcome = run_options(parsed.options, parsed.beam_args)
-    except RuntimeError as e:  # the job ended without its summary
+    except RunFailed as e:
         print(f"imgsim run: {e}", file=sys.stderr)
         return 1
     _print(outcome.report())

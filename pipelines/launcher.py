@@ -18,14 +18,10 @@ from imgsim.config.options import RunOptions
 from imgsim.config.preflight import preflight
 from imgsim.pipelines.beam_options import is_local, pipeline_options
 from imgsim.pipelines.embed_pipeline import run_plan
-from imgsim.runs.summary import RunSummary
+from imgsim.runs.summary import RunFailed, RunSummary
 from imgsim.storage import ObjectStore
 
 _LOG = logging.getLogger("imgsim")
-
-
-class RunFailed(RuntimeError):
-    """The pipeline ended without writing its summary (the job failed or was cancelled)."""
 
 
 @dataclasses.dataclass(frozen=True)

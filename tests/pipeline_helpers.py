@@ -23,15 +23,27 @@ def write_manifest(path, rows: Iterable[dict], columns=None) -> str:
     return str(path)
 
 
-def run_pipeline(*args: str) -> dict:
-    """Run `imgsim run` in-process on DirectRunner and return what it wrote."""
-    from imgsim.pipelines.embed_pipeline import run
+def run_pipeline(*args: str, handler=None, allow_private_addresses: bool = True) -> dict:
+    """Run `imgsim run` in-process on DirectRunner and return what it wrote.
 
-    argv = ["--runner", "DirectRunner", "--allow-private-addresses", "--progress-interval", "0", *args]
-    result, plan = run(argv)
+    handler: a model handler instead of VGG16 (tests.fakes.FakeModelHandler), for tests of
+    everything but the model."""
+    from imgsim.config.parser import parse_run_args
+    from imgsim.config.preflight import preflight
+    from imgsim.pipelines.beam_options import pipeline_options
+    from imgsim.pipelines.embed_pipeline import run_plan
+
+    argv = ["--runner", "DirectRunner", "--progress-interval", "0", *args]
+    if allow_private_addresses:  # the tests' servers are on 127.0.0.1
+        argv.append("--allow-private-addresses")
+    options, beam_args = parse_run_args(argv)
+    store = ObjectStore()
+    plan = preflight(options, store, check_weights_fit=handler is None)
+    result = run_plan(plan, pipeline_options(beam_args), store, handler=handler)
     result.wait_until_finish()
     out = read_run(plan.layout.output, plan.layout.run_id)
     out["metrics"] = counters(result)
+    out["plan"] = plan
     return out
 
 

@@ -18,6 +18,7 @@ def imgsim(*args, cwd=None, env=None):
                           env={**os.environ, **(env or {})}, timeout=900)
 
 
+@pytest.mark.model
 def test_run_embeds_the_clip_art_benchmark_with_every_row_accounted(server, shared, notop_weights, tmp_path):
     """The README's main command over ~290 real images served by HTTP; neighbours share labels."""
     clipart = shared / "data" / "openclipart"
@@ -83,6 +84,7 @@ def test_unusable_inputs_and_outputs_fail_fast(tmp_path, capsys, monkeypatch):
         assert len(err) == 1 and message in err[0], (args, err)
 
 
+@pytest.mark.model
 def test_a_notop_file_with_an_fc_layer_fails_fast(tmp_path, capsys, notop_weights, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--input", "cma", "--output", "o", "--weights", notop_weights, "--layer", "fc2"]) == 2
@@ -93,3 +95,46 @@ def test_help_lists_imgsim_and_beam_options(capsys):
     assert main(["run", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--input" in out and "--allow-private-addresses" in out and "--runner DataflowRunner" in out
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_fail_fast_in_one_line(tmp_path, capsys, monkeypatch):
+    """A local run resolves --weights imagenet before any work: no worker traceback on a machine offline."""
+    from conftest import free_port
+    from imgsim.embed import weights
+
+    monkeypatch.setenv("IMGSIM_CACHE_DIR", str(tmp_path / "cache"))
+    dead = f"http://127.0.0.1:{free_port()}/vgg16_notop.h5"
+    monkeypatch.setattr(weights, "IMAGENET_NO_TOP", weights.RemoteWeights("vgg16_notop.h5", dead, "0" * 32))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--input", "cma", "--output", "o", "--layer", "pool"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not download the ImageNet weights" in err[0] and dead in err[0], err
+
+
+def test_manifest_columns_can_be_named_otherwise(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text("accession,image,title\n1915.534,http://x/a.jpg,A\n")
+    assert main(["run", "--input", "m.csv", "--output", "o", "--weights", "missing.weights.h5"]) == 2
+    err = capsys.readouterr().err
+    assert "needs columns 'id' and 'url'" in err and "--id-column" in err
+    assert main(["run", "--input", "m.csv", "--output", "o", "--id-column", "accession", "--url-column", "image",
+                 "--weights", "missing.weights.h5"]) == 2
+    assert "missing.weights.h5': no such file" in capsys.readouterr().err  # the manifest passed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["query", "--index", "out"], "give exactly one of --id and --image"),
+    (["query", "--index", "out", "--id", "a", "--bogus"], "unknown option(s): --bogus"),
+    (["rollback", "--output", "out"], "--run-id is required"),
+    (["runs"], "--output is required"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_every_command_reports_bad_flags_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_log_level_and_quiet_are_accepted_by_every_command(tmp_path, capsys):
+    assert main(["runs", "--output", str(tmp_path), "-q"]) == 0
+    assert main(["runs", "--output", str(tmp_path), "--log-level", "DEBUG"]) == 0

@@ -29,6 +29,7 @@ def dataflow_plan(argv):
     return preflight(options, ObjectStore(), remote_workers=True), beam_options
 
 
+@pytest.mark.model  # preflight builds VGG16 once to check that the weights file fits the layer
 def test_the_graph_translates_for_dataflow(gs_inputs):
     argv = DATAFLOW + ["--input", gs_inputs["input"], "--output", gs_inputs["output"],
                        "--weights", gs_inputs["weights"], "--layer", "pool"]

@@ -1,6 +1,7 @@
 """The fault-injection suite: a whole catalogue of broken, hostile and awkward rows through one
 pipeline run. Nothing is lost (every row ends embedded or failed), nothing gets in (odd schemes,
-internal addresses, bombs), and each fault ends with its own reason."""
+internal addresses, bombs), and each fault ends with its own reason. The faults are in fetching and
+decoding, so the runs use the fake model (tests/fakes.py) and stay in the fast tier."""
 import io
 
 import numpy as np
@@ -9,7 +10,8 @@ from PIL import Image
 
 from catalogue_server import CatalogueServer
 from conftest import jpeg, png
-from pipeline_helpers import by_id, run_pipeline, write_manifest
+from fakes import FakeModelHandler
+from pipeline_helpers import by_id, read_run, run_pipeline, write_manifest
 from test_images import bomb_png
 
 
@@ -103,7 +105,7 @@ def fault_run(servers, photos, notop_weights, tmp_path_factory):
         "--weights", notop_weights, "--layer", "pool", "--respect-robots",
         "--connect-timeout", "1", "--read-timeout", "1", "--download-deadline", "4", "--max-retries", "2",
         "--retry-after-max", "1", "--max-download-mb", "1", "--max-image-pixels", "100000000",
-        "--max-redirects", "5", "--no-index")
+        "--max-redirects", "5", "--no-index", handler=FakeModelHandler())
     return {"rows": rows, "expected": expected, "result": result, "servers": servers}
 
 
@@ -154,16 +156,11 @@ def test_robots_txt_was_read_once_per_host(fault_run):
 
 
 def test_loopback_is_refused_unless_allowed(server, photos, notop_weights, tmp_path):
-    from imgsim.pipelines.embed_pipeline import run
-
     manifest = write_manifest(tmp_path / "m.csv", [{"id": "dog", "url": server.file("/dog.jpg", photos["dog"])},
                                                    {"id": "meta", "url": "http://169.254.169.254/computeMetadata/v1/"}])
-    result, config = run(["--runner", "DirectRunner", "--input", manifest, "--output", str(tmp_path / "out"),
-                          "--run-id", "guarded", "--weights", notop_weights, "--layer", "pool", "--no-index",
-                          "--progress-interval", "0"])
-    result.wait_until_finish()
-    from pipeline_helpers import read_run
-
+    run_pipeline("--input", manifest, "--output", str(tmp_path / "out"), "--run-id", "guarded",
+                 "--weights", notop_weights, "--layer", "pool", "--no-index", allow_private_addresses=False,
+                 handler=FakeModelHandler())
     failures = by_id(read_run(str(tmp_path / "out"), "guarded")["failures"])
     assert failures["dog"]["reason"] == failures["meta"]["reason"] == "blocked_address"
     assert "--allow-private-addresses" in failures["dog"]["detail"]

@@ -37,6 +37,7 @@ def test_object_store_round_trip(bucket):
     assert store.delete_prefix(f"{bucket}/a") == 2 and not store.exists(f"{bucket}/a/x.txt")
 
 
+@pytest.mark.model
 def test_pipeline_publishes_to_gcs_and_query_answers_from_it(bucket, server, photos, notop_weights,
                                                               weights_cache, tmp_path):
     store = ObjectStore()

@@ -91,12 +91,13 @@ def test_recall_counts_ties_within_tolerance():
 
 
 def test_ah_index_meets_the_recall_floor_and_a_crippled_tree_is_refused(tmp_path):
-    v = clustered(25_000, dim=32, clusters=200, spread=0.5)
+    v = clustered(5_000, dim=32, clusters=200, spread=0.5)
     table = embeddings_table(v)
-    report = publish_table(table, str(tmp_path / "out"), "ah")
+    # the configuration auto chooses from 20,000 items (test_configuration_follows_collection_size)
+    report = publish_table(table, str(tmp_path / "out"), "ah", indexer.IndexSettings(options=IndexOptions(mode="ah")))
     assert report["scann"]["mode"] == "ah" and report["recall"]["value"] >= 0.95
 
-    crippled = indexer.IndexSettings(options=IndexOptions(mode="tree_ah", num_leaves=200, leaves_to_search=1,
+    crippled = indexer.IndexSettings(options=IndexOptions(mode="tree_ah", num_leaves=100, leaves_to_search=1,
                                                           reorder=10))
     before = open(tmp_path / "out" / "LATEST", "rb").read()
     with pytest.raises(indexer.RecallTooLow, match="below --min-recall 0.95"):

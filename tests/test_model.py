@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import jpeg
+
+pytestmark = pytest.mark.model
 from imgsim.embed import weights
 from imgsim.embed.decode import decode_image
 from imgsim.embed.model import ModelSpec, WeightsMismatch, build_model, load_embedder

@@ -12,6 +12,8 @@ from PIL import Image
 from catalogue_server import CatalogueServer
 from conftest import jpeg
 from pipeline_helpers import by_id, parquet_bytes, run_pipeline, write_manifest
+
+pytestmark = pytest.mark.model
 from imgsim.runs.outputs import vectors
 
 

@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import jpeg
+from fakes import FakeModelHandler
 from pipeline_helpers import by_id, read_run, run_pipeline, write_manifest
+
+
+def run_fake(*args):
+    """Reuse decides per item, whatever the model: these runs use the fake one."""
+    return run_pipeline(*args, handler=FakeModelHandler())
 
 
 def base_args(out, run_id, weights):
@@ -33,11 +39,11 @@ def catalogue(server, photos, tmp_path):
 
 def test_an_unchanged_catalogue_is_reused_without_bodies_or_inference(server, catalogue, notop_weights):
     out, manifest = catalogue["out"], catalogue["manifest"]
-    first = run_pipeline("--input", manifest, *base_args(out, "r1", notop_weights))
+    first = run_fake("--input", manifest, *base_args(out, "r1", notop_weights))
     assert first["summary"]["counts"]["new"] == 6
     bodies = dict(server.bodies_sent)
 
-    second = run_pipeline("--input", manifest, *base_args(out, "r2", notop_weights))
+    second = run_fake("--input", manifest, *base_args(out, "r2", notop_weights))
     counts = second["summary"]["counts"]
     assert (counts["reused"], counts["new"], counts["changed"], counts["deleted"]) == (6, 0, 0, 0)
     assert server.bodies_sent == bodies  # no image body was sent again: every answer was a 304
@@ -50,7 +56,7 @@ def test_an_unchanged_catalogue_is_reused_without_bodies_or_inference(server, ca
 
 def test_only_changed_added_and_moved_images_are_embedded_again(server, catalogue, photos, notop_weights, tmp_path):
     out, rows = catalogue["out"], catalogue["rows"]
-    run_pipeline("--input", catalogue["manifest"], *base_args(out, "r1", notop_weights))
+    run_fake("--input", catalogue["manifest"], *base_args(out, "r1", notop_weights))
 
     flipped = jpeg(Image.open(io.BytesIO(photos["dog"])).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     server.file("/img/dog.jpg", flipped)  # same URL, new bytes
@@ -61,7 +67,7 @@ def test_only_changed_added_and_moved_images_are_embedded_again(server, catalogu
     next(r for r in rows if r["id"] == "person")["title"] = "a person, retitled"  # metadata only
     manifest = write_manifest(tmp_path / "m2.csv", rows)
 
-    second = run_pipeline("--input", manifest, *base_args(out, "r2", notop_weights))
+    second = run_fake("--input", manifest, *base_args(out, "r2", notop_weights))
     counts = second["summary"]["counts"]
     assert (counts["new"], counts["changed"], counts["reused"], counts["deleted"]) == (1, 2, 3, 1)
     assert second["metrics"]["embedded"] == 3  # inference for dog, eagle and kite only
@@ -74,22 +80,23 @@ def test_only_changed_added_and_moved_images_are_embedded_again(server, catalogu
 def test_servers_without_validators_are_compared_by_sha256(server, photos, notop_weights, tmp_path):
     rows = [{"id": n, "url": server.file(f"/plain/{n}.jpg", photos[n], validators=False)} for n in ("dog", "eagle")]
     manifest = write_manifest(tmp_path / "m.csv", rows)
-    run_pipeline("--input", manifest, *base_args(tmp_path / "out", "r1", notop_weights))
-    second = run_pipeline("--input", manifest, *base_args(tmp_path / "out", "r2", notop_weights))
+    run_fake("--input", manifest, *base_args(tmp_path / "out", "r1", notop_weights))
+    second = run_fake("--input", manifest, *base_args(tmp_path / "out", "r2", notop_weights))
     assert second["summary"]["counts"]["reused"] == 2
     assert second["metrics"]["reused_same_bytes"] == 2 and second["metrics"].get("embedded", 0) == 0
 
 
 def test_full_and_a_model_change_embed_everything_again(catalogue, notop_weights):
     out, manifest = catalogue["out"], catalogue["manifest"]
-    run_pipeline("--input", manifest, *base_args(out, "r1", notop_weights))
-    full = run_pipeline("--input", manifest, *base_args(out, "r2", notop_weights), "--full")
+    run_fake("--input", manifest, *base_args(out, "r1", notop_weights))
+    full = run_fake("--input", manifest, *base_args(out, "r2", notop_weights), "--full")
     assert full["summary"]["counts"]["new"] == 6 and full["summary"]["counts"]["reused"] == 0
-    cropped = run_pipeline("--input", manifest, *base_args(out, "r3", notop_weights), "--resize", "crop")
+    cropped = run_fake("--input", manifest, *base_args(out, "r3", notop_weights), "--resize", "crop")
     assert cropped["summary"]["counts"]["reused"] == 0
     assert "used another model" in cropped["summary"]["reuse"]["notes"][0]
 
 
+@pytest.mark.model
 def test_an_interrupted_run_resumes_without_redoing_finished_work(server, photos, notop_weights, tmp_path):
     """Kill a real `imgsim run` mid-way; the restart with the same --run-id fetches only what is missing."""
     release = threading.Event()
@@ -141,11 +148,12 @@ def test_an_interrupted_run_resumes_without_redoing_finished_work(server, photos
     assert not (out / "runs" / "big" / "checkpoint").exists()  # cleared once the run completed
 
 
+@pytest.mark.model
 def test_a_restart_with_another_model_is_refused(catalogue, notop_weights, tmp_path):
     from imgsim.cli import main
 
     out = catalogue["out"]
-    first = run_pipeline("--input", catalogue["manifest"], *base_args(out, "r1", notop_weights),
+    first = run_fake("--input", catalogue["manifest"], *base_args(out, "r1", notop_weights),
                          "--checkpoint-rows", "1")
     # make r1 look interrupted: a checkpoint but no summary
     run_dir = out / "runs" / "r1"

@@ -85,9 +85,12 @@ def combine_embeddings(tables: Sequence[pa.Table]) -> tuple[pa.Table, ModelSigna
     tables = [t for t in tables if t.num_rows]
     if not tables:
         raise IndexInputError("there are no embeddings to index")
-    signature = signature_of(tables[0].schema)
-    for t in tables[1:]:
-        other = signature_of(t.schema)
+    try:
+        signatures = [signature_of(t.schema) for t in tables]
+    except ValueError as e:
+        raise IndexInputError(str(e)) from None
+    signature = signatures[0]
+    for other in signatures[1:]:
         if not other.matches(signature):
             raise IndexInputError("embeddings of different models cannot share an index: "
                                   + "; ".join(signature.differences(other)))
