@@ -76,7 +76,8 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     if plan.reuse_sources:
         reuse_plan = unique.rows | "PlanReuse" >> PlanReuse(list(plan.reuse_sources))
         to_fetch, deleted, parts[RESUMED] = reuse_plan.rows, reuse_plan[DELETED], reuse_plan[RESUMED]
-    downloaded = to_fetch | "DownloadImages" >> DownloadImages(plan.fetch, plan.decode, o.download_threads)
+    downloaded = to_fetch | "DownloadImages" >> DownloadImages(plan.fetch, plan.decode, o.download_threads,
+                                                               o.decode_memory_bytes)
     parts["embedded"], embed_failures = downloaded.images | "EmbedImages" >> EmbedImages(
         handler or model_handler(plan))
     parts[REUSED] = downloaded[REUSED]

@@ -11,8 +11,10 @@ arrive and decode. Results that finish after their element's process() call
 are emitted as WindowedValues carrying the original window.
 
 Every decision about a row lives in acquire(); this DoFn keeps the pool, the
-windows and the metrics. Host limits and robots.txt rules are shared by all
-threads of a worker process through apache_beam.utils.shared.
+windows and the metrics. Host limits, robots.txt rules and the decode memory
+budget (imgsim.embed.memory) are shared by all threads of a worker process
+through apache_beam.utils.shared, so decoding stays within --decode-memory-mb
+per process however many download threads run.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from imgsim.embed.decode import DecodeConfig
+from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB, DecodeBudget
 from imgsim.fetch.acquire import Acquired, Reused, acquire
 from imgsim.fetch.http import FetchConfig, Fetcher, shared_politeness
 from imgsim.records import DecodedImage, CatalogueRow
@@ -40,26 +43,31 @@ class DownloadImages(beam.PTransform):
     if the server answers 304, or sends the same bytes again, the earlier
     embedding is reused and the image skips decoding and inference."""
 
-    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int = 16):
+    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int = 16,
+                 decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_MB * MB):
         super().__init__()
         if threads < 1:
             raise ValueError("download threads must be at least 1")
         self._config = config
         self._decode = decode
         self._threads = threads
+        self._decode_memory = decode_memory_bytes
 
     def expand(self, rows):
         return rows | "DownloadAndDecode" >> beam.ParDo(
-            _DownloadFn(self._config, self._decode, self._threads, shared.Shared())
+            _DownloadFn(self._config, self._decode, self._threads, self._decode_memory)
         ).with_outputs(FAILURES, REUSED, main="images")
 
 
 class _DownloadFn(beam.DoFn):
-    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int, shared_handle: shared.Shared):
+    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int, decode_memory_bytes: int):
         self._config = config
         self._decode = decode
         self._threads = threads
-        self._shared = shared_handle
+        self._decode_memory = decode_memory_bytes
+        # Per worker process, shared by every DoFn instance and thread in it.
+        self._shared_politeness = shared.Shared()
+        self._shared_budget = shared.Shared()
         self._max_in_flight = 2 * threads
         self._downloaded = Metrics.counter(NAMESPACE, "downloaded")
         self._bytes = Metrics.counter(NAMESPACE, "bytes_downloaded")
@@ -70,7 +78,10 @@ class _DownloadFn(beam.DoFn):
         self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms")
 
     def setup(self):
-        politeness = self._shared.acquire(lambda: shared_politeness(self._config), tag=repr(self._config))
+        politeness = self._shared_politeness.acquire(lambda: shared_politeness(self._config),
+                                                     tag=repr(self._config))
+        self._budget = self._shared_budget.acquire(lambda: DecodeBudget(self._decode_memory),
+                                                   tag=str(self._decode_memory))
         self._fetcher = Fetcher(self._config, politeness, pool_size=self._threads)
         self._store = ObjectStore()
         self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="imgsim-download")
@@ -79,7 +90,7 @@ class _DownloadFn(beam.DoFn):
         self._pending = {}
 
     def process(self, row: CatalogueRow, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        future = self._pool.submit(acquire, row, self._fetcher, self._store, self._decode)
+        future = self._pool.submit(acquire, row, self._fetcher, self._store, self._decode, self._budget)
         self._pending[future] = (timestamp, window)
         yield from self._emit(wait_until=self._max_in_flight - 1)
 

@@ -15,7 +15,8 @@ from typing import Optional
 
 from imgsim.catalogue.cma import DEFAULT_API_URL, MAX_PAGE_SIZE, CmaQuery
 from imgsim.config.flags import ConfigError, Flags, flag
-from imgsim.embed.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig
+from imgsim.embed.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig, max_decode_cost
+from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB
 from imgsim.embed.model import LAYER_DIMS, PRECISIONS, ModelSpec
 from imgsim.embed.weights import IMAGENET
 from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
@@ -127,6 +128,9 @@ class DownloadFlags(Flags):
     respect_robots: bool = flag(False, "honour robots.txt (RFC 9309)", label="Respect robots.txt")
     max_image_pixels: int = flag(DEFAULT_MAX_PIXELS, "larger images are refused as decompression bombs",
                                  minimum=1, label="Maximum image pixels")
+    decode_memory_mb: int = flag(DEFAULT_DECODE_MEMORY_MB, "memory one worker process may spend decoding "
+                                 "images at once; a large image waits until it fits", minimum=64,
+                                 label="Decode memory (MB)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +176,11 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
             raise ConfigError("--min-batch-size and --max-batch-size need 1 <= min <= max")
         if self.run_id is not None:
             _checked(check_run_id, self.run_id)
+        worst = max_decode_cost(self.max_image_pixels)
+        if worst > self.decode_memory_mb * MB:
+            raise ConfigError(f"an image of --max-image-pixels {self.max_image_pixels} can take {worst // MB + 1} MB "
+                              f"to decode, more than --decode-memory-mb {self.decode_memory_mb}: raise "
+                              "--decode-memory-mb or lower --max-image-pixels")
         # Building the typed configurations checks whatever the flags alone could not.
         _checked(self.fetch_config)
         _checked(self.model_spec)
@@ -196,6 +205,10 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(layer=self.layer, weights=self.weights, precision=self.precision)
+
+    @property
+    def decode_memory_bytes(self) -> int:
+        return self.decode_memory_mb * MB
 
     def decode_config(self) -> DecodeConfig:
         return DecodeConfig(resize=self.resize, max_pixels=self.max_image_pixels)

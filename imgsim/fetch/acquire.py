@@ -19,6 +19,7 @@ import time
 from typing import Callable, Optional, Union
 
 from imgsim.embed.decode import DecodeConfig, decode_image
+from imgsim.embed.memory import DecodeBudget
 from imgsim.failures import STAGE_DECODE, STAGE_DOWNLOAD, Failure, StageError
 from imgsim.fetch.http import Fetcher, check_size
 from imgsim.records import REUSED, SOURCE_STORAGE, CatalogueRow, DecodedImage, EmbeddingRow, FetchedImage
@@ -45,14 +46,14 @@ class Acquired:
 
 
 def acquire(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore, decode: DecodeConfig,
-            clock: Callable[[], float] = time.monotonic) -> Acquired:
-    """Fetch, check for reuse, decode. Never raises."""
+            budget: Optional[DecodeBudget] = None, clock: Callable[[], float] = time.monotonic) -> Acquired:
+    """Fetch, check for reuse, decode (within the process's decode budget, when given). Never raises."""
     started = clock()
     fetched = fetch_row(row, fetcher, store)
     downloaded = clock()
     if not isinstance(fetched, FetchedImage):
         return Acquired(fetched, None, downloaded - started)
-    result = decode_fetched(fetched, decode)
+    result = decode_fetched(fetched, decode, budget)
     return Acquired(result, len(fetched.data), downloaded - started, clock() - downloaded)
 
 
@@ -94,10 +95,11 @@ def read_storage(store: ObjectStore, path: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_fetched(image: FetchedImage, config: DecodeConfig) -> Union[DecodedImage, Failure]:
+def decode_fetched(image: FetchedImage, config: DecodeConfig,
+                   budget: Optional[DecodeBudget] = None) -> Union[DecodedImage, Failure]:
     """A DecodedImage, or a decode-stage Failure; never raises."""
     try:
-        decoded = decode_image(image.data, config)
+        decoded = decode_image(image.data, config, budget)
     except StageError as e:
         e.attempts = image.attempts
         e.http_status = e.http_status or image.http_status

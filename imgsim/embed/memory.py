@@ -1,0 +1,58 @@
+"""A per-process memory budget for decoding, so that no catalogue can exhaust a worker.
+
+A worker process decodes on many download threads at once (--download-threads),
+and one image within the pixel cap can take hundreds of megabytes decoded
+(a 9400x9400 RGBA PNG of 370 KB is 700 MB at its peak). The budget admits a
+decode only when its estimated peak (imgsim.embed.decode.decode_cost) fits in
+what is left; other threads wait (they are only decoding, so the wait is
+bounded by the decodes in progress). Small images pass at once. The worst
+image times the thread count therefore stays under --decode-memory-mb per
+process, whatever the catalogue holds.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+from imgsim.failures import StageError
+
+MB = 1024 * 1024
+# Enough for the worst image within Pillow's default pixel cap (imgsim.embed.decode.max_decode_cost),
+# so that at defaults decoding adds at most about 1.5 GB to a worker process.
+DEFAULT_DECODE_MEMORY_MB = 1200
+
+
+class DecodeBudget:
+    """At most `limit_bytes` of decoding in flight in this process; thread-safe."""
+
+    def __init__(self, limit_bytes: int):
+        if limit_bytes < 1:
+            raise ValueError("the decode budget must be positive")
+        self.limit = limit_bytes
+        self._in_use = 0
+        self._peak = 0
+        self._changed = threading.Condition()
+
+    @property
+    def peak(self) -> int:
+        """The most bytes reserved at once so far (for tests and benchmarks)."""
+        with self._changed:
+            return self._peak
+
+    @contextmanager
+    def reserve(self, cost: int):
+        """Hold `cost` bytes of the budget while decoding; waits until they are free."""
+        if cost > self.limit:
+            raise StageError("decompression_bomb", f"decoding would take {cost // MB} MB, more than the "
+                             f"{self.limit // MB} MB decode budget (--decode-memory-mb)")
+        with self._changed:
+            while self._in_use + cost > self.limit:
+                self._changed.wait()
+            self._in_use += cost
+            self._peak = max(self._peak, self._in_use)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_use -= cost
+                self._changed.notify_all()

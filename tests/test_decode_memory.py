@@ -1,0 +1,129 @@
+"""Decoding cannot exhaust a worker: no widening full-size copies, and a per-process budget.
+
+Peak memory is measured for real (ru_maxrss of a fresh subprocess, which sees Pillow's own
+allocations too), on images small enough to make in a second but large enough that the old
+whole-image conversions (int64 temporaries: 24+ bytes a pixel for 16-bit greyscale) stand out.
+"""
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgsim.config.flags import ConfigError
+from imgsim.config.options import RunOptions
+from imgsim.embed.decode import DecodeConfig, decode_cost, decode_image
+from imgsim.embed.memory import MB, DecodeBudget
+from imgsim.failures import StageError
+
+SIDE = 4000  # 16 Mpx
+
+
+def big(tmp_path, mode: str) -> str:
+    path = tmp_path / f"big-{mode}.{'tif' if mode == 'F' else 'png'}"
+    if mode == "I;16":
+        grey = np.zeros((SIDE, SIDE), np.uint16)
+        grey[::40] = 65535
+        Image.fromarray(grey).save(path)
+    elif mode == "F":
+        Image.new("F", (SIDE, SIDE), 0.5).save(path, compression="tiff_deflate")
+    else:
+        Image.new(mode, (SIDE, SIDE), (10, 20, 30, 128)).save(path)
+    return str(path)
+
+
+PROBE = """
+import json, resource, sys, threading
+from imgsim.embed.decode import DecodeConfig, decode_image
+from imgsim.embed.memory import DecodeBudget
+paths, threads, budget_mb = json.loads(sys.argv[1])
+datas = [open(p, 'rb').read() for p in paths]
+budget = DecodeBudget(budget_mb * 2**20) if budget_mb else None
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def work(data):
+    decode_image(data, DecodeConfig(max_pixels=10**9), budget)
+workers = [threading.Thread(target=work, args=(datas[i % len(datas)],)) for i in range(threads)]
+[w.start() for w in workers]; [w.join() for w in workers]
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"added_mb": (peak - base) / 1024, "budget_peak_mb": budget.peak / 2**20 if budget else None}))
+"""
+
+
+def probe(paths, threads=1, budget_mb=None) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps([paths, threads, budget_mb])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("mode, most_bytes_per_pixel", [("I;16", 4), ("F", 7), ("RGBA", 10)])
+def test_a_large_image_costs_its_pixels_not_widened_copies(tmp_path, mode, most_bytes_per_pixel):
+    """16-bit greyscale peaked at 24+ bytes a pixel (int64 temporaries), float at 27, RGBA at 12."""
+    added = probe([big(tmp_path, mode)])["added_mb"]
+    assert added < SIDE * SIDE * most_bytes_per_pixel / MB, f"{mode}: decoding added {added:.0f} MB"
+
+
+def test_decode_cost_bounds_the_measured_peak(tmp_path):
+    path = big(tmp_path, "RGBA")
+    cost = decode_cost(Image.open(path))
+    assert cost == SIDE * SIDE * 8 + decode_cost(Image.new("RGB", (0, 0)))  # 4 decoded + 4 converted
+    assert probe([path])["added_mb"] < cost / MB * 1.15
+
+
+def test_the_budget_bounds_concurrent_decodes_in_one_process(tmp_path):
+    """Five threads decoding 16-Mpx RGBA images at once add ~640 MB; the budget keeps it near 280 MB."""
+    path = big(tmp_path, "RGBA")
+    unbounded = probe([path], threads=5)["added_mb"]
+    bounded = probe([path], threads=5, budget_mb=280)
+    assert bounded["budget_peak_mb"] <= 280
+    assert bounded["added_mb"] < 280 * 1.15 < unbounded, (bounded, unbounded)
+
+
+def test_budget_waits_for_room_and_refuses_what_can_never_fit():
+    budget = DecodeBudget(100)
+    order = []
+    with budget.reserve(70):
+        waiter = threading.Thread(target=lambda: (budget.reserve(50).__enter__(), order.append("second")))
+        waiter.start()
+        time.sleep(0.2)
+        order.append("first done")
+    waiter.join(5)
+    assert order == ["first done", "second"] and budget.peak <= 100
+    with pytest.raises(StageError, match="more than the 0 MB decode budget") as refused:
+        DecodeBudget(100).reserve(101).__enter__()
+    assert refused.value.reason == "decompression_bomb"
+
+
+def test_small_images_are_decoded_exactly_as_before_with_a_budget(photos):
+    plain = decode_image(photos["dog"], DecodeConfig())
+    budgeted = decode_image(photos["dog"], DecodeConfig(), DecodeBudget(64 * MB))
+    assert np.array_equal(plain.pixels, budgeted.pixels)
+
+
+def test_a_pixel_cap_the_budget_cannot_hold_is_refused_before_the_run():
+    with pytest.raises(ConfigError, match="raise --decode-memory-mb or lower --max-image-pixels"):
+        RunOptions(input="cma", output="o", max_image_pixels=500_000_000, decode_memory_mb=1200)
+    RunOptions(input="cma", output="o")  # the defaults fit each other
+
+
+def test_strip_conversion_matches_a_whole_image_conversion():
+    """Large images are converted in strips; the pixels must be those of a one-piece conversion."""
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (1500, 1200, 4), dtype=np.uint8), "RGBA")
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    whole = Image.new("RGB", rgba.size, (255, 255, 255))
+    whole.paste(rgba, mask=rgba.getchannel("A"))
+    expected = decode_image(_png(whole), DecodeConfig()).pixels
+    assert np.array_equal(decode_image(buf.getvalue(), DecodeConfig()).pixels, expected)
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
