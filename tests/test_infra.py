@@ -353,8 +353,10 @@ def test_every_template_parameter_is_accepted_as_templates_pass_it():
         if flag.kind is str:
             value = flag.spec.choices[-1] if flag.spec.choices else (
                 "r1" if name == "run_id" else str(flag.field.default or "gs://b/x"))
-        else:
-            value = {bool: "true", int: "3", float: "0.5"}[flag.kind]
+        elif flag.kind is bool:
+            value = "true"
+        else:  # a number the flag accepts: its default, or above its minimum
+            value = str(flag.field.default if flag.field.default is not None else max(3, flag.spec.minimum or 0))
         options, beam_args = parse_run_args(["--input=cma", "--output=gs://b/o", f"--{name}={value}"])
         assert beam_args == [], f"--{name} reached Beam instead of imgsim"
         assert str(getattr(options, name)).lower() == value.lower() or getattr(options, name) == type(
