@@ -75,6 +75,9 @@ def inspect(raw: BinaryIO, path: str, id_column: str = "id", url_column: str = "
             header = next(_csv_parse(bounded_lines(stream, max_line_bytes)), None)
             if header is None:
                 raise ManifestError(f"{path}: the CSV file is empty")
+            if header.problem and "\r" in header.first.text.rstrip("\r\n"):
+                raise ManifestError(f"{path}: its lines end with a carriage return alone (\\r): save it with \\n "
+                                    "or \\r\\n line endings")
             if header.problem:
                 raise ManifestError(f"{path}: the header ({header.where}) cannot be read: {escaped(header.problem)}")
             columns = [c.strip() for c in header.values]
