@@ -1,9 +1,11 @@
 """Running the pipeline on DirectRunner in the test process and reading its outputs back."""
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
+from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
@@ -23,11 +25,12 @@ def write_manifest(path, rows: Iterable[dict], columns=None) -> str:
     return str(path)
 
 
-def run_pipeline(*args: str, handler=None, allow_private_addresses: bool = True) -> dict:
+def run_pipeline(*args: str, handler=None, allow_private_addresses: bool = True, after_preflight=None) -> dict:
     """Run `imgsim run` in-process on DirectRunner and return what it wrote.
 
     handler: a model handler instead of VGG16 (tests.fakes.FakeModelHandler), for tests of
-    everything but the model."""
+    everything but the model. after_preflight(plan): called between preflight and the run, to
+    change the world the way it can change while a job starts."""
     from imgsim.config.parser import parse_run_args
     from imgsim.config.preflight import preflight
     from imgsim.pipelines.beam_options import pipeline_options
@@ -39,12 +42,34 @@ def run_pipeline(*args: str, handler=None, allow_private_addresses: bool = True)
     options, beam_args = parse_run_args(argv)
     store = ObjectStore()
     plan = preflight(options, store, check_weights_fit=handler is None)
+    if after_preflight is not None:
+        after_preflight(plan)
     result = run_plan(plan, pipeline_options(beam_args), store, handler=handler)
     result.wait_until_finish()
     out = read_run(plan.layout.output, plan.layout.run_id)
     out["metrics"] = counters(result)
     out["plan"] = plan
     return out
+
+
+def cma_api(server, shared, image_urls, edit=None) -> str:
+    """Replays the real CMA records with the API's paging and type filter; images point at the test server.
+
+    edit(records): change the records first (to serve the odd ones a real API may send)."""
+    records = json.loads((Path(shared) / "data" / "cma" / "artworks_page.json").read_text())["data"]
+    for i, record in enumerate(records):
+        record["images"]["web"]["url"] = image_urls[i % len(image_urls)]
+    if edit is not None:
+        edit(records)
+
+    def respond(h):
+        q = h.query
+        assert q.get("has_image") == "1"
+        chosen = [r for r in records if not q.get("type") or r["type"] == q["type"]]
+        skip, limit = int(q.get("skip", 0)), int(q.get("limit", 1000))
+        h.send_json({"info": {"total": len(chosen), "parameters": q}, "data": copy.deepcopy(chosen[skip:skip + limit])})
+
+    return server.route("/api/artworks/", respond)
 
 
 def counters(result) -> dict:

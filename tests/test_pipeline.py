@@ -1,5 +1,4 @@
 """End-to-end runs on Beam's DirectRunner: real HTTP, real Pillow, the real model and weights."""
-import copy
 import hashlib
 import io
 import json
@@ -11,7 +10,7 @@ from PIL import Image
 
 from catalogue_server import CatalogueServer
 from conftest import jpeg
-from pipeline_helpers import by_id, parquet_bytes, run_pipeline, write_manifest
+from pipeline_helpers import by_id, cma_api, parquet_bytes, run_pipeline, write_manifest
 
 pytestmark = pytest.mark.model
 from imgsim.runs.outputs import vectors
@@ -153,22 +152,6 @@ def test_glob_input_ids_are_paths_under_the_fixed_prefix(photos, notop_weights, 
     assert sorted(result["embeddings"].column("id").to_pylist()) == ["a.jpg", "sub/b.jpg"]
     assert result["failures"].to_pylist()[0]["id"] == "sub/notes.txt"
     assert result["summary"]["counts"]["input_rows"] == 3
-
-
-def cma_api(server, shared, image_urls):
-    """Replays the real CMA records with the API's paging and type filter; images point at the test server."""
-    records = json.loads((shared / "data" / "cma" / "artworks_page.json").read_text())["data"]
-    for i, record in enumerate(records):
-        record["images"]["web"]["url"] = image_urls[i % len(image_urls)]
-
-    def respond(h):
-        q = h.query
-        assert q.get("has_image") == "1"
-        chosen = [r for r in records if not q.get("type") or r["type"] == q["type"]]
-        skip, limit = int(q.get("skip", 0)), int(q.get("limit", 1000))
-        h.send_json({"info": {"total": len(chosen), "parameters": q}, "data": copy.deepcopy(chosen[skip:skip + limit])})
-
-    return server.route("/api/artworks/", respond)
 
 
 def test_museum_api_input_pages_in_parallel_and_keeps_metadata(server, shared, photos, notop_weights, tmp_path):

@@ -7,12 +7,11 @@ collection with whole pages missing.
 """
 from __future__ import annotations
 
-import json
-
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from imgsim.catalogue import cma
+from imgsim.catalogue.values import DEFAULT_MAX_METADATA_BYTES
 from imgsim.failures import Failure, StageError
 from imgsim.fetch.http import Fetcher, FetchConfig
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed
@@ -25,17 +24,19 @@ class CmaApiError(RuntimeError):
 class ReadCmaPages(beam.PTransform):
     """pipeline -> outputs with `rows` (CatalogueRow) and FAILURES (read failures)."""
 
-    def __init__(self, query: cma.CmaQuery, fetch_config: FetchConfig):
+    def __init__(self, query: cma.CmaQuery, fetch_config: FetchConfig,
+                 max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES):
         super().__init__()
         self._query = query
         self._fetch_config = fetch_config
+        self._max_metadata_bytes = max_metadata_bytes
 
     def expand(self, pbegin):
         return (pbegin
                 | "Start" >> beam.Create([None])
                 | "PlanPages" >> beam.ParDo(_PlanPages(self._query, self._fetch_config))
                 | "SpreadPages" >> beam.Reshuffle()
-                | "FetchPages" >> beam.ParDo(_FetchPage(self._query, self._fetch_config))
+                | "FetchPages" >> beam.ParDo(_FetchPage(self._query, self._fetch_config, self._max_metadata_bytes))
                 .with_outputs(FAILURES, main="rows"))
 
 
@@ -56,7 +57,7 @@ class _ApiDoFn(beam.DoFn):
         url = self._query.page_url(skip, limit)
         try:
             result = self._fetcher.fetch(url, headers={"Accept": "application/json"})
-            return cma.parse_page(json.loads(result.data))
+            return cma.load_page(result.data)
         except StageError as e:
             raise CmaApiError(f"the CMA API request {url} failed after {e.attempts} attempt(s): {e}") from None
         except ValueError as e:
@@ -70,13 +71,14 @@ class _PlanPages(_ApiDoFn):
 
 
 class _FetchPage(_ApiDoFn):
-    def __init__(self, query, fetch_config):
+    def __init__(self, query, fetch_config, max_metadata_bytes: int):
         super().__init__(query, fetch_config)
+        self._max_metadata_bytes = max_metadata_bytes
         self._read = Metrics.counter(NAMESPACE, "rows_read")
 
     def process(self, page: cma.Page):
         _, records = self._get_page(page.skip, page.limit)
         for offset, record in enumerate(records[: page.limit]):
             self._read.inc()
-            item = cma.record_to_row(record, page.skip + offset)
+            item = cma.record_to_row(record, page.skip + offset, self._max_metadata_bytes)
             yield failed(item) if isinstance(item, Failure) else item

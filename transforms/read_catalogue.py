@@ -14,7 +14,6 @@ from imgsim.catalogue import manifest
 from imgsim.failures import Failure
 from imgsim.fetch.http import FetchConfig
 from imgsim.catalogue.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
-from imgsim.records import SOURCE_STORAGE, CatalogueRow
 from imgsim.storage import ObjectStore
 from imgsim.transforms.cma_pages import ReadCmaPages
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed
@@ -31,7 +30,7 @@ class ReadCatalogue(beam.PTransform):
     def expand(self, pbegin):
         spec = self._spec
         if isinstance(spec, CmaInput):
-            outputs = pbegin | ReadCmaPages(spec.query, self._api_fetch_config)
+            outputs = pbegin | ReadCmaPages(spec.query, self._api_fetch_config, spec.max_metadata_bytes)
         else:
             reader = _ReadManifest(spec) if isinstance(spec, ManifestInput) else _ExpandGlob(spec)
             outputs = (pbegin
@@ -51,7 +50,7 @@ class _ReadManifest(beam.DoFn):
     def process(self, _):
         spec = self._spec
         with self._store.open_read(spec.path) as raw:
-            for item in manifest.iter_rows(raw, spec.path, spec.schema, spec.limit):
+            for item in manifest.iter_rows(raw, spec.path, spec.schema, spec.limit, spec.max_metadata_bytes):
                 self._read.inc()
                 if isinstance(item, Failure):
                     yield failed(item)
@@ -68,11 +67,10 @@ class _ExpandGlob(beam.DoFn):
         self._store = ObjectStore()
 
     def process(self, _):
-        prefix = self._spec.prefix
         paths = self._store.glob(self._spec.pattern)
         if self._spec.limit is not None:
             paths = paths[: self._spec.limit]
         for position, path in enumerate(paths):
             self._read.inc()
-            yield CatalogueRow(id=path[len(prefix):], url=path, metadata={}, position=position,
-                               source=SOURCE_STORAGE)
+            item = self._spec.row(path, position)
+            yield failed(item) if isinstance(item, Failure) else item

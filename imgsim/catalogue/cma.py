@@ -4,17 +4,22 @@ The API pages with ``limit``/``skip`` and reports the match count in
 ``info.total``. One request with limit=1 gives the total; the page requests
 that follow are independent, so the pipeline fetches them in parallel.
 Records map to rows: id = accession_number, url = images.web.url, and a few
-descriptive fields are kept as metadata.
+descriptive fields are kept as metadata, each normalised to its column
+(imgsim.catalogue.values): the API's JSON is not held to its documented types,
+and one odd record must fail alone, as `invalid_record`, never its page.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+import json
+from typing import Any, Optional, Union
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import pyarrow as pa
 
-from imgsim.failures import STAGE_READ, Failure
+from imgsim.catalogue.values import (DEFAULT_MAX_METADATA_BYTES, InvalidValue, key_text, normalise_metadata,
+                                     read_failure)
+from imgsim.failures import Failure
 from imgsim.records import CatalogueRow
 
 DEFAULT_API_URL = "https://openaccess-api.clevelandart.org/api/artworks/"
@@ -73,42 +78,69 @@ def plan_pages(total: int, query: CmaQuery) -> list[Page]:
     return [Page(skip, min(query.page_size, wanted - skip)) for skip in range(0, wanted, query.page_size)]
 
 
+def load_page(data: bytes) -> tuple[int, list]:
+    """(info.total, data) of an API response body; ValueError when it is not one.
+
+    Bytes that are not UTF-8 are kept as surrogate escapes rather than failing the page: like a
+    "\\ud800" escape, they are replaced in metadata and fail only the record whose id holds one."""
+    try:
+        payload = json.loads(data.decode("utf-8", "surrogateescape"))
+    except RecursionError:
+        raise ValueError("the response is JSON nested too deeply") from None
+    return parse_page(payload)
+
+
 def parse_page(payload) -> tuple[int, list]:
     """(info.total, data) of an API response; ValueError when it is not one."""
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise ValueError("the response is not an API page (no 'data' list)")
-    info = payload.get("info") or {}
+    info = payload.get("info") if isinstance(payload.get("info"), dict) else {}
     total = info.get("total")
-    if not isinstance(total, int):
+    if not isinstance(total, int) or isinstance(total, bool):
         total = len(payload["data"])
     return total, payload["data"]
 
 
-def record_to_row(record, position: int) -> Union[CatalogueRow, Failure]:
+def record_to_row(record, position: int,
+                  max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES) -> Union[CatalogueRow, Failure]:
+    """One API record as a row, every value normalised to its column, or its read failure."""
     if not isinstance(record, dict):
-        return Failure(None, None, STAGE_READ, "invalid_record", f"record {position} is not an object")
+        return read_failure("invalid_record", None, None, f"record {position} is not an object")
     accession = record.get("accession_number")
-    record_id = str(accession).strip() if accession not in (None, "") else None
-    web = ((record.get("images") or {}).get("web") or {}) if isinstance(record.get("images"), dict) else {}
-    url = web.get("url") if isinstance(web, dict) else None
+    raw_url = _get(record, "images", "web", "url")
+    try:
+        record_id, url = key_text(accession, "accession_number"), key_text(raw_url, "images.web.url")
+    except InvalidValue as e:
+        return read_failure("invalid_record", accession, raw_url, f"record {position}: {e}")
     if not record_id:
-        return Failure(None, url, STAGE_READ, "missing_id",
-                       f"record {position} (API id {record.get('id')}) has no accession_number")
+        return read_failure("missing_id", None, url,
+                            f"record {position} (API id {record.get('id')!r}) has no accession_number")
     if not url:
-        return Failure(record_id, None, STAGE_READ, "missing_url", "the record has no images.web.url")
-    creators = [c.get("description") for c in record.get("creators") or []
-                if isinstance(c, dict) and c.get("description")]
-    metadata = {
-        "title": _text(record.get("title")),
-        "type": _text(record.get("type")),
-        "department": _text(record.get("department")),
-        "technique": _text(record.get("technique")),
-        "creators": creators,
-        "creation_date": _text(record.get("creation_date")),
-        "record_url": _text(record.get("url")),
-    }
+        return read_failure("missing_url", record_id, None, "the record has no images.web.url")
+    raw = {"title": record.get("title"), "type": record.get("type"), "department": record.get("department"),
+           "technique": record.get("technique"), "creators": _creators(record.get("creators")),
+           "creation_date": record.get("creation_date"), "record_url": record.get("url")}
+    try:
+        metadata = normalise_metadata(raw, METADATA_SCHEMA, max_metadata_bytes)
+    except InvalidValue as e:
+        return read_failure("invalid_record", record_id, url, f"record {position}: {e}")
     return CatalogueRow(id=record_id, url=url, metadata=metadata, position=position)
 
 
-def _text(value) -> Optional[str]:
-    return None if value is None else str(value)
+def _get(record: dict, *keys: str) -> Any:
+    value: Any = record
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _creators(value) -> list:
+    """The creators' descriptions. The API sends a list of objects; a lone object or value is
+    taken as a list of one, and a value in place of an object as its description."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    descriptions = [item.get("description") if isinstance(item, dict) else item for item in items]
+    return [d for d in descriptions if d not in (None, "")]

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Optional
 
 from imgsim.catalogue.cma import DEFAULT_API_URL, MAX_PAGE_SIZE, CmaQuery
+from imgsim.catalogue.values import DEFAULT_MAX_METADATA_BYTES
 from imgsim.config.flags import ConfigError, Flags, flag
 from imgsim.embed.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig, max_decode_cost
 from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB
@@ -42,6 +43,11 @@ class CatalogueFlags(Flags):
                                 default_text="all")
     id_column: str = flag("id", "the manifest column that holds each row's id", label="Id column")
     url_column: str = flag("url", "the manifest column that holds each row's image URL", label="URL column")
+    max_metadata_bytes: int = flag(
+        DEFAULT_MAX_METADATA_BYTES, "the most bytes (UTF-8) a metadata value or a CSV/JSONL manifest line may "
+        "hold; a row over it fails as invalid_record, and a longer line is skipped without being held in memory",
+        minimum=1,
+        label="Maximum metadata bytes")
     cma_api_url: str = flag(DEFAULT_API_URL, "the Cleveland Museum of Art API endpoint, for --input cma",
                             label="CMA API URL", template_regex="^https?://[^ ]+$")
     cma_cc0: bool = flag(False, "for --input cma: only CC0 works", label="CMA: CC0 only")

@@ -78,7 +78,8 @@ def _preflight(options: RunOptions, store: ObjectStore, remote_workers: bool, ch
     if remote_workers:
         check_reachable_from_workers(options)
     spec = resolve_input(options.input, store, limit=options.limit, cma_query=options.cma_query(),
-                         id_column=options.id_column, url_column=options.url_column)
+                         id_column=options.id_column, url_column=options.url_column,
+                         max_metadata_bytes=options.max_metadata_bytes)
     layout = RunLayout(options.output, options.run_id or new_run_id())
     check_output(store, layout)
     latest = read_latest(store, options.output)
