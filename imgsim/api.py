@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.config.flags import ConfigError
-from imgsim.config.options import IndexCommandOptions, IndexFlags, RunOptions
+from imgsim.config.options import EvaluateOptions, IndexCommandOptions, IndexFlags, RunOptions
 from imgsim.embed.signature import ModelSignature
 from imgsim.index.build import build_and_publish
 from imgsim.index.latest import read_latest
@@ -92,6 +92,50 @@ def _publish(store: ObjectStore, tables: list[pa.Table], settings, output: str, 
     layout = RunLayout(output, run_id or new_run_id())
     return build_and_publish(store, tables, settings, layout, latest.generation if latest else 0, source,
                              {"embedded": sum(t.num_rows for t in tables)})
+
+
+def evaluate(index: str, *, labels: Optional[str] = None, near_duplicates: Optional[str] = None,
+             store: Optional[ObjectStore] = None, **options) -> dict:
+    """Measure a published index; the Python form of `imgsim evaluate`.
+
+    labels: a CSV of id,label (labelled retrieval: precision@1/5/10, mAP@10, per label, confused
+    pairs); near_duplicates: a glob of images (seeded perturbed copies, embedded with the index's
+    model: recall@1, pair precision and recall at the index's threshold, a recommended threshold).
+    options: compare=OTHER_OUT, report=HTML path, run_id, weights, seed, cache_dir."""
+    return evaluate_options(EvaluateOptions(index=index, labels=labels, near_duplicates=near_duplicates,
+                                            **options), store)
+
+
+def evaluate_options(options: EvaluateOptions, store: Optional[ObjectStore] = None) -> dict:
+    """`evaluate` for already parsed options (the CLI's path)."""
+    from imgsim.evaluate.evaluation import difference, evaluate_index
+    from imgsim.evaluate.report import render
+    from imgsim.evaluate.retrieval import read_labels
+
+    store = store or ObjectStore()
+    labels = originals = None
+    if options.labels:
+        try:
+            labels = read_labels(store.read_bytes(options.labels).decode("utf-8-sig"))
+        except (FileNotFoundError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"--labels {options.labels!r}: {e}") from None
+    if options.near_duplicates:
+        paths = store.glob(options.near_duplicates)
+        if not paths:
+            raise ConfigError(f"--near-duplicates {options.near_duplicates!r} matches no files")
+        originals = [(path.rsplit("/", 1)[-1], store.read_bytes(path)) for path in paths]
+    common = dict(labels=labels, originals=originals, weights=options.weights, seed=options.seed,
+                  cache_dir=options.cache_dir)
+    result = evaluate_index(store, options.index, run_id=options.run_id, **common)
+    evaluated = [result]
+    if options.compare:
+        other = evaluate_index(store, options.compare, **common)
+        evaluated.append(other)
+        result = {**result, "compare": other, "difference": difference(result, other)}
+    if options.report:
+        store.write_bytes(options.report, render(evaluated).encode(), content_type="text/html")
+        result["report"] = options.report
+    return result
 
 
 def vectors_table(ids: Optional[Sequence[str]], vectors, metadata=None,

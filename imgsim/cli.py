@@ -100,6 +100,19 @@ def _query(parsed) -> int:
     return 0
 
 
+def _evaluate(parsed) -> int:
+    from imgsim.api import evaluate_options
+    from imgsim.embed.reproduce import ModelMismatch
+    from imgsim.index.artifact import ArtifactError
+
+    try:
+        result = evaluate_options(parsed.options)
+    except (ArtifactError, ModelMismatch, ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    _print(result)
+    return 0
+
+
 def _runs(parsed) -> int:
     from imgsim.index.artifact import ArtifactError
     from imgsim.index.history import list_runs, table

@@ -88,8 +88,9 @@ class OutputFlags(Flags):
 class ModelFlags(Flags):
     GROUP = "model"
 
-    layer: str = flag("fc2", "the embedding layer: fc2 (4096-d), fc1 (4096-d) or pool (block5 average "
-                      "pooling, 512-d)", choices=tuple(LAYER_DIMS), label="VGG16 layer")
+    layer: str = flag("fc2", "the embedding layer: fc2 (4096-d), fc1 (4096-d), pool (block5 average pooling, "
+                      "512-d), gem (generalized-mean pooling of block5, 512-d) or pool45 (block4 and block5 average "
+                      "pooling, 1024-d)", choices=tuple(LAYER_DIMS), label="VGG16 layer")
     weights: str = flag(IMAGENET, "'imagenet' (the official Keras files, MD5-checked) or a Keras weights "
                         "file, local or gs://", label="Weights",
                         template_help="'imagenet' (the official Keras files, MD5-checked) or a Keras "
@@ -259,6 +260,31 @@ class QueryOptions(Flags):
         super().__post_init__()
         if (self.id is None) == (self.image is None):
             raise ConfigError("give exactly one of --id and --image")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateOptions(Flags):
+    """`imgsim evaluate`: how good the neighbours of a published index are."""
+
+    index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
+                                required=True)
+    run_id: Optional[str] = flag(None, "evaluate this run instead of the one LATEST points at")
+    labels: Optional[str] = flag(None, "a CSV file with columns id and label (ids of the indexed run), local or "
+                                 "gs://: labelled retrieval metrics", metavar="CSV")
+    near_duplicates: Optional[str] = flag(None, "a glob of image files, local or gs://: the near-duplicate "
+                                          "benchmark on perturbed copies of them", metavar="GLOB")
+    compare: Optional[str] = flag(None, "another output root or index to evaluate the same way, side by side",
+                                  metavar="OTHER_OUT")
+    report: Optional[str] = flag(None, "write a self-contained HTML report with plots here", metavar="HTML")
+    weights: Optional[str] = flag(None, "for --near-duplicates: the weights file, when the manifest's is not "
+                                  "reachable here", default_text="the file the index was built with")
+    seed: int = flag(0, "seed of the perturbed copies", minimum=0)
+    cache_dir: Optional[str] = flag(None, "where the index is copied to", default_text="~/.cache/imgsim/index")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.labels is None and self.near_duplicates is None:
+            raise ConfigError("give --labels, --near-duplicates or both: there is nothing to evaluate")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from imgsim import __version__
 from imgsim.config.flags import ConfigError, FlagParser, Flags, add_flags, flag, from_namespace
-from imgsim.config.options import (IndexCommandOptions, QueryOptions, RollbackOptions, RunOptions, RunsOptions,
-                                   VerifyOptions)
+from imgsim.config.options import (EvaluateOptions, IndexCommandOptions, QueryOptions, RollbackOptions,
+                                   RunOptions, RunsOptions, VerifyOptions)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -62,6 +62,7 @@ COMMANDS = (
             usage="imgsim run --input INPUT --output OUTPUT [options] [Beam pipeline options]"),
     Command("index", IndexCommandOptions, "build and publish an index from existing embeddings, without inference"),
     Command("query", QueryOptions, "ask a published index for the items most like an id or an image"),
+    Command("evaluate", EvaluateOptions, "measure how good the neighbours are: labelled retrieval, near duplicates"),
     Command("runs", RunsOptions, "list the runs under an output root: finished, published, LATEST"),
     Command("rollback", RollbackOptions, "point LATEST at an earlier published run (compare-and-swap)"),
     Command("verify", VerifyOptions, "check a published index: checksums, loading, self-query"),

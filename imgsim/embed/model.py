@@ -5,7 +5,9 @@ ImageNet files and Keras 3 ``.weights.h5`` files load by structure), cut at
 the chosen layer:
 - ``fc2`` (default): the 4096-d penultimate layer, the design's choice;
 - ``fc1``: the first 4096-d fully connected layer;
-- ``pool``: block5 global average pooling, 512-d, needs no fc weights.
+- ``pool``: block5 global average pooling, 512-d, needs no fc weights;
+- ``gem`` and ``pool45``: generalized-mean pooling of block5 (512-d) and block4 +
+  block5 average pooling (1024-d), no fc weights either (imgsim.embed.pooling).
 Vectors are L2-normalised so cosine similarity is a dot product. bf16 runs
 the same weights under Keras' ``mixed_bfloat16`` policy, set per layer on a
 clone of the model rather than through Keras' global policy.
@@ -22,7 +24,7 @@ import numpy as np
 from imgsim.embed.decode import MODEL_INPUT_SIZE, vgg16_preprocess
 
 _LOG = logging.getLogger("imgsim.embed.model")
-LAYER_DIMS = {"fc2": 4096, "fc1": 4096, "pool": 512}
+LAYER_DIMS = {"fc2": 4096, "fc1": 4096, "pool": 512, "gem": 512, "pool45": 1024}
 PRECISIONS = ("fp32", "bf16")
 ARCHITECTURE = "vgg16"
 
@@ -58,10 +60,16 @@ def build_model(spec: ModelSpec, weights_path: str):
 
     enable_gpu_memory_growth()
     base = keras.applications.VGG16(
-        weights=None, include_top=spec.include_top, pooling=None if spec.include_top else "avg")
+        weights=None, include_top=spec.include_top, pooling="avg" if spec.layer == "pool" else None)
     load_weights(base, weights_path, spec)
-    model = base if spec.layer == "pool" else keras.Model(
-        base.inputs, base.get_layer(spec.layer).output, name=f"vgg16_{spec.layer}")
+    if spec.layer == "pool":
+        model = base
+    elif spec.include_top:
+        model = keras.Model(base.inputs, base.get_layer(spec.layer).output, name=f"vgg16_{spec.layer}")
+    else:
+        from imgsim.embed import pooling  # imports Keras
+
+        model = pooling.head(base, spec.layer)
     if spec.precision == "bf16":
         model = _with_policy(model, "mixed_bfloat16")
     return model
