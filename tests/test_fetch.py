@@ -256,3 +256,22 @@ def test_robots_unavailable_means_allow_and_unreachable_means_disallow(server, p
         assert f.fetch(url).status == 200
     else:
         assert failure(f, url).reason == "robots_disallowed"
+
+
+# --- address guard: IPv6 forms that embed an IPv4 address ------------------------------------------
+
+@pytest.mark.parametrize("address", [
+    "::127.0.0.1", "::10.0.0.1",  # IPv4-compatible (deprecated)
+    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::c0a8:101",  # NAT64: loopback, metadata server, private
+    "64:ff9b:1::808:808",  # local-use NAT64 (RFC 8215) is never public
+    "2002:c0a8:0101::", "2002:7f00:1::1", "2002:a9fe:a9fe::",  # 6to4 of 192.168.1.1, 127.0.0.1, 169.254.169.254
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo whose client is 127.0.0.1
+    "::ffff:10.0.0.1",
+])
+def test_ipv6_addresses_that_embed_a_private_ipv4_address_are_blocked(address):
+    assert netguard.is_blocked(address)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:0808:0808::", "::ffff:8.8.8.8", "::8.8.8.8"])
+def test_ipv6_addresses_that_embed_a_public_ipv4_address_are_public(address):
+    assert not netguard.is_blocked(address)
