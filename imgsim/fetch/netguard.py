@@ -8,6 +8,9 @@ the socket's actual peer address when a connection opens, which also catches
 DNS rebinding and every redirect hop. IPv6 addresses that lead to an IPv4
 host (NAT64, 6to4, IPv4-compatible or -mapped, Teredo) are judged by that
 host's address as well.
+
+The same connection classes tie each connection to the download using it
+(see imgsim.fetch.deadline), so a download's deadline can end its socket.
 """
 from __future__ import annotations
 
@@ -112,11 +115,15 @@ class BlockedPeer(Exception):
     retryable connection error."""
 
 
-def guarded_pool_classes(allowed: Callable[[str], bool]) -> dict:
+def guarded_pool_classes(allowed: Callable[[str], bool],
+                         attach: Callable[[object], None] = lambda connection: None) -> dict:
     """urllib3 pool classes whose connections verify the connected peer address.
 
     The check runs in `connect()` (urllib3's public connection method), after
-    the socket is connected and before any request byte is sent."""
+    the socket is connected and before any request byte is sent. `attach(connection)`
+    is called before a connection connects and before it sends each request
+    (a pooled connection is reused without connecting again), so the fetcher
+    can tie the connection to the download using it (imgsim.fetch.deadline)."""
 
     def check(connection) -> None:
         peer = connection.sock.getpeername()[0]
@@ -125,14 +132,28 @@ def guarded_pool_classes(allowed: Callable[[str], bool]) -> dict:
             raise BlockedPeer(f"{connection.host} connected to {peer}, which is not a public address")
 
     class GuardedHTTPConnection(HTTPConnection):
+        imgsim_download = None  # the download using this connection now (imgsim.fetch.deadline)
+
         def connect(self):
+            attach(self)
             super().connect()
             check(self)
 
+        def request(self, *args, **kwargs):
+            attach(self)
+            return super().request(*args, **kwargs)
+
     class GuardedHTTPSConnection(HTTPSConnection):
+        imgsim_download = None
+
         def connect(self):
+            attach(self)
             super().connect()
             check(self)
+
+        def request(self, *args, **kwargs):
+            attach(self)
+            return super().request(*args, **kwargs)
 
     class GuardedHTTPPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection
