@@ -72,6 +72,11 @@ def fault_run(servers, photos, notop_weights, tmp_path_factory):
     # The first attempt's read timeout (2 s) passes; the retry, begun by 3 s, meets the 4 s deadline.
     add("never_answers", s.route("/hang.jpg", lambda h: h.hang()), "deadline_exceeded")
     add("slow_loris", s.route("/trickle.jpg", lambda h: h.trickle(every=0.05, total=10 ** 6)), "deadline_exceeded")
+    add("slow_headers", s.route("/slow-head.jpg", lambda h: h.trickle_head(
+        b"Content-Type: image/jpeg\r\nX-Padding: " + b"p" * 60 + b"\r\n\r\n", every=0.5,
+        sent_at_once=b"HTTP/1.1 200 OK\r\n")), "deadline_exceeded")
+    add("malformed_content_length", s.route("/odd-length.jpg", lambda h: h.raw(
+        b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: \xb2\r\n\r\n" + dog)), "protocol_error")
     add("oversized_with_length", s.file("/big.jpg", big), "too_large")
     add("oversized_chunked", s.route("/big-chunked.jpg", lambda h: h.chunked(big)), "too_large")
     s.route("/hop2", lambda h: h.redirect("/ok.jpg"))

@@ -309,9 +309,9 @@ def silent_listener():
 
 
 def test_the_deadline_bounds_every_stage_of_a_download(server, silent_listener):
-    """Trickled status line, trickled headers, a redirect to a trickle, a server that never answers
-    (read timeout longer than the deadline), a port that accepts and never reads, a robots.txt that
-    trickles: each ends as deadline_exceeded within the deadline."""
+    """Trickled status line, trickled headers, a redirect to a trickle, a server that never answers and
+    a port that accepts and never reads (plain and TLS; timeouts longer than the deadline), a robots.txt
+    that trickles: each ends as deadline_exceeded within the deadline, all at once."""
     server.route("/slow-status", lambda h: h.trickle_head(STATUS_LINE + HEAD_REST, every=0.5))
     server.route("/slow-headers", lambda h: h.trickle_head(HEAD_REST, every=0.5, sent_at_once=STATUS_LINE))
     server.route("/hop", lambda h: h.redirect("/slow-status"))
@@ -320,7 +320,7 @@ def test_the_deadline_bounds_every_stage_of_a_download(server, silent_listener):
     try:
         robots_host.route("/robots.txt", lambda h: h.trickle_head(STATUS_LINE + HEAD_REST, every=0.5))
         f = Fetcher(deadline_config(), sleep=Sleeps())
-        patient = Fetcher(deadline_config(read_timeout=30), sleep=Sleeps())
+        patient = Fetcher(deadline_config(connect_timeout=30, read_timeout=30), sleep=Sleeps())
         robots = deadline_config(respect_robots=True)
         polite = Fetcher(robots, shared_politeness(robots), sleep=Sleeps())
         outcomes = timed_failures({
@@ -329,13 +329,14 @@ def test_the_deadline_bounds_every_stage_of_a_download(server, silent_listener):
             "redirect target": (f, server.url("/hop")),
             "never answers": (patient, server.url("/silent")),
             "never reads": (patient, silent_listener),
+            "TLS handshake never answered": (patient, silent_listener.replace("http://", "https://")),
             "robots.txt": (polite, robots_host.url("/a.jpg")),
         })
     finally:
         robots_host.stop()
     wrong = {name: (e and e.reason, round(seconds, 2)) for name, (e, seconds) in outcomes.items()
              if e is None or e.reason != "deadline_exceeded" or not DEADLINE - 0.2 <= seconds <= DEADLINE + MARGIN}
-    assert len(outcomes) == 6 and not wrong, wrong
+    assert len(outcomes) == 7 and not wrong, wrong
     assert "not complete after 2s" in outcomes["status line"][0].detail
     assert server.hits("/slow-status") == 2 and server.hits("/hop") == 1  # the deadline ends retries too
     assert robots_host.hits("/a.jpg") == 0
