@@ -381,6 +381,25 @@ def test_a_dns_lookup_that_hangs_ends_at_the_deadline(monkeypatch):
         release.set()
 
 
+def test_a_connection_made_after_the_deadline_is_not_used(server, monkeypatch):
+    """urllib3 resolves the name again while connecting, beyond the watchdog's reach; a connection
+    that opens after the deadline passed must end at once, not serve a trickle unwatched."""
+    url = server.route("/slow", lambda h: h.trickle_head(HEAD_REST, every=0.5, sent_at_once=STATUS_LINE))
+    real_getaddrinfo = socket.getaddrinfo
+
+    def slow_in_urllib3(*args, **kwargs):
+        if not threading.current_thread().name.startswith("imgsim-dns"):  # our own lookup stays fast
+            time.sleep(1.0)
+        return real_getaddrinfo(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_in_urllib3)
+    f = Fetcher(deadline_config(deadline=0.5, connect_timeout=30, read_timeout=30), sleep=Sleeps())
+    started = time.monotonic()
+    assert failure(f, url).reason == "deadline_exceeded"
+    assert time.monotonic() - started <= 1.0 + MARGIN
+    assert server.hits("/slow") == 0
+
+
 def test_the_rate_limit_wait_never_passes_the_deadline():
     now = [0.0]
     waits = []

@@ -121,9 +121,11 @@ def guarded_pool_classes(allowed: Callable[[str], bool],
 
     The check runs in `connect()` (urllib3's public connection method), after
     the socket is connected and before any request byte is sent. `attach(connection)`
-    is called before a connection connects and before it sends each request
-    (a pooled connection is reused without connecting again), so the fetcher
-    can tie the connection to the download using it (imgsim.fetch.deadline)."""
+    is called before a connection connects, once it is connected (urllib3 resolves
+    the name again while connecting, and the download's deadline may pass
+    meanwhile: attach then raises) and before it sends each request (a pooled
+    connection is reused without connecting again), so the fetcher can tie the
+    connection to the download using it (imgsim.fetch.deadline)."""
 
     def check(connection) -> None:
         peer = connection.sock.getpeername()[0]
@@ -138,6 +140,7 @@ def guarded_pool_classes(allowed: Callable[[str], bool],
             attach(self)
             super().connect()
             check(self)
+            attach(self)
 
         def request(self, *args, **kwargs):
             attach(self)
@@ -150,6 +153,7 @@ def guarded_pool_classes(allowed: Callable[[str], bool],
             attach(self)
             super().connect()
             check(self)
+            attach(self)
 
         def request(self, *args, **kwargs):
             attach(self)
