@@ -364,7 +364,7 @@ def _make_session(config: FetchConfig, pool_size: int, attach: Callable[[object]
 def content_length(value: Optional[str], http_status: Optional[int] = None) -> Optional[int]:
     """A Content-Length header as a number of bytes; None when absent.
 
-    Only ASCII digits (``str.isdigit`` and ``int`` also take "²" or "١٢"), and
+    Only ASCII digits (``str.isdigit`` takes "²", ``int`` takes "١٢" and "1_000"), and
     a list only of equal values (RFC 9110 8.6); anything else is StageError
     protocol_error, since the framing of the response cannot be trusted."""
     if value is None:
