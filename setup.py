@@ -29,6 +29,8 @@ setup(
         "pyarrow>=14,<26",
         "Pillow>=10.3",
         "requests>=2.31,<3",
+        # robots.txt by RFC 9309 (longest match, Allow wins ties, * and $, percent-encoding).
+        "protego>=0.7,<1",
         "google-cloud-storage>=2.14,<4",
     ],
     extras_require={

@@ -40,6 +40,7 @@ REASONS = {
     "too_large": "the body exceeded the byte cap",
     "empty_body": "the server sent no bytes",
     "read_error": "the file could not be read from storage",
+    "protocol_error": "the server's response broke HTTP, e.g. a malformed header",
     # decode
     "not_an_image": "the bytes are not an image format Pillow reads (e.g. an HTML page)",
     "corrupt_image": "the image is truncated or damaged",

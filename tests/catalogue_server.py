@@ -181,6 +181,24 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(every)
         self.close_connection = True
 
+    def trickle_head(self, head: bytes, every: float = 0.5, sent_at_once: bytes = b"") -> None:
+        """Send `sent_at_once`, then `head` one byte at a time, flushing each: a status line or headers
+        that arrive slower than any deadline but always inside the read timeout."""
+        self.wfile.write(sent_at_once)
+        self.wfile.flush()
+        for i in range(len(head)):
+            if self.catalogue.stopping.wait(every):
+                break
+            self.wfile.write(head[i:i + 1])
+            self.wfile.flush()
+        self.close_connection = True
+
+    def raw(self, response: bytes) -> None:
+        """Write these bytes as the whole response and close: for responses that break HTTP."""
+        self.wfile.write(response)
+        self.wfile.flush()
+        self.close_connection = True
+
     def chunked(self, data: bytes, content_type: str = "image/jpeg", piece: int = 65536) -> None:
         """A body without Content-Length (chunked transfer encoding)."""
         self.send_response(200)

@@ -4,6 +4,7 @@ As apache_beam/ml/inference/base_test.py does: no VGG16 here (tests.fakes.FakeMo
 deduplication, reuse planning, downloading, inference bookkeeping, accounting and the summary are
 checked in seconds. The model itself is tested in test_model.py and end to end in test_pipeline.py.
 """
+import dataclasses
 import io
 
 import apache_beam as beam
@@ -12,6 +13,7 @@ import requests
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to, is_empty
 from PIL import Image
@@ -27,7 +29,7 @@ from imgsim.runs.outputs import embeddings_schema
 from imgsim.runs.reuse import ReuseSource
 from imgsim.transforms.dedupe import DeduplicateIds
 from imgsim.transforms.download import REUSED as REUSED_TAG
-from imgsim.transforms.download import DownloadImages
+from imgsim.transforms.download import THROTTLING_COUNTER, DownloadImages
 from imgsim.transforms.embed import EmbedImages
 from imgsim.transforms.failures import FAILURES
 from imgsim.transforms.reuse import DELETED, PlanReuse
@@ -119,6 +121,22 @@ def test_download_reuses_an_earlier_embedding_when_the_server_says_not_modified(
                     equal_to([("dog", REUSED, "old-sha", "today")]))
         assert_that(out.images, is_empty(), label="no decode")
     assert server.not_modified["/dog.jpg"] == 1
+
+
+def test_download_reports_time_held_back_by_host_limits_as_throttling(server, photos):
+    """Dataflow's autoscaler discounts cumulativeThrottlingSeconds: waiting on a museum's limits must not
+    look like work that more workers would speed up."""
+    server.file("/dog.jpg", photos["dog"])
+    items = rows(*[(f"dog-{i}", server.url(f"/dog.jpg?copy={i}")) for i in range(5)])
+    config = dataclasses.replace(LOCAL, max_requests_per_second_per_host=5)  # turns 0.2 s apart: 2 s waited
+    p = test_pipeline.TestPipeline()
+    out = p | beam.Create(items) | DownloadImages(config, DecodeConfig(), threads=5)
+    assert_that(out.images | beam.Map(lambda d: d.row.id), equal_to([f"dog-{i}" for i in range(5)]))
+    result = p.run()
+    result.wait_until_finish()
+    throttled = result.metrics().query(MetricsFilter().with_name(THROTTLING_COUNTER))["counters"]
+    assert [c.key.metric.namespace for c in throttled] == ["imgsim"]
+    assert 1 <= sum(c.committed for c in throttled) <= 2  # whole seconds; a fraction may stay behind
 
 
 def test_embed_turns_predictions_into_rows_and_bad_batches_into_failures():

@@ -15,6 +15,14 @@ windows and the metrics. Host limits, robots.txt rules and the decode memory
 budget (imgsim.embed.memory) are shared by all threads of a worker process
 through apache_beam.utils.shared, so decoding stays within --decode-memory-mb
 per process however many download threads run.
+
+Time spent waiting to be polite (host limits, Retry-After, backoff) is
+reported as `cumulativeThrottlingSeconds`, the counter Dataflow's autoscaler
+discounts, as Beam's own throttled I/O does (apache_beam.io.components.
+adaptive_throttler): a job held back by a museum's limits should not get more
+workers, which would only add load on the same server. The download threads
+add to the Fetcher's ThrottleMeter; whole seconds are moved to the counter
+here, on the bundle's thread, where Beam keeps metrics.
 """
 from __future__ import annotations
 
@@ -34,6 +42,8 @@ from imgsim.storage import ObjectStore
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed
 
 REUSED = "reused"
+# The name Dataflow's autoscaler reads (in any namespace), as Beam's throttled I/O uses it.
+THROTTLING_COUNTER = "cumulativeThrottlingSeconds"
 
 
 class DownloadImages(beam.PTransform):
@@ -76,6 +86,7 @@ class _DownloadFn(beam.DoFn):
         self._same_bytes = Metrics.counter(NAMESPACE, "reused_same_bytes")
         self._decoded = Metrics.counter(NAMESPACE, "decoded")
         self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms")
+        self._throttled = Metrics.counter(NAMESPACE, THROTTLING_COUNTER)
 
     def setup(self):
         politeness = self._shared_politeness.acquire(lambda: shared_politeness(self._config),
@@ -105,6 +116,12 @@ class _DownloadFn(beam.DoFn):
 
     def _emit(self, wait_until: int):
         """Emit finished rows; block while more than wait_until are still running."""
+        yield from self._emit_finished(wait_until)
+        throttled = self._fetcher.throttled.take_whole_seconds()  # the fraction waits for the next call
+        if throttled:
+            self._throttled.inc(throttled)
+
+    def _emit_finished(self, wait_until: int):
         while self._pending:
             done = [f for f in self._pending if f.done()]
             if not done:

@@ -5,13 +5,18 @@ A pipeline inside a cloud network can reach the metadata server
 outside, so by default only globally routable addresses are fetched. The host
 is checked twice: after DNS resolution, to give a clear reason early, and on
 the socket's actual peer address when a connection opens, which also catches
-DNS rebinding and every redirect hop.
+DNS rebinding and every redirect hop. IPv6 addresses that lead to an IPv4
+host (NAT64, 6to4, IPv4-compatible or -mapped, Teredo) are judged by that
+host's address as well.
+
+The same connection classes tie each connection to the download using it
+(see imgsim.fetch.deadline), so a download's deadline can end its socket.
 """
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 from urllib.parse import urlsplit
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -41,11 +46,45 @@ def split_url(url) -> tuple[str, str, int]:
     return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
 
 
+# The NAT64 well-known prefix (RFC 6052): 64:ff9b::a.b.c.d reaches the IPv4 host a.b.c.d.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# The local-use NAT64 prefix (RFC 8215): not globally reachable, whatever it embeds.
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
 def is_blocked(address: str) -> bool:
-    """True for addresses that are not globally routable (or are multicast)."""
+    """True for addresses that are not globally routable (or are multicast).
+
+    An IPv6 address that carries an IPv4 address to reach (IPv4-mapped,
+    IPv4-compatible, NAT64, 6to4, Teredo's client) is judged by that IPv4
+    address too: 64:ff9b::7f00:1 or 2002:7f00:1:: reach loopback, though the
+    IPv6 prefixes themselves are global."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return True
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d on a dual-stack socket
+            return _not_public(ip.ipv4_mapped)
+        embedded = embedded_ipv4(ip)
+        if embedded is not None and _not_public(embedded):
+            return True
+    return _not_public(ip)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
+    """The IPv4 address an IPv6 address leads to, for the transition formats that embed one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:  # 2002:AABB:CCDD::/48
+        return ip.sixtofour
+    if ip.teredo is not None:  # 2001:0::/32: (server, client); the client is where packets go
+        return ip.teredo[1]
+    if ip in _NAT64 or int(ip) >> 32 == 0:  # NAT64, or IPv4-compatible ::a.b.c.d (deprecated)
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _not_public(ip) -> bool:
     return (not ip.is_global) or ip.is_multicast
 
 
@@ -76,11 +115,17 @@ class BlockedPeer(Exception):
     retryable connection error."""
 
 
-def guarded_pool_classes(allowed: Callable[[str], bool]) -> dict:
+def guarded_pool_classes(allowed: Callable[[str], bool],
+                         attach: Callable[[object], None] = lambda connection: None) -> dict:
     """urllib3 pool classes whose connections verify the connected peer address.
 
     The check runs in `connect()` (urllib3's public connection method), after
-    the socket is connected and before any request byte is sent."""
+    the socket is connected and before any request byte is sent. `attach(connection)`
+    is called before a connection connects, once it is connected (urllib3 resolves
+    the name again while connecting, and the download's deadline may pass
+    meanwhile: attach then raises) and before it sends each request (a pooled
+    connection is reused without connecting again), so the fetcher can tie the
+    connection to the download using it (imgsim.fetch.deadline)."""
 
     def check(connection) -> None:
         peer = connection.sock.getpeername()[0]
@@ -89,14 +134,30 @@ def guarded_pool_classes(allowed: Callable[[str], bool]) -> dict:
             raise BlockedPeer(f"{connection.host} connected to {peer}, which is not a public address")
 
     class GuardedHTTPConnection(HTTPConnection):
+        imgsim_download = None  # the download using this connection now (imgsim.fetch.deadline)
+
         def connect(self):
+            attach(self)
             super().connect()
             check(self)
+            attach(self)
+
+        def request(self, *args, **kwargs):
+            attach(self)
+            return super().request(*args, **kwargs)
 
     class GuardedHTTPSConnection(HTTPSConnection):
+        imgsim_download = None
+
         def connect(self):
+            attach(self)
             super().connect()
             check(self)
+            attach(self)
+
+        def request(self, *args, **kwargs):
+            attach(self)
+            return super().request(*args, **kwargs)
 
     class GuardedHTTPPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection
