@@ -70,7 +70,7 @@ def fault_run(servers, photos, notop_weights, tmp_path_factory):
     add("always_429", s.status("/429-forever.jpg", 429, Retry_After="1"), "http_rate_limited")
     add("connection_reset", s.route("/reset.jpg", lambda h: h.reset()), "connection_error")
     # The first attempt's read timeout (2 s) passes; the retry, begun by 3 s, meets the 4 s deadline.
-    add("never_answers", s.route("/hang.jpg", lambda h: h.hang()), "deadline_exceeded")
+    add("never_answers", s.route("/hang.jpg", lambda h: h.hang()), "timeout")
     add("slow_loris", s.route("/trickle.jpg", lambda h: h.trickle(every=0.05, total=10 ** 6)), "deadline_exceeded")
     add("slow_headers", s.route("/slow-head.jpg", lambda h: h.trickle_head(
         b"Content-Type: image/jpeg\r\nX-Padding: " + b"p" * 60 + b"\r\n\r\n", every=0.5,
@@ -109,7 +109,7 @@ def fault_run(servers, photos, notop_weights, tmp_path_factory):
     result = run_pipeline(
         "--input", manifest, "--output", str(tmp_path_factory.mktemp("out")), "--run-id", "faults",
         "--weights", notop_weights, "--layer", "pool", "--respect-robots",
-        "--connect-timeout", "1", "--read-timeout", "2", "--download-deadline", "4", "--max-retries", "2",
+        "--connect-timeout", "1", "--read-timeout", "1", "--download-deadline", "5", "--max-retries", "2",
         "--retry-after-max", "1", "--max-download-mb", "1", "--max-image-pixels", "100000000",
         "--max-redirects", "5", "--no-index", handler=FakeModelHandler())
     return {"rows": rows, "expected": expected, "result": result, "servers": servers}

@@ -150,8 +150,11 @@ class Fetcher:
                 except _Retryable as retry:
                     error = self._past_deadline("the download") if self._is_past(download) else retry.error
                     wait = self._wait_before_retry(attempts, retry.retry_after)
+                    # Retry only when a whole attempt (the wait, then up to a read timeout) still fits
+                    # before the deadline: a retry the deadline would cut short proves nothing, and
+                    # the reason then depends on the jitter instead of on what the server did.
                     if (error is not retry.error or attempts > self.config.max_retries
-                            or self._clock() + wait >= deadline):
+                            or self._clock() + wait + self.config.read_timeout + _DEADLINE_SLACK > deadline):
                         error.attempts = attempts
                         raise error from None
                     self._sleep(wait)
