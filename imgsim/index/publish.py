@@ -22,7 +22,7 @@ from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, loca
                                    verify_local)
 from imgsim.index.latest import Latest, read_latest, swap_latest
 from imgsim.runs.layout import RunLayout, runs_dir
-from imgsim.storage import ObjectStore, PreconditionFailed, is_gcs, join
+from imgsim.storage import ObjectStore, PreconditionFailed, WriterBusy, is_gcs, join
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,11 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     try:
         swap_latest(store, layout.output, Latest.for_run(layout.run_id, manifest_sha), expected_latest_generation)
+    except WriterBusy as e:
+        return PublishResult(index_dir, manifest_sha, False,
+                             f"another publisher was replacing LATEST at that moment, so it was left as it is "
+                             f"({e}); this run's index is complete at {index_dir} (imgsim rollback --run-id "
+                             f"{layout.run_id} points LATEST at it)")
     except PreconditionFailed as e:
         return PublishResult(index_dir, manifest_sha, False,
                              f"LATEST changed while this run was working, so it was left as it is ({e}); "
