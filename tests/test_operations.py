@@ -67,8 +67,8 @@ def test_rollback_never_overwrites_a_latest_that_changed_meanwhile(output, monke
 
     real_verify = publish.verify
 
-    def verify_while_another_run_publishes(store, index_dir):
-        manifest = real_verify(store, index_dir)
+    def verify_while_another_run_publishes(store, index_dir, manifest_sha256=None):
+        manifest = real_verify(store, index_dir, manifest_sha256)
         monkeypatch.setattr(publish, "verify", real_verify)  # the other run publishes normally
         publish_table(embeddings_table(clustered(40, seed=3)), output, "20261104T030000Z")
         return manifest

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from typing import Optional
 
-from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, local_files, self_query_check,
-                                   verify_local)
-from imgsim.index.latest import Latest, read_latest, swap_latest
+from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, local_files, read_manifest,
+                                   self_query_check, verify_local)
+from imgsim.index.latest import Latest, latest_path, read_latest, swap_latest
 from imgsim.runs.layout import RunLayout, runs_dir
 from imgsim.storage import ObjectStore, PreconditionFailed, WriterBusy, is_gcs, join
 
@@ -43,9 +42,8 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
         if rel != MANIFEST:
             store.upload_file(os.path.join(staging, *rel.split("/")), join(index_dir, rel))
     store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
-    verify(store, index_dir)
-
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    verify(store, index_dir, manifest_sha)  # what landed is what was staged
     try:
         swap_latest(store, layout.output, Latest.for_run(layout.run_id, manifest_sha), expected_latest_generation)
     except WriterBusy as e:
@@ -64,44 +62,39 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
     return PublishResult(index_dir, manifest_sha, True, detail)
 
 
-def verify(store: ObjectStore, index_dir: str) -> dict:
-    """Check a published artifact as a consumer would: every checksum, then load and self-query.
+def verify(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = None) -> dict:
+    """Check a published artifact as a consumer would: the manifest (against manifest_sha256, LATEST's
+    pin, when given), every file's size and checksum, the ScaNN assets, then load and self-query.
 
     A gs:// artifact is read back into a temporary directory; a local one is checked where it is.
     Returns its manifest; raises ArtifactError."""
     if is_gcs(index_dir):
         check_dir = tempfile.mkdtemp(prefix="imgsim-verify-")
         try:
-            manifest = fetch_artifact(store, index_dir, check_dir)
+            manifest = fetch_artifact(store, index_dir, check_dir, manifest_sha256)
             self_query_check(check_dir)
         finally:
             shutil.rmtree(check_dir, ignore_errors=True)
         return manifest
-    try:
-        manifest = json.loads(store.read_bytes(join(index_dir, MANIFEST)))
-    except FileNotFoundError:
-        raise ArtifactError(f"no index at {index_dir}: {MANIFEST} is missing") from None
-    except ValueError as e:
-        raise ArtifactError(f"{join(index_dir, MANIFEST)} is not JSON ({e})") from None
+    _, manifest = read_manifest(store, index_dir, manifest_sha256)
     verify_local(index_dir, manifest)
     self_query_check(index_dir)
     return manifest
 
 
-def manifest_sha256(store: ObjectStore, index_dir: str) -> str:
-    return hashlib.sha256(store.read_bytes(join(index_dir, MANIFEST))).hexdigest()
-
-
 def rollback(store: ObjectStore, output: str, run_id: str) -> Latest:
     """Point LATEST at an earlier published run, after verifying its artifact; compare-and-swap
-    against the LATEST read here. Raises ArtifactError (no such index, damaged) or PreconditionFailed."""
-    current = read_latest(store, output)
+    against the LATEST read here, which may be malformed (rollback is how it is repaired).
+    Raises ArtifactError (no such index, damaged) or PreconditionFailed."""
+    _, generation = store.read_with_generation(latest_path(output))
     index_dir = RunLayout(output, run_id).index_dir
     if not store.exists(join(index_dir, MANIFEST)):
         raise ArtifactError(f"run {run_id!r} has no published index under {output}")
-    verify(store, index_dir)
-    latest = Latest.for_run(run_id, manifest_sha256(store, index_dir))
-    swap_latest(store, output, latest, current.generation if current else 0)
+    manifest_bytes, _ = read_manifest(store, index_dir)
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    verify(store, index_dir, manifest_sha)
+    latest = Latest.for_run(run_id, manifest_sha)
+    swap_latest(store, output, latest, generation)
     return latest
 
 
