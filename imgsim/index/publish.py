@@ -20,7 +20,7 @@ from typing import Optional
 from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, local_files, read_manifest,
                                    self_query_check, verify_local)
 from imgsim.index.latest import Latest, latest_path, read_latest, swap_latest
-from imgsim.runs.layout import RunLayout, runs_dir
+from imgsim.runs.layout import RunLayout, check_run_id, runs_dir
 from imgsim.storage import ObjectStore, PreconditionFailed, WriterBusy, is_gcs, join
 
 
@@ -55,7 +55,7 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
         return PublishResult(index_dir, manifest_sha, False,
                              f"LATEST changed while this run was working, so it was left as it is ({e}); "
                              f"this run's index is complete at {index_dir}")
-    pruned = prune_runs(store, layout.output, keep_runs, protect={layout.run_id}) if keep_runs else []
+    pruned = prune_runs(store, layout.output, keep_runs, publishing=layout.run_id) if keep_runs else []
     detail = f"LATEST now points at run {layout.run_id}"
     if pruned:
         detail += f"; pruned runs {', '.join(pruned)}"
@@ -98,12 +98,39 @@ def rollback(store: ObjectStore, output: str, run_id: str) -> Latest:
     return latest
 
 
-def prune_runs(store: ObjectStore, output: str, keep: int, protect: set[str]) -> list[str]:
-    """Delete all but the `keep` most recent runs (by run id order), never a protected one."""
+def prune_runs(store: ObjectStore, output: str, keep: int, publishing: str) -> list[str]:
+    """Delete finished runs beyond the `keep` most recent; returns the run ids deleted.
+
+    Only finished runs (their summary.json exists) are pruned or counted: a run without one may
+    still be working, or be waiting for a restart that resumes from its checkpoint. The publishing
+    run counts as one of the `keep` (its summary follows its index), and neither it nor the run
+    LATEST points at is ever deleted. Nothing is pruned when LATEST cannot be read."""
     directory = runs_dir(output)
     prefix = directory.rstrip("/") + "/"
-    run_ids = sorted({p[len(prefix):].split("/", 1)[0] for p in store.list(directory) if p.startswith(prefix)})
-    doomed = [r for r in run_ids[:-keep] if r not in protect] if keep < len(run_ids) else []
+    paths = set(store.list(directory))
+    candidates = {p[len(prefix):].split("/", 1)[0] for p in paths if p.startswith(prefix)}
+    finished = sorted(r for r in candidates if _is_run_id(r) and RunLayout(output, r).summary_path in paths)
+    try:
+        latest = read_latest(store, output)
+    except ArtifactError:
+        return []
+    protect = {latest.run_id} if latest else set()
+    doomed = runs_to_prune(finished, keep, publishing, protect)
     for run in doomed:
         store.delete_prefix(join(directory, run))
     return doomed
+
+
+def runs_to_prune(finished: list[str], keep: int, publishing: str, protect: set[str]) -> list[str]:
+    """Of the finished runs, those beyond the `keep` most recent by run id order, counting the
+    publishing run among them; never the publishing run or a protected one."""
+    kept = set(sorted(set(finished) | {publishing})[-keep:]) | protect | {publishing}
+    return [run for run in sorted(finished) if run not in kept]
+
+
+def _is_run_id(name: str) -> bool:
+    try:
+        check_run_id(name)
+    except ValueError:
+        return False
+    return True
