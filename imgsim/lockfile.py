@@ -75,7 +75,8 @@ def exclusive_lock(path: str) -> Iterator[Optional[LockOwner]]:
         yield previous
     finally:
         try:
-            os.unlink(path)  # still holding it: whoever opened this file meanwhile will see it is gone
+            if _still_named(fd, path):  # (unless someone removed it by hand meanwhile)
+                os.unlink(path)  # still holding it: whoever opened this file meanwhile will see it is gone
         finally:
             os.close(fd)  # releases the flock
 
