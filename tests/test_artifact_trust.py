@@ -17,12 +17,11 @@ import pytest
 
 from imgsim.cli import main
 from imgsim.index import artifact
+from imgsim.index import build as indexer
 from imgsim.index.artifact import ArtifactError
 from imgsim.index.consumer import ImageIndex, local_copy_dir
 from imgsim.index.latest import read_latest
 from imgsim.storage import ObjectStore, sha256_file
-from imgsim.index import build as indexer
-from imgsim.index.searcher import IndexOptions
 from test_index import clustered, embeddings_table, publish_table
 
 
@@ -306,7 +305,8 @@ def test_two_processes_opening_one_index_into_one_cache_never_see_a_torn_file(tm
     out = str(tmp_path / "big")
     publish_table(embeddings_table(clustered(4_000, dim=256, seed=5)), out, "big",
                   indexer.IndexSettings(neighbors_k=1, recall_queries=10))
-    manifest = json.load(open(os.path.join(index_dir(out, "big"), "manifest.json")))
+    with open(os.path.join(index_dir(out, "big"), "manifest.json")) as f:
+        manifest = json.load(f)
     assert manifest["files"]["scann/dataset.npy"]["bytes"] > 4_000_000
     cache_root = tmp_path / "cache"
     cache_root.mkdir()
@@ -316,8 +316,9 @@ def test_two_processes_opening_one_index_into_one_cache_never_see_a_torn_file(tm
                 for r in range(rounds) for rel, meta in manifest["files"].items()}
     procs = [subprocess.Popen([sys.executable, "-c", OPENER, out, str(cache_root), str(me), str(rounds)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for me in range(2)]
-    torn, seen_whole = set(), set()
-    while any(p.poll() is None for p in procs):
+    torn, seen_whole, running = set(), set(), True
+    while running:  # one more look after both have ended
+        running = any(p.poll() is None for p in procs)
         if any(p.poll() for p in procs):  # one failed: the other would wait at the barrier
             for p in procs:
                 p.kill()
@@ -335,7 +336,7 @@ def test_two_processes_opening_one_index_into_one_cache_never_see_a_torn_file(tm
         stdout, stderr = p.communicate(timeout=120)
         assert p.returncode == 0 and stdout.strip() == "ok", stderr[-3000:]
     assert not torn, sorted(torn)[:5]
-    assert seen_whole == set(expected)  # the watcher did watch the files the processes wrote
+    assert seen_whole == set(expected)  # the watcher watched the very files the processes wrote
     leftovers = [name for r in range(rounds) for _, _, files in os.walk(cache_root / f"round-{r}")
                  for name in files if name.startswith(".")]
     assert leftovers == []  # no temporary files left behind
