@@ -149,15 +149,16 @@ def _rollback(parsed) -> int:
 
 def _verify(parsed) -> int:
     from imgsim.index.artifact import ArtifactError
-    from imgsim.index.consumer import resolve_index_dir
+    from imgsim.index.consumer import locate_index
     from imgsim.index.publish import verify
     from imgsim.storage import ObjectStore
 
     o = parsed.options
     store = ObjectStore()
     try:
-        index_dir = resolve_index_dir(store, o.index, o.run_id)
-        manifest = verify(store, index_dir)
+        found = locate_index(store, o.index, o.run_id)
+        index_dir = found.index_dir
+        manifest = verify(store, index_dir, found.manifest_sha256)
     except ArtifactError as e:
         print(f"imgsim verify: {e}", file=sys.stderr)
         _print({"verified": False, "reason": str(e)})

@@ -3,17 +3,22 @@
 The index artifact, the LATEST pointer and the consumer library use this
 module; they must work where apache_beam is not installed. gs:// goes through
 google-cloud-storage, which honours STORAGE_EMULATOR_HOST (the tests' local
-emulator). Local writes go through a temporary file and os.replace, so a
-reader never sees half a file.
+emulator). Local writes go through a temporary file of their own (unique per
+process and thread) in the target's directory and os.replace, so a reader,
+or another process writing the same file, never sees half a file.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import threading
 from typing import BinaryIO, Optional
+
+from imgsim.lockfile import LockBusy, exclusive_lock
 
 GCS_SCHEME = "gs://"
 
@@ -28,6 +33,10 @@ def cache_dir(*parts: str) -> str:
 
 class PreconditionFailed(Exception):
     """A compare-and-swap write lost: the object changed since it was read."""
+
+
+class WriterBusy(PreconditionFailed):
+    """A compare-and-swap write found another live writer replacing the object at that moment."""
 
 
 def is_gcs(path: str) -> bool:
@@ -101,12 +110,7 @@ class ObjectStore:
                 except GcsPreconditionFailed:
                     continue  # replaced between the two requests: read again
             raise PreconditionFailed(f"{path} keeps changing while being read")
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None, 0
-        return data, _content_generation(data)
+        return _read_local_with_generation(path)
 
     def generation(self, path: str) -> Optional[int]:
         """The object's generation (local: a content hash), or None when absent."""
@@ -122,13 +126,13 @@ class ObjectStore:
         return None if data is None else generation
 
     def download_to_file(self, path: str, local_path: str) -> None:
-        os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
-        if is_gcs(path):
-            tmp = local_path + ".part"
-            self._blob(path).download_to_filename(tmp)
-            os.replace(tmp, local_path)
-        else:
-            shutil.copyfile(path, local_path)
+        """Copy to a local file, atomically: local_path is either absent, as it was, or complete."""
+        with _replacing(local_path) as f:
+            if is_gcs(path):
+                self._blob(path).download_to_file(f)
+            else:
+                with open(path, "rb") as source:
+                    shutil.copyfileobj(source, f, 1 << 20)
 
     def list(self, prefix: str) -> list[str]:
         """Every object (file) under prefix, recursively, as full paths."""
@@ -161,31 +165,17 @@ class ObjectStore:
             except GcsPreconditionFailed as e:
                 raise PreconditionFailed(f"{path} changed since it was read ({e.message})") from None
             return
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if if_generation_match is not None:
-                _local_compare_and_swap(tmp, path, if_generation_match)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        replace = None if if_generation_match is None else (
+            lambda tmp, target: _local_compare_and_swap(tmp, target, if_generation_match))
+        with _replacing(path, replace=replace, durable=True) as f:
+            f.write(data)
 
     def upload_file(self, local_path: str, path: str) -> None:
         if is_gcs(path):
             self._blob(path).upload_from_filename(local_path)
         else:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = path + ".part"
-            shutil.copyfile(local_path, tmp)
-            os.replace(tmp, path)
+            with _replacing(path) as f, open(local_path, "rb") as source:
+                shutil.copyfileobj(source, f, 1 << 20)
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete everything under prefix; returns how many objects went."""
@@ -259,24 +249,73 @@ def _glob_regex(pattern: str) -> "re.Pattern":
     return re.compile("".join(out))
 
 
+def _read_local_with_generation(path: str) -> tuple[Optional[bytes], int]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, 0
+    return data, _content_generation(data)
+
+
 def _content_generation(data: bytes) -> int:
     """A local stand-in for GCS generations: timestamps are too coarse to tell two writes apart."""
     return int.from_bytes(hashlib.sha256(data).digest()[:7], "big") or 1
 
 
+class _replacing:
+    """`with _replacing(path) as f:` writes f to a temporary file of this process and thread beside
+    path, then renames it over path (or calls replace(tmp, path)); on error the temporary goes.
+
+    The temporary is created with mode 0o666 less the umask, as open() would create path itself."""
+
+    def __init__(self, path: str, replace=None, durable: bool = False):
+        self.path = path
+        self.replace = replace or os.replace
+        self.durable = durable
+
+    def __enter__(self) -> BinaryIO:
+        directory, name = os.path.split(self.path)
+        os.makedirs(directory or ".", exist_ok=True)
+        while True:
+            self.tmp = os.path.join(directory, f".tmp-{os.getpid()}-{threading.get_ident()}-"
+                                               f"{secrets.token_hex(4)}-{name}")
+            try:
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                break
+            except FileExistsError:
+                continue
+        self.file = os.fdopen(fd, "wb")
+        return self.file
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if kind is None:
+                self.file.flush()
+                if self.durable:
+                    os.fsync(self.file.fileno())
+            self.file.close()
+            if kind is None:
+                self.replace(self.tmp, self.path)
+        finally:
+            if os.path.lexists(self.tmp):
+                os.unlink(self.tmp)
+
+
 def _local_compare_and_swap(tmp: str, path: str, expected_generation: int) -> None:
-    """Atomic rename guarded by a lock file, so two local publishers cannot interleave."""
+    """Atomic rename under an exclusive lock on path + '.lock' (imgsim.lockfile), so two local
+    writers cannot interleave, and a writer killed inside never blocks the next one."""
     lock_path = path + ".lock"
     try:
-        lock_fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise PreconditionFailed(f"{path} is being replaced by another writer ({lock_path} exists)") from None
-    try:
-        current = ObjectStore().read_with_generation(path)[1]
-        if current != expected_generation:
-            raise PreconditionFailed(
-                f"{path} changed since it was read (generation {current} != {expected_generation})")
-        os.replace(tmp, path)
-    finally:
-        os.close(lock_fd)
-        os.unlink(lock_path)
+        with exclusive_lock(lock_path) as dead_holder:
+            if dead_holder:
+                logging.getLogger(__name__).warning(
+                    "%s was left by %s, which died while replacing %s; the lock was free and is taken over",
+                    lock_path, dead_holder.describe(), path)
+            current = _read_local_with_generation(path)[1]
+            if current != expected_generation:
+                raise PreconditionFailed(
+                    f"{path} changed since it was read (generation {current} != {expected_generation})")
+            os.replace(tmp, path)
+    except LockBusy as e:
+        raise WriterBusy(f"{path} is being replaced by another writer right now ({e})") from None

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from imgsim.index.artifact import ArtifactError
 from imgsim.index.latest import read_latest
 from imgsim.index.consumer import ImageIndex
 from imgsim.storage import ObjectStore, PreconditionFailed
@@ -94,3 +95,16 @@ def test_a_failed_publish_on_gcs_leaves_latest_untouched(bucket, tmp_path):
         publish_table(embeddings_table(clustered(40, seed=2)), out, "broken", store=FailingStore(fail_at=2))
     assert ObjectStore().read_with_generation(f"{out}/LATEST") == before
     assert ImageIndex.open(out, cache_dir=str(tmp_path / "c")).run_id == "good"
+
+
+def test_on_gcs_opening_through_latest_checks_the_manifest_it_pins(bucket, tmp_path):
+    """A manifest replaced after publishing (its listed files still verify) is refused through LATEST."""
+    out = f"{bucket}/pinned"
+    store = ObjectStore()
+    publish_table(embeddings_table(clustered(40, seed=1)), out, "p1")
+    manifest_path = f"{out}/runs/p1/index/manifest.json"
+    manifest = json.loads(store.read_bytes(manifest_path))
+    store.write_bytes(manifest_path, json.dumps({**manifest, "count": 41}).encode())
+    with pytest.raises(ArtifactError, match="not the manifest LATEST pins"):
+        ImageIndex.open(out, cache_dir=str(tmp_path / "c"))
+    assert ImageIndex.open(out, run_id="p1", cache_dir=str(tmp_path / "c")).run_id == "p1"

@@ -208,10 +208,17 @@ def test_a_run_that_fails_mid_publish_leaves_latest_untouched(tmp_path):
     assert ImageIndex.open(out, cache_dir=str(tmp_path / "c")).run_id == "good"
 
 
+def finish_run(output, run_id):
+    """What the pipeline's last step does after publishing: the run's summary.json (it is finished)."""
+    with open(RunLayout(output, run_id).summary_path, "w") as f:
+        json.dump({"counts": {}}, f)
+
+
 def test_keep_runs_prunes_old_runs_but_not_the_latest(tmp_path):
     out = str(tmp_path / "out")
     for run in ("r1", "r2", "r3"):
         publish_table(embeddings_table(clustered(30)), out, run, indexer.IndexSettings(keep_runs=2))
+        finish_run(out, run)
     assert sorted(os.listdir(os.path.join(out, "runs"))) == ["r2", "r3"]
 
 

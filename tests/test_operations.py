@@ -5,9 +5,11 @@ import os
 import pytest
 
 from imgsim.cli import main
+from imgsim.index import build as indexer
 from imgsim.index.latest import read_latest
+from imgsim.index.publish import runs_to_prune
 from imgsim.storage import ObjectStore
-from test_index import clustered, embeddings_table, publish_table
+from test_index import clustered, embeddings_table, finish_run, publish_table
 
 
 def lines(capsys):
@@ -67,8 +69,8 @@ def test_rollback_never_overwrites_a_latest_that_changed_meanwhile(output, monke
 
     real_verify = publish.verify
 
-    def verify_while_another_run_publishes(store, index_dir):
-        manifest = real_verify(store, index_dir)
+    def verify_while_another_run_publishes(store, index_dir, manifest_sha256=None):
+        manifest = real_verify(store, index_dir, manifest_sha256)
         monkeypatch.setattr(publish, "verify", real_verify)  # the other run publishes normally
         publish_table(embeddings_table(clustered(40, seed=3)), output, "20261104T030000Z")
         return manifest
@@ -94,3 +96,33 @@ def test_verify_checks_checksums_loading_and_self_query(output, capsys):
 def test_an_empty_output_root_has_no_runs(tmp_path, capsys):
     assert main(["runs", "--output", str(tmp_path)]) == 0
     assert "no runs under" in capsys.readouterr().out
+
+
+def test_keep_runs_prunes_only_finished_runs_and_counts_only_them(tmp_path):
+    """A run without its summary may still be working (or wait for a restart that resumes from its
+    checkpoint): it is never pruned, and it does not take the place of a finished run."""
+    out = str(tmp_path / "out")
+    for run in ("20261101T030000Z", "20261102T030000Z"):
+        publish_table(embeddings_table(clustered(30, seed=1)), out, run)
+        finish_run(out, run)
+    working = ("20261031T030000Z", "20261103T030000Z")  # restarted with an old --run-id; started later
+    for run in working:
+        checkpoint = os.path.join(out, "runs", run, "checkpoint")
+        os.makedirs(checkpoint)
+        with open(os.path.join(checkpoint, "part-1.parquet"), "wb") as f:
+            f.write(b"rows")
+    report = publish_table(embeddings_table(clustered(30, seed=2)), out, "20261104T030000Z",
+                           indexer.IndexSettings(keep_runs=2))
+    assert report["latest_updated"] and report["latest"].endswith("pruned runs 20261101T030000Z")
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == [
+        "20261031T030000Z", "20261102T030000Z", "20261103T030000Z", "20261104T030000Z"]
+    for run in working:
+        assert os.path.getsize(os.path.join(out, "runs", run, "checkpoint", "part-1.parquet")) == 4
+
+
+def test_which_runs_are_pruned():
+    finished = ["a1", "a2", "a3", "a4"]
+    assert runs_to_prune(finished, keep=2, publishing="a5", protect=set()) == ["a1", "a2", "a3"]
+    assert runs_to_prune(finished, keep=2, publishing="a5", protect={"a1"}) == ["a2", "a3"]  # LATEST's run
+    assert runs_to_prune(finished, keep=3, publishing="a0", protect=set()) == ["a1"]  # an old --run-id
+    assert runs_to_prune(finished, keep=9, publishing="a5", protect=set()) == []

@@ -161,7 +161,8 @@ class IndexFlags(Flags):
     recall_queries: int = flag(1000, "queries used to measure recall", minimum=1, label="Recall queries")
     duplicate_threshold: float = flag(0.95, "the cosine similarity at which two items join a near-duplicate "
                                       "group", minimum=-1, maximum=1, label="Duplicate threshold")
-    keep_runs: Optional[int] = flag(None, "after publishing, delete all but the N most recent runs", minimum=1,
+    keep_runs: Optional[int] = flag(None, "after publishing, delete finished runs beyond the N most recent (this "
+                                    "run included); unfinished runs are never deleted", minimum=1,
                                     label="Keep runs", default_text="keep all")
 
     def index_settings(self) -> IndexSettings:

@@ -47,6 +47,10 @@ class ModelSignature:
         missing = names - set(data)
         if missing:
             raise ValueError(f"model signature lacks {sorted(missing)}")
+        for name in names:
+            wanted = int if name == "dim" else str
+            if type(data[name]) is not wanted:
+                raise ValueError(f"model signature field {name} is {data[name]!r}, not {wanted.__name__}")
         return cls(**{name: data[name] for name in names})
 
     @classmethod

@@ -8,8 +8,9 @@
 
 `open` copies the artifact into a local cache (ScaNN loads from a local
 directory), reusing files whose checksum still matches, and verifies every
-file against the manifest before loading anything. `search_image` builds the
-model the manifest names and refuses weights whose checksum differs.
+file against the manifest, and the manifest against LATEST's pin, before
+loading anything (imgsim.index.artifact says what is trusted). `search_image`
+builds the model the manifest names and refuses weights whose checksum differs.
 """
 from __future__ import annotations
 
@@ -57,16 +58,29 @@ class ModelMismatch(ValueError):
     """The model at hand would produce vectors the index cannot be compared with."""
 
 
-def resolve_index_dir(store: ObjectStore, location: str, run_id: Optional[str] = None) -> str:
+@dataclasses.dataclass(frozen=True)
+class IndexLocation:
+    index_dir: str
+    manifest_sha256: Optional[str] = None  # LATEST's pin on the manifest, when found through LATEST
+
+
+def locate_index(store: ObjectStore, location: str, run_id: Optional[str] = None) -> IndexLocation:
     """The index directory for an output root (via LATEST or run_id) or an index directory itself."""
     if run_id:
-        return RunLayout(location, run_id).index_dir
+        return IndexLocation(RunLayout(location, run_id).index_dir)
     if store.exists(join(location, artifact.MANIFEST)):
-        return location
+        return IndexLocation(location)
     latest = read_latest(store, location)
     if latest is None:
         raise ArtifactError(f"no index at {location}: neither LATEST nor {artifact.MANIFEST} exists")
-    return join(location, latest.index)
+    return IndexLocation(join(location, latest.index), latest.manifest_sha256)
+
+
+def local_copy_dir(index_dir: str, cache_dir: Optional[str] = None) -> str:
+    """Where open() copies the artifact at index_dir: one directory per artifact location."""
+    key = hashlib.sha256(os.path.abspath(index_dir).encode() if not is_gcs(index_dir)
+                         else index_dir.encode()).hexdigest()[:16]
+    return os.path.join(cache_dir or imgsim_cache_dir("index"), key)
 
 
 class ImageIndex:
@@ -91,14 +105,12 @@ class ImageIndex:
              store: Optional[ObjectStore] = None) -> "ImageIndex":
         """Open the index at an output root (LATEST, or run_id) or an index directory, local or gs://."""
         store = store or ObjectStore()
-        index_dir = resolve_index_dir(store, location, run_id)
-        if not is_gcs(index_dir) and not os.path.isdir(index_dir):
-            raise ArtifactError(f"no index at {index_dir}")
-        key = hashlib.sha256(os.path.abspath(index_dir).encode() if not is_gcs(index_dir)
-                             else index_dir.encode()).hexdigest()[:16]
-        local = os.path.join(cache_dir or imgsim_cache_dir("index"), key)
-        manifest = artifact.fetch_artifact(store, index_dir, local)
-        return cls(local, manifest, index_dir, store)
+        found = locate_index(store, location, run_id)
+        if not is_gcs(found.index_dir) and not os.path.isdir(found.index_dir):
+            raise ArtifactError(f"no index at {found.index_dir}")
+        local = local_copy_dir(found.index_dir, cache_dir)
+        manifest = artifact.fetch_artifact(store, found.index_dir, local, found.manifest_sha256)
+        return cls(local, manifest, found.index_dir, store)
 
     def __len__(self) -> int:
         return len(self._ids)

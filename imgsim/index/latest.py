@@ -4,21 +4,25 @@
 
 It is only ever replaced by compare-and-swap against the version read
 earlier (a GCS generation precondition; locally a content hash checked under
-a lock file), so a publisher or an operator rolling back never silently
-overwrites a LATEST that someone else wrote meanwhile.
+an flock on LATEST.lock, imgsim.lockfile), so a publisher or an operator
+rolling back never silently overwrites a LATEST that someone else wrote
+meanwhile. Readers refuse a LATEST that names anything but its own run's index
+directory, and consumers check the manifest against its manifest_sha256.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import json
+import re
 from typing import Optional
 
 from imgsim.index.artifact import FORMAT_VERSION, ArtifactError
-from imgsim.runs.layout import RunLayout
+from imgsim.runs.layout import RunLayout, check_run_id
 from imgsim.storage import ObjectStore, join
 
 LATEST = "LATEST"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +40,33 @@ class Latest:
 
     @classmethod
     def parse(cls, data: bytes, generation: int = 0, where: str = LATEST) -> "Latest":
+        """LATEST's content, refused unless it names a valid run, exactly that run's index
+        directory (runs/RUN_ID/index: never an absolute path or one with '..', which a consumer
+        would follow out of the output root) and the sha256 of its manifest."""
         try:
             doc = json.loads(data)
-            return cls(run_id=str(doc["run_id"]), index=str(doc["index"]), created=str(doc["created"]),
-                       manifest_sha256=str(doc["manifest_sha256"]), generation=generation)
+            fields = {name: doc[name] for name in ("run_id", "index", "created", "manifest_sha256")}
         except (ValueError, KeyError, TypeError) as e:
-            raise ArtifactError(f"{where} is malformed ({type(e).__name__}: {e}); "
-                                "fix or delete it (it must name run_id, index, created, manifest_sha256)") from None
+            raise ArtifactError(f"{where} is malformed ({type(e).__name__}: {e}); point it at a good run with "
+                                "imgsim rollback (it must name run_id, index, created, manifest_sha256)") from None
+        wrong = [name for name, value in fields.items() if not isinstance(value, str)]
+        if wrong:
+            raise ArtifactError(f"{where} is malformed: {', '.join(wrong)} must be strings; point it at a good run "
+                                "with imgsim rollback")
+        run_id = fields["run_id"]
+        try:
+            check_run_id(run_id)
+        except ValueError:
+            raise ArtifactError(f"{where} names run_id {run_id!r}, which is not a run id; point it at a good run "
+                                "with imgsim rollback") from None
+        expected = RunLayout.relative_index_dir(run_id)
+        if fields["index"] != expected:
+            raise ArtifactError(f"{where} names the index {fields['index']!r}, but LATEST may only name its run's "
+                                f"index directory, {expected}; point it at a good run with imgsim rollback")
+        if not _SHA256.fullmatch(fields["manifest_sha256"]):
+            raise ArtifactError(f"{where} is malformed: manifest_sha256 is not 64 hexadecimal digits; point it at "
+                                "a good run with imgsim rollback")
+        return cls(**fields, generation=generation)
 
     def to_json(self) -> bytes:
         doc = {"run_id": self.run_id, "index": self.index, "created": self.created,

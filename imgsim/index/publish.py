@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from typing import Optional
 
-from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, local_files, self_query_check,
-                                   verify_local)
-from imgsim.index.latest import Latest, read_latest, swap_latest
-from imgsim.runs.layout import RunLayout, runs_dir
-from imgsim.storage import ObjectStore, PreconditionFailed, is_gcs, join
+from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, local_files, read_manifest,
+                                   self_query_check, verify_local)
+from imgsim.index.latest import Latest, latest_path, read_latest, swap_latest
+from imgsim.runs.layout import RunLayout, check_run_id, runs_dir
+from imgsim.storage import ObjectStore, PreconditionFailed, WriterBusy, is_gcs, join
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,69 +42,95 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
         if rel != MANIFEST:
             store.upload_file(os.path.join(staging, *rel.split("/")), join(index_dir, rel))
     store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
-    verify(store, index_dir)
-
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    verify(store, index_dir, manifest_sha)  # what landed is what was staged
     try:
         swap_latest(store, layout.output, Latest.for_run(layout.run_id, manifest_sha), expected_latest_generation)
+    except WriterBusy as e:
+        return PublishResult(index_dir, manifest_sha, False,
+                             f"another publisher was replacing LATEST at that moment, so it was left as it is "
+                             f"({e}); this run's index is complete at {index_dir} (imgsim rollback --run-id "
+                             f"{layout.run_id} points LATEST at it)")
     except PreconditionFailed as e:
         return PublishResult(index_dir, manifest_sha, False,
                              f"LATEST changed while this run was working, so it was left as it is ({e}); "
                              f"this run's index is complete at {index_dir}")
-    pruned = prune_runs(store, layout.output, keep_runs, protect={layout.run_id}) if keep_runs else []
+    pruned = prune_runs(store, layout.output, keep_runs, publishing=layout.run_id) if keep_runs else []
     detail = f"LATEST now points at run {layout.run_id}"
     if pruned:
         detail += f"; pruned runs {', '.join(pruned)}"
     return PublishResult(index_dir, manifest_sha, True, detail)
 
 
-def verify(store: ObjectStore, index_dir: str) -> dict:
-    """Check a published artifact as a consumer would: every checksum, then load and self-query.
+def verify(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = None) -> dict:
+    """Check a published artifact as a consumer would: the manifest (against manifest_sha256, LATEST's
+    pin, when given), every file's size and checksum, the ScaNN assets, then load and self-query.
 
     A gs:// artifact is read back into a temporary directory; a local one is checked where it is.
     Returns its manifest; raises ArtifactError."""
     if is_gcs(index_dir):
         check_dir = tempfile.mkdtemp(prefix="imgsim-verify-")
         try:
-            manifest = fetch_artifact(store, index_dir, check_dir)
+            manifest = fetch_artifact(store, index_dir, check_dir, manifest_sha256)
             self_query_check(check_dir)
         finally:
             shutil.rmtree(check_dir, ignore_errors=True)
         return manifest
-    try:
-        manifest = json.loads(store.read_bytes(join(index_dir, MANIFEST)))
-    except FileNotFoundError:
-        raise ArtifactError(f"no index at {index_dir}: {MANIFEST} is missing") from None
-    except ValueError as e:
-        raise ArtifactError(f"{join(index_dir, MANIFEST)} is not JSON ({e})") from None
+    _, manifest = read_manifest(store, index_dir, manifest_sha256)
     verify_local(index_dir, manifest)
     self_query_check(index_dir)
     return manifest
 
 
-def manifest_sha256(store: ObjectStore, index_dir: str) -> str:
-    return hashlib.sha256(store.read_bytes(join(index_dir, MANIFEST))).hexdigest()
-
-
 def rollback(store: ObjectStore, output: str, run_id: str) -> Latest:
     """Point LATEST at an earlier published run, after verifying its artifact; compare-and-swap
-    against the LATEST read here. Raises ArtifactError (no such index, damaged) or PreconditionFailed."""
-    current = read_latest(store, output)
+    against the LATEST read here, which may be malformed (rollback is how it is repaired).
+    Raises ArtifactError (no such index, damaged) or PreconditionFailed."""
+    _, generation = store.read_with_generation(latest_path(output))
     index_dir = RunLayout(output, run_id).index_dir
     if not store.exists(join(index_dir, MANIFEST)):
         raise ArtifactError(f"run {run_id!r} has no published index under {output}")
-    verify(store, index_dir)
-    latest = Latest.for_run(run_id, manifest_sha256(store, index_dir))
-    swap_latest(store, output, latest, current.generation if current else 0)
+    manifest_bytes, _ = read_manifest(store, index_dir)
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    verify(store, index_dir, manifest_sha)
+    latest = Latest.for_run(run_id, manifest_sha)
+    swap_latest(store, output, latest, generation)
     return latest
 
 
-def prune_runs(store: ObjectStore, output: str, keep: int, protect: set[str]) -> list[str]:
-    """Delete all but the `keep` most recent runs (by run id order), never a protected one."""
+def prune_runs(store: ObjectStore, output: str, keep: int, publishing: str) -> list[str]:
+    """Delete finished runs beyond the `keep` most recent; returns the run ids deleted.
+
+    Only finished runs (their summary.json exists) are pruned or counted: a run without one may
+    still be working, or be waiting for a restart that resumes from its checkpoint. The publishing
+    run counts as one of the `keep` (its summary follows its index), and neither it nor the run
+    LATEST points at is ever deleted. Nothing is pruned when LATEST cannot be read."""
     directory = runs_dir(output)
     prefix = directory.rstrip("/") + "/"
-    run_ids = sorted({p[len(prefix):].split("/", 1)[0] for p in store.list(directory) if p.startswith(prefix)})
-    doomed = [r for r in run_ids[:-keep] if r not in protect] if keep < len(run_ids) else []
+    paths = set(store.list(directory))
+    candidates = {p[len(prefix):].split("/", 1)[0] for p in paths if p.startswith(prefix)}
+    finished = sorted(r for r in candidates if _is_run_id(r) and RunLayout(output, r).summary_path in paths)
+    try:
+        latest = read_latest(store, output)
+    except ArtifactError:
+        return []
+    protect = {latest.run_id} if latest else set()
+    doomed = runs_to_prune(finished, keep, publishing, protect)
     for run in doomed:
         store.delete_prefix(join(directory, run))
     return doomed
+
+
+def runs_to_prune(finished: list[str], keep: int, publishing: str, protect: set[str]) -> list[str]:
+    """Of the finished runs, those beyond the `keep` most recent by run id order, counting the
+    publishing run among them; never the publishing run or a protected one."""
+    kept = set(sorted(set(finished) | {publishing})[-keep:]) | protect | {publishing}
+    return [run for run in sorted(finished) if run not in kept]
+
+
+def _is_run_id(name: str) -> bool:
+    try:
+        check_run_id(name)
+    except ValueError:
+        return False
+    return True
