@@ -108,9 +108,9 @@ def evaluate(index: str, *, labels: Optional[str] = None, near_duplicates: Optio
 
 def evaluate_options(options: EvaluateOptions, store: Optional[ObjectStore] = None) -> dict:
     """`evaluate` for already parsed options (the CLI's path)."""
-    from imgsim.evaluate.evaluation import difference, evaluate_index
-    from imgsim.evaluate.report import render
-    from imgsim.evaluate.retrieval import read_labels
+    from imgsim.quality.evaluation import difference, evaluate_index
+    from imgsim.quality.report import render
+    from imgsim.quality.retrieval import read_labels
 
     store = store or ObjectStore()
     labels = originals = None

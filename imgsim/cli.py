@@ -87,7 +87,8 @@ def _index(parsed) -> int:
 
 def _query(parsed) -> int:
     from imgsim.index.artifact import ArtifactError
-    from imgsim.index.consumer import ImageIndex, ModelMismatch
+    from imgsim.embed.reproduce import ModelMismatch
+    from imgsim.index.consumer import ImageIndex
 
     o = parsed.options
     try:

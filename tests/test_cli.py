@@ -51,6 +51,21 @@ def test_run_embeds_the_clip_art_benchmark_with_every_row_accounted(server, shar
     precision_at_5 = np.mean([[got[names[j]] == got[names[i]] for j in row] for i, row in enumerate(top5)])
     assert precision_at_5 >= 0.5, precision_at_5  # reference ≈0.55; random weights ≈0.36
 
+    # imgsim evaluate on the same run: the same precision@5 (the photos carry label "photo" too, so
+    # they are left out of the labels file), and the near-duplicate benchmark on the shared photos
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("id,label\n" + "".join(f"{name},{label}\n" for name, label in labels.items()))
+    proc = imgsim("evaluate", "--index", str(tmp_path / "out"), "--labels", str(labels_csv), "--near-duplicates",
+                  str(shared / "data" / "photos" / "*.jpg"), "--report", str(tmp_path / "report.html"),
+                  "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluation = json.loads(proc.stdout)
+    assert abs(evaluation["precision_at_5"] - precision_at_5) < 0.005, (evaluation["precision_at_5"], precision_at_5)
+    assert evaluation["labelled"] == len(labels)
+    assert evaluation["near_duplicate_recall_at_1"] >= 0.95
+    assert 0.5 <= evaluation["recommended_threshold"] < 1.0
+    assert (tmp_path / "report.html").read_text().count("<svg") >= 3
+
 
 @pytest.mark.parametrize("args, message", [
     (["--input", "nowhere.csv", "--output", "o"], "cannot open the manifest"),

@@ -14,7 +14,8 @@ from imgsim.index import artifact
 from imgsim.index import build as indexer
 from imgsim.index.artifact import ArtifactError
 from imgsim.index.build import build_and_publish
-from imgsim.index.consumer import ImageIndex, ModelMismatch
+from imgsim.embed.reproduce import ModelMismatch
+from imgsim.index.consumer import ImageIndex
 from imgsim.index.latest import read_latest
 from imgsim.index.exact import connected_groups, exact_neighbors_and_pairs, recall_at_k
 from imgsim.index.searcher import IndexOptions

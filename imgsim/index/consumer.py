@@ -24,9 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.embed import weights as weights_lib
-from imgsim.embed.decode import DecodeConfig, decode_image
-from imgsim.embed.model import ModelSpec, load_embedder  # TensorFlow is imported only when a model is built
+from imgsim.embed.decode import decode_image
+from imgsim.embed.reproduce import embedder_for  # TensorFlow only when a model is built
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.artifact import ArtifactError
@@ -52,10 +51,6 @@ class Match:
     def to_dict(self) -> dict:
         return {"id": self.id, "score": round(float(self.score), 6), "rank": self.rank,
                 "metadata": self.metadata}
-
-
-class ModelMismatch(ValueError):
-    """The model at hand would produce vectors the index cannot be compared with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +114,15 @@ class ImageIndex:
     def run_id(self) -> str:
         return self.manifest["run_id"]
 
+    @property
+    def ids(self) -> list[str]:
+        """Every item's id, in the index's row order (the order of `vectors()`)."""
+        return list(self._ids)
+
+    def vectors(self) -> np.ndarray:
+        """Every item's unit vector, (count, dim) float32, in row order."""
+        return self._all_vectors()
+
     def vector(self, item_id: str) -> np.ndarray:
         return self._all_vectors()[self._row(item_id)]
 
@@ -181,24 +185,5 @@ class ImageIndex:
     def _model(self, weights: Optional[str]):
         with self._lock:
             if self._embedder is None:
-                sig = self.signature
-                decode_config = decode_config_for(sig.preprocessing)
-                spec = ModelSpec(layer=sig.layer, weights=weights or sig.weights, precision=sig.precision)
-                local = weights_lib.resolve(spec.weights, spec.include_top, self._store)
-                if local.checksum != sig.weights_checksum:
-                    raise ModelMismatch(
-                        f"the weights {spec.weights} (checksum {local.checksum}) are not the ones this index "
-                        f"was built with ({sig.weights_checksum}); pass weights= the same file")
-                self._embedder = (load_embedder(spec, local.path), decode_config)
+                self._embedder = embedder_for(self.signature, self._store, weights)
             return self._embedder
-
-
-def decode_config_for(preprocessing: str) -> DecodeConfig:
-    """The DecodeConfig that reproduces a signature's preprocessing, or ModelMismatch."""
-    for resize in ("pad", "crop"):
-        candidate = DecodeConfig(resize=resize)
-        if candidate.preprocessing_id == preprocessing:
-            return candidate
-    raise ModelMismatch(f"this imgsim cannot reproduce the index's preprocessing {preprocessing!r} "
-                        f"(it makes {DecodeConfig().preprocessing_id!r} variants); use the imgsim version "
-                        f"that built the index")

@@ -55,13 +55,13 @@ def _summary_table(results: list[dict]) -> str:
 
 def _bars(result: dict) -> str:
     labels = sorted(result["per_label"].items(), key=lambda kv: -kv[1]["precision_at_5"])
-    row, height = 18, 18 * len(labels) + 10
-    out = [f'<svg width="{WIDTH}" height="{height}" role="img" aria-label="precision at 5 by label">']
+    row, height, left = 18, 18 * len(labels) + 10, 300
+    out = [f'<svg width="{WIDTH + 100}" height="{height}" role="img" aria-label="precision at 5 by label">']
     for i, (name, v) in enumerate(labels):
-        y, w = 5 + i * row, (WIDTH - 260) * v["precision_at_5"]
-        out.append(f'<text x="0" y="{y + 13}" font-size="12">{_e(name)} ({v["count"]})</text>'
-                   f'<rect x="200" y="{y + 2}" width="{w:.1f}" height="{row - 5}" fill="{COLOURS[0]}"/>'
-                   f'<text x="{205 + w:.1f}" y="{y + 13}" font-size="11">{v["precision_at_5"]:.3f}</text>')
+        y, w = 5 + i * row, (WIDTH - left) * v["precision_at_5"]
+        out.append(f'<text x="{left - 6}" y="{y + 13}" font-size="12" text-anchor="end">{_e(name)} ({v["count"]})</text>'
+                   f'<rect class="bar" x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 5}" fill="{COLOURS[0]}"/>'
+                   f'<text x="{left + 5 + w:.1f}" y="{y + 13}" font-size="11">{v["precision_at_5"]:.3f}</text>')
     return "".join(out) + "</svg>"
 
 
@@ -79,11 +79,13 @@ def _line_plot(series, x_label: str, y_label: str, x_max: float, marks=()) -> st
            f'<text x="4" y="{PAD - 10}" font-size="12">{_e(y_label)}</text>']
     for tick in (0, 0.25, 0.5, 0.75, 1.0):
         out.append(f'<text x="{PAD - 34}" y="{sy(tick) + 4}" font-size="10">{tick:.2f}</text>')
+    for tick in ((1, 5, 10, 15, 20) if x_max > 1 else (0, 0.25, 0.5, 0.75, 1.0)):
+        out.append(f'<text x="{sx(tick) - 6:.1f}" y="{sy(0) + 14}" font-size="10">{tick:g}</text>')
     for i, (name, points) in enumerate(series):
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
         out.append(f'<polyline class="series" points="{path}" fill="none" stroke="{COLOURS[i % 2]}" stroke-width="2"/>'
-                   f'<text x="{WIDTH - PAD - 200}" y="{PAD + 14 * i}" font-size="11" fill="{COLOURS[i % 2]}">'
-                   f'{_e(name)}</text>')
+                   f'<text x="{PAD + 10}" y="{HEIGHT - 4 - 14 * (len(series) - 1 - i)}" font-size="11" '
+                   f'fill="{COLOURS[i % 2]}">— {_e(name)}</text>')
     for x, y, text in marks:
         out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="#000"/>'
                    f'<text x="{sx(x) - 120:.1f}" y="{sy(y) + 16:.1f}" font-size="11">{_e(text)}</text>')

@@ -7,16 +7,12 @@ duplicate threshold it was built with.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
-import pyarrow.parquet as pq
-
 from imgsim.embed.reproduce import embedder_for
-from imgsim.evaluate.near_duplicates import near_duplicate_benchmark
-from imgsim.evaluate.retrieval import evaluate_retrieval
+from imgsim.quality.near_duplicates import near_duplicate_benchmark
+from imgsim.quality.retrieval import evaluate_retrieval
 from imgsim.index.consumer import ImageIndex
-from imgsim.runs.outputs import vectors
 from imgsim.storage import ObjectStore
 
 NEAR_DUPLICATE_KEYS = ("near_duplicate_recall_at_1", "recommended_threshold")
@@ -30,8 +26,7 @@ def evaluate_index(store: ObjectStore, location: str, *, run_id: Optional[str] =
     index = ImageIndex.open(location, run_id=run_id, cache_dir=cache_dir, store=store)
     result = {"index": location, "run_id": index.run_id, "model_signature": index.signature.to_dict()}
     if labels is not None:
-        table = pq.read_table(os.path.join(index.local_dir, "ids.parquet"), columns=["id", "embedding"])
-        result.update(evaluate_retrieval(table.column("id").to_pylist(), vectors(table), labels))
+        result.update(evaluate_retrieval(index.ids, index.vectors(), labels))
     if originals is not None:
         embedder, decode = embedder_for(index.signature, store, weights)
         threshold = float(index.manifest["groups"]["threshold"])

@@ -1,6 +1,6 @@
 """The near-duplicate benchmark: does the model find an image's altered copies, and at what threshold?
 
-Each original gets one seeded copy per perturbation kind (imgsim.evaluate.perturb).
+Each original gets one seeded copy per perturbation kind (imgsim.quality.perturb).
 Originals and copies are embedded with the index's own model and preprocessing,
 then scored:
 - near_duplicate_recall_at_1: the share of copies whose nearest original is their
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from imgsim.embed.decode import DecodeConfig, decode_image
-from imgsim.evaluate.perturb import encode, perturbations
+from imgsim.quality.perturb import encode, perturbations
 
 SWEEP = tuple(round(t, 2) for t in np.arange(0.50, 1.0, 0.01))
 

@@ -1,1 +1,0 @@
-"""Measuring how good "similar" is: labelled retrieval, near-duplicate detection, and a report."""

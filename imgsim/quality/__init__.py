@@ -1,0 +1,1 @@
+"""The quality of "similar", measured (`imgsim evaluate`): labelled retrieval, near-duplicate detection, a report."""
