@@ -36,7 +36,7 @@ setup(
     extras_require={
         # The Beam pipeline (`imgsim run`). Consumers of the index artifact do not need it.
         "pipeline": [f"apache-beam[gcp]=={BEAM_VERSION}"],
-        "test": ["pytest>=8", "gcp-storage-emulator>=2024.8", "python-hcl2>=4"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8", "python-hcl2>=4"],
     },
     entry_points={"console_scripts": ["imgsim=imgsim.cli:main"]},
 )

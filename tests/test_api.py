@@ -45,7 +45,7 @@ def test_build_index_from_vectors_in_memory(tmp_path):
     assert best[0].id == "obj-7" and best[0].metadata["title"] == "Object 7" and best[0].rank == 1
     assert len(index.neighbors("obj-7")) == 5
     assert index.signature.model == "custom"
-    with pytest.raises(Exception, match="preprocessing"):  # no VGG16 behind these vectors
+    with pytest.raises(Exception, match="cannot embed images comparably"):  # no VGG16 behind these vectors
         index.search_image(b"\xff\xd8", k=1)
 
 

@@ -106,10 +106,12 @@ def fault_run(servers, photos, notop_weights, tmp_path_factory):
     rows.append({"id": "ok", "url": s.url("/404.jpg")})  # a repeated id: reported, processed once
 
     manifest = write_manifest(tmp_path_factory.mktemp("faults") / "catalogue.csv", rows)
+    # Deadline 6 s with 1 s reads: two retries of a quick 5xx (backoff up to 1 s, then 2 s) always fit,
+    # a server that never answers times out twice and gives up, a trickle hits the deadline.
     result = run_pipeline(
         "--input", manifest, "--output", str(tmp_path_factory.mktemp("out")), "--run-id", "faults",
         "--weights", notop_weights, "--layer", "pool", "--respect-robots",
-        "--connect-timeout", "1", "--read-timeout", "1", "--download-deadline", "5", "--max-retries", "2",
+        "--connect-timeout", "1", "--read-timeout", "1", "--download-deadline", "6", "--max-retries", "2",
         "--retry-after-max", "1", "--max-download-mb", "1", "--max-image-pixels", "100000000",
         "--max-redirects", "5", "--no-index", handler=FakeModelHandler())
     return {"rows": rows, "expected": expected, "result": result, "servers": servers}
