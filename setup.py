@@ -36,6 +36,8 @@ setup(
     extras_require={
         # The Beam pipeline (`imgsim run`). Consumers of the index artifact do not need it.
         "pipeline": [f"apache-beam[gcp]=={BEAM_VERSION}"],
+        # int8 (and fp32/bf16) inference through OpenVINO: --backend openvino.
+        "openvino": ["openvino>=2026.4,<2027", "nncf>=3.4,<4"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8", "python-hcl2>=4"],
     },
     entry_points={"console_scripts": ["imgsim=imgsim.cli:main"]},

@@ -48,6 +48,19 @@ def render(r: dict) -> str:
             desc += f", reorder {c.get('reorder')} {c.get('reorder_type')}" if "reorder" in c else ""
             out += [f"| {i['n']:,} × {i['dim']} | {desc} | {i['build_seconds']} | {i['qps']} | {i['brute_force_qps']} | "
                     f"{i['speedup']}× | {i['recall@10']} | {i['serialised_mb']} ({i['raw_vectors_mb']}) |"]
+    if "quality" in r:
+        q = r["quality"]
+        out += ["", f"| layer | precision | dim | p@1 | p@5 | p@10 | mAP@10 | near-dup recall@1 | pairs at 0.95: "
+                f"precision / recall | recommended threshold (precision / recall) |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in q["rows"]:
+            at, rec = row["pairs_at_0.95"], row["at_recommended"]
+            out += [f"| `{row['layer']}` | {row['precision']} | {row['dim']} | {row['precision_at_1']} | "
+                    f"{row['precision_at_5']} | {row['precision_at_10']} | {row['map_at_10']} | "
+                    f"{row['near_duplicate_recall_at_1']} | {at['precision']} / {at['recall']} | "
+                    f"{row['recommended_threshold']} ({rec['precision']} / {rec['recall']}) |"]
+        out += ["", "| layer | bf16 vs fp32: mean cosine | top-10 overlap |", "|---|---|---|"]
+        out += [f"| `{layer}` | {a['mean_cosine']} | {a['top10_overlap']} |" for layer, a in q["bf16_vs_fp32"].items()]
     return "\n".join(out)
 
 

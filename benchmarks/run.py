@@ -5,7 +5,8 @@
 
 Measures the machine's FLOP ceiling, raw model throughput (fp32, bf16), bf16/fp32 agreement, decode
 cost, end-to-end pipeline throughput and peak memory over a local HTTP catalogue of real JPEGs, and
-ScaNN index speed and recall. Prints the targets with pass/fail and writes JSON
+ScaNN index speed and recall, and the quality of neighbours per layer and precision (labelled
+clip art, near duplicates of the photos). Prints the targets with pass/fail and writes JSON
 (benchmarks/results/LATEST.json and a dated copy). Run nothing else heavy meanwhile.
 """
 from __future__ import annotations
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
     parser.add_argument("--weights", default=None, help="default: the shared ImageNet notop weights")
     parser.add_argument("--layer", default="pool")
-    parser.add_argument("--skip", action="append", default=[], choices=["model", "pipeline", "index"])
+    parser.add_argument("--skip", action="append", default=[], choices=["model", "pipeline", "index", "quality"])
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--sizes", default=None, help="end-to-end run sizes, e.g. 200,1000,2000")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the fastest raw one)")
@@ -174,6 +175,11 @@ def main(argv=None) -> int:
                          bf16_size=0 if args.quick else 1000)
     if "index" not in args.skip:
         index_section(results, args.quick)
+    if "quality" not in args.skip:
+        from benchmarks import quality
+
+        results["quality"] = quality.benchmark(shared, weights, layers=("pool",) if args.quick else ("pool", "gem",
+                                               "pool45"))
     results["targets"] = targets(results)
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,9 @@ def metadata_schema(plan: RunPlan) -> pa.Schema:
 def model_handler(plan: RunPlan) -> Vgg16ModelHandler:
     o = plan.options
     return Vgg16ModelHandler(plan.model, plan.weights_checksum, o.min_batch_size, o.max_batch_size,
-                             large_model=o.large_model)
+                             large_model=o.large_model,
+                             quantized_dir=plan.quantized.directory if plan.quantized else None,
+                             quantization=plan.quantized.checksum if plan.quantized else "")
 
 
 def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
@@ -97,10 +99,12 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
                **{f"embeddings:{name}": part for name, part in parts.items()}}
     if plan.index is not None:
         outputs["index"] = {"embedding_files": embedding_files, "input_rows": input_rows} | "BuildIndex" >> BuildIndex(
-            plan.layout, plan.index, plan.input.describe(), plan.latest_generation)
+            plan.layout, plan.index, plan.input.describe(), plan.latest_generation, plan.model_report(),
+            plan.quantized.directory if plan.quantized else None)
     reuse_report = {"sources": [s.describe() for s in plan.reuse_sources], "notes": list(plan.reuse_notes)}
     outputs["summary"] = outputs | "WriteRunSummary" >> WriteRunSummary(
-        plan.layout, plan.input.describe(), plan.signature.to_dict(), plan.started_at, reuse_report)
+        plan.layout, plan.input.describe(), plan.signature.to_dict(), plan.started_at, reuse_report,
+        plan.model_report())
     if show_progress and o.progress_interval > 0:
         report_progress(list(parts.values()), failure_parts, input_rows, o.progress_interval)
     return outputs

@@ -12,6 +12,7 @@ import hashlib
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,14 @@ from typing import Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
 Route = Callable[["_Handler"], None]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up mid-request (a deadline, a reset) are normal here, not errors to print."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class CatalogueServer:
@@ -37,7 +46,7 @@ class CatalogueServer:
         class Handler(_Handler):
             catalogue = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 

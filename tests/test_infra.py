@@ -351,7 +351,7 @@ def test_every_template_parameter_is_accepted_as_templates_pass_it():
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{name}: Flex Template parameters use underscores"
         flag = declared[name]
         if flag.kind is str:
-            value = flag.spec.choices[-1] if flag.spec.choices else (
+            value = str(flag.field.default) if flag.spec.choices else (  # a choice alone may need others
                 "r1" if name == "run_id" else str(flag.field.default or "gs://b/x"))
         elif flag.kind is bool:
             value = "true"

@@ -10,6 +10,7 @@ last, so a failed attempt leaves the previous one untouched.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import apache_beam as beam
 
@@ -25,28 +26,33 @@ class BuildIndex(beam.PTransform):
     """{embedding_files, input_rows} -> PCollection with one index report dict."""
 
     def __init__(self, layout: RunLayout, settings: IndexSettings, input_description: dict,
-                 expected_latest_generation: int):
+                 expected_latest_generation: int, model: Optional[dict] = None, model_dir: Optional[str] = None):
         super().__init__()
         self._layout = layout
         self._settings = settings
         self._input_description = input_description
         self._generation = expected_latest_generation
+        self._model = model
+        self._model_dir = model_dir
 
     def expand(self, pcolls):
         return (pcolls["input_rows"].pipeline
                 | "Once" >> beam.Create([None])
                 | "BuildAndPublish" >> beam.ParDo(
-                    _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation),
+                    _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
+                                  self._model, self._model_dir),
                     files=beam.pvalue.AsList(pcolls["embedding_files"]),
                     input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"])))
 
 
 class _BuildIndexFn(beam.DoFn):
-    def __init__(self, layout, settings, input_description, generation):
+    def __init__(self, layout, settings, input_description, generation, model, model_dir):
         self._layout = layout
         self._settings = settings
         self._input_description = input_description
         self._generation = generation
+        self._model = model
+        self._model_dir = model_dir
 
     def setup(self):
         self._store = ObjectStore()
@@ -55,7 +61,8 @@ class _BuildIndexFn(beam.DoFn):
         try:
             tables = read_tables(sorted(files), self._store)
             report = build_and_publish(self._store, tables, self._settings, self._layout, self._generation,
-                                       self._input_description, {"input_rows": input_rows})
+                                       self._input_description, {"input_rows": input_rows}, self._model,
+                                       self._model_dir)
         except RecallTooLow as e:
             report = {"published": False, "reason": str(e), **e.report}
         except IndexInputError as e:

@@ -18,6 +18,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from imgsim.embed import weights
 from imgsim.embed.model import Embedder, ModelSpec, load_embedder
+from imgsim.embed.quantized import quantized_model_copy
 from imgsim.failures import STAGE_EMBED, Failure
 from imgsim.records import DecodedImage, EmbeddingRow
 from imgsim.storage import ObjectStore
@@ -30,16 +31,25 @@ class WeightsChanged(RuntimeError):
 
 class Vgg16ModelHandler(ModelHandler[DecodedImage, PredictionResult, Embedder]):
     def __init__(self, spec: ModelSpec, weights_checksum: str, min_batch_size: int = 1,
-                 max_batch_size: int = 32, large_model: bool = False, model_copies: Optional[int] = None):
+                 max_batch_size: int = 32, large_model: bool = False, model_copies: Optional[int] = None,
+                 quantized_dir: Optional[str] = None, quantization: str = ""):
+        """quantized_dir, quantization: for int8, where the run's quantised model is (local or gs://)
+        and its checksum."""
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError("batch sizes must satisfy 1 <= min_batch_size <= max_batch_size")
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          large_model=large_model, model_copies=model_copies)
         self._spec = spec
         self._checksum = weights_checksum
+        self._quantized_dir = quantized_dir
+        self._quantization = quantization
 
     def load_model(self) -> Embedder:
-        local = weights.resolve(self._spec.weights, self._spec.include_top, ObjectStore())
+        store = ObjectStore()
+        if self._spec.precision == "int8":  # the quantised model holds its weights
+            local_dir = quantized_model_copy(store, self._quantized_dir, self._quantization)
+            return load_embedder(self._spec, "", quantized_dir=local_dir)
+        local = weights.resolve(self._spec.weights, self._spec.include_top, store)
         if local.checksum != self._checksum:
             raise WeightsChanged(
                 f"--weights {self._spec.weights} now has checksum {local.checksum}, but the run "

@@ -55,13 +55,14 @@ class WriteRunSummary(beam.PTransform):
     With an index step, the summary waits for its report and includes it."""
 
     def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float,
-                 reuse_report: dict | None = None):
+                 reuse_report: dict | None = None, model: dict | None = None):
         super().__init__()
         self._layout = layout
         self._input_description = input_description
         self._signature = signature
         self._started_at = started_at
         self._reuse_report = reuse_report or {}
+        self._model = model or {}
 
     def expand(self, pcolls):
         # Counted per part (combiner lifting keeps this inside each producing stage), then merged.
@@ -81,7 +82,7 @@ class WriteRunSummary(beam.PTransform):
                 | "Once" >> beam.Create([None])
                 | "Write" >> beam.ParDo(
                     _WriteSummary(self._layout, self._input_description, self._signature, self._started_at,
-                                  self._reuse_report),
+                                  self._reuse_report, self._model),
                     input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"]),
                     failure_counts=beam.pvalue.AsList(failure_counts),
                     written=beam.pvalue.AsList(pcolls["written"]),
@@ -91,12 +92,13 @@ class WriteRunSummary(beam.PTransform):
 
 
 class _WriteSummary(beam.DoFn):
-    def __init__(self, layout, input_description, signature, started_at, reuse_report):
+    def __init__(self, layout, input_description, signature, started_at, reuse_report, model):
         self._layout = layout
         self._input_description = input_description
         self._signature = signature
         self._started_at = started_at
         self._reuse_report = reuse_report
+        self._model = model
 
     def setup(self):
         self._store = ObjectStore()
@@ -113,7 +115,7 @@ class _WriteSummary(beam.DoFn):
             failure_counts=failure_counts, started_at=self._started_at, finished_at=time.time(),
             extra={"files": sorted(f[len(run_dir):] if f.startswith(run_dir) else f for f in written),
                    "index": index[0] if index else None,
-                   "reuse": self._reuse_report})
+                   "reuse": self._reuse_report, "model": self._model})
         summary["counts"].update({**by_origin, "deleted": deleted})
         self._store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),
                                 content_type="application/json")

@@ -18,7 +18,7 @@ from imgsim.catalogue.values import DEFAULT_MAX_METADATA_BYTES
 from imgsim.config.flags import ConfigError, Flags, flag
 from imgsim.embed.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig, max_decode_cost
 from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB
-from imgsim.embed.model import LAYER_DIMS, PRECISIONS, ModelSpec
+from imgsim.embed.model import BACKENDS, LAYER_DIMS, PRECISIONS, ModelSpec
 from imgsim.embed.weights import IMAGENET
 from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
 from imgsim.index.build import IndexSettings
@@ -95,8 +95,19 @@ class ModelFlags(Flags):
                         "file, local or gs://", label="Weights",
                         template_help="'imagenet' (the official Keras files, MD5-checked) or a Keras "
                         "weights file on gs://", template_regex="^(imagenet|gs://[^ ]+)$")
-    precision: str = flag("fp32", "fp32, or bf16 (Keras mixed_bfloat16: about twice as fast on CPUs with "
-                          "AVX512-BF16 or AMX)", choices=PRECISIONS, label="Precision")
+    backend: str = flag("keras", "keras (TensorFlow), or openvino (the `openvino` extra: fp32, bf16 and int8 on "
+                        "CPUs)", choices=BACKENDS, label="Inference backend")
+    precision: str = flag("fp32", "fp32; bf16 (about twice as fast on CPUs with AVX512-BF16 or AMX); or int8 "
+                          "(--backend openvino: quantised once per run from a calibration sample, about four "
+                          "times fp32 on CPUs with AVX512-VNNI or AMX)", choices=PRECISIONS, label="Precision")
+    calibration: Optional[str] = flag(None, "int8: a glob or folder of images (local or gs://) to calibrate on",
+                                      default_text="the first --calibration-size images of the input",
+                                      label="Calibration images")
+    calibration_size: int = flag(128, "int8: how many images to calibrate on, and to check agreement with fp32 on",
+                                 minimum=16, label="Calibration size")
+    min_int8_agreement: float = flag(0.9, "int8: refuse to embed when int8's top-10 neighbours agree with fp32's "
+                                     "on less than this share of the sample", minimum=0, maximum=1,
+                                     label="Minimum int8 agreement")
     resize: str = flag("pad", "pad (letterbox the whole image) or crop (the centre square)",
                        choices=RESIZE_MODES, label="Resize mode")
     min_batch_size: int = flag(1, "the smallest inference batch", minimum=1, label="Minimum batch size")
@@ -212,7 +223,7 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
         return dataclasses.replace(fetch, max_bytes=max(fetch.max_bytes, API_MAX_BYTES), respect_robots=False)
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(layer=self.layer, weights=self.weights, precision=self.precision)
+        return ModelSpec(layer=self.layer, weights=self.weights, precision=self.precision, backend=self.backend)
 
     @property
     def decode_memory_bytes(self) -> int:
@@ -255,6 +266,8 @@ class QueryOptions(Flags):
     k: int = flag(10, "how many results", minimum=1, short="-k")
     weights: Optional[str] = flag(None, "for --image: the weights file, when the manifest's is not reachable here",
                                   default_text="the file the index was built with")
+    backend: Optional[str] = flag(None, "for --image: the inference backend (refused unless the index's)",
+                                  choices=BACKENDS, default_text="the index's")
     cache_dir: Optional[str] = flag(None, "where the index is copied to", default_text="~/.cache/imgsim/index")
 
     def __post_init__(self):

@@ -18,6 +18,7 @@ from typing import Optional
 
 from imgsim.catalogue.inputs import InputSpec, resolve_input
 from imgsim.catalogue.manifest import ManifestError
+from imgsim.config.calibration import QuantizedModel, prepare_int8
 from imgsim.config.flags import ConfigError
 from imgsim.config.options import RunOptions
 from imgsim.embed import weights
@@ -46,6 +47,7 @@ class RunPlan:
     fetch: FetchConfig
     api_fetch: FetchConfig
     index: Optional[IndexSettings]  # None: no index step
+    quantized: Optional[QuantizedModel] = None  # int8: the run's quantised model
     latest_generation: int = 0  # LATEST's version when the run started (0: none yet)
     reuse_sources: tuple[ReuseSource, ...] = ()  # earlier embeddings that may stand in
     reuse_notes: tuple[str, ...] = ()
@@ -56,7 +58,14 @@ class RunPlan:
     def signature(self) -> ModelSignature:
         return ModelSignature(model=ARCHITECTURE, layer=self.model.layer, dim=self.model.dim,
                               weights=self.model.weights, weights_checksum=self.weights_checksum,
-                              preprocessing=self.decode.preprocessing_id, precision=self.model.precision)
+                              preprocessing=self.decode.preprocessing_id, precision=self.model.precision,
+                              backend=self.model.backend,
+                              quantization=self.quantized.checksum if self.quantized else "")
+
+    def model_report(self) -> dict:
+        """How the vectors are made, for the summary and the index manifest."""
+        report = {"backend": self.model.backend, "precision": self.model.precision}
+        return {**report, **self.quantized.describe()} if self.quantized else report
 
 
 def preflight(options: RunOptions, store: ObjectStore, *, remote_workers: bool = False,
@@ -84,11 +93,20 @@ def _preflight(options: RunOptions, store: ObjectStore, remote_workers: bool, ch
     check_output(store, layout)
     latest = read_latest(store, options.output)
     model = options.model_spec()
-    checksum = weights_checksum(store, model, download=not remote_workers, check_fit=check_weights_fit)
+    if model.backend == "openvino":
+        check_openvino()
+    checksum = weights_checksum(store, model, download=not remote_workers or model.precision == "int8",
+                                check_fit=check_weights_fit)
+    quantized = None
+    if model.precision == "int8":
+        quantized = prepare_int8(store, model, weights.resolve(model.weights, model.include_top, store).path,
+                                 checksum, layout, latest.run_id if latest else None, spec, options.fetch_config(),
+                                 options.api_fetch_config(), options.decode_config(), options.calibration_size,
+                                 options.calibration, options.min_int8_agreement, options.full)
     plan = RunPlan(options=options, input=spec, layout=layout, model=model, weights_checksum=checksum,
                    decode=options.decode_config(), fetch=options.fetch_config(),
                    api_fetch=options.api_fetch_config(),
-                   index=None if options.no_index else options.index_settings(),
+                   index=None if options.no_index else options.index_settings(), quantized=quantized,
                    latest_generation=latest.generation if latest else 0, remote_workers=remote_workers)
     sources, notes = discover_sources(store, layout, latest.run_id if latest else None, plan.signature,
                                       options.full)
@@ -104,6 +122,14 @@ def weights_checksum(store: ObjectStore, model: ModelSpec, download: bool, check
     if check_fit and model.weights != weights.IMAGENET:
         build_model(model, local.path)  # imports TensorFlow: only when a file must be checked
     return local.checksum
+
+
+def check_openvino() -> None:
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"--backend openvino needs the openvino extra: pip install 'imgsim[openvino]' ({e})") from None
 
 
 def check_reachable_from_workers(options: RunOptions) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from typing import Optional
 
 import numpy as np
 
@@ -25,7 +26,8 @@ from imgsim.embed.decode import MODEL_INPUT_SIZE, vgg16_preprocess
 
 _LOG = logging.getLogger("imgsim.embed.model")
 LAYER_DIMS = {"fc2": 4096, "fc1": 4096, "pool": 512, "gem": 512, "pool45": 1024}
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
+BACKENDS = ("keras", "openvino")
 ARCHITECTURE = "vgg16"
 
 
@@ -38,12 +40,17 @@ class ModelSpec:
     layer: str = "fc2"
     weights: str = "imagenet"
     precision: str = "fp32"
+    backend: str = "keras"
 
     def __post_init__(self):
         if self.layer not in LAYER_DIMS:
             raise ValueError(f"unknown layer {self.layer!r}: choose one of {', '.join(LAYER_DIMS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.precision == "int8" and self.backend != "openvino":
+            raise ValueError("--precision int8 needs --backend openvino (Keras has no int8 path here)")
 
     @property
     def include_top(self) -> bool:
@@ -70,7 +77,7 @@ def build_model(spec: ModelSpec, weights_path: str):
         from imgsim.embed import pooling  # imports Keras
 
         model = pooling.head(base, spec.layer)
-    if spec.precision == "bf16":
+    if spec.precision == "bf16" and spec.backend == "keras":
         model = _with_policy(model, "mixed_bfloat16")
     return model
 
@@ -162,5 +169,19 @@ class Embedder:
         return vectors, valid
 
 
-def load_embedder(spec: ModelSpec, weights_path: str) -> Embedder:
-    return Embedder(build_model(spec, weights_path), spec.dim)
+def load_embedder(spec: ModelSpec, weights_path: str, quantized_dir: Optional[str] = None,
+                  threads: int = 0):
+    """The embedder for spec: Keras (fp32, bf16), or OpenVINO (fp32, bf16, or int8 from the quantised
+    model in quantized_dir, made once per run by imgsim.embed.calibration)."""
+    if spec.backend == "keras":
+        return Embedder(build_model(spec, weights_path), spec.dim)
+    from imgsim.embed import openvino_backend  # imports OpenVINO: only for --backend openvino
+
+    if spec.precision == "int8":
+        if quantized_dir is None:
+            raise ValueError("int8 needs the run's quantised model (its calibration)")
+        model = openvino_backend.load(quantized_dir)
+    else:
+        model = openvino_backend.convert(build_model(dataclasses.replace(spec, precision="fp32", backend="keras"),
+                                                     weights_path))
+    return openvino_backend.OpenVinoEmbedder(model, spec.dim, spec.precision, threads)

@@ -8,11 +8,13 @@ weights themselves, checked by checksum (the file may sit elsewhere now:
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from imgsim.embed import weights as weights_lib
 from imgsim.embed.decode import RESIZE_MODES, DecodeConfig
 from imgsim.embed.model import ARCHITECTURE, Embedder, ModelSpec, load_embedder
+from imgsim.embed.quantized import QuantizedModelChanged, quantized_model_copy
 from imgsim.embed.signature import ModelSignature
 from imgsim.storage import ObjectStore
 
@@ -32,19 +34,46 @@ def decode_config_for(preprocessing: str) -> DecodeConfig:
                         f"that built the index")
 
 
-def embedder_for(signature: ModelSignature, store: ObjectStore,
-                 weights: Optional[str] = None) -> tuple[Embedder, DecodeConfig]:
+def embedder_for(signature: ModelSignature, store: ObjectStore, weights: Optional[str] = None,
+                 artifact_dir: Optional[str] = None, backend: Optional[str] = None) -> tuple[Embedder, DecodeConfig]:
     """The embedder and preprocessing of a signature; ModelMismatch when they cannot be reproduced.
 
-    weights: where the signature's weights file is now (default: where the signature says)."""
+    weights: where the signature's weights file is now (default: where the signature says);
+    artifact_dir: the index artifact, which holds an int8 run's quantised model (model/);
+    backend: the backend the caller asks for (default: the signature's; another one is refused)."""
     if signature.model != ARCHITECTURE:
         raise ModelMismatch(f"the index holds {signature.model!r} vectors, not {ARCHITECTURE} ones: "
                             "imgsim cannot embed images comparably")
+    if backend is not None and backend != signature.backend:
+        raise ModelMismatch(f"the index was embedded through {signature.backend} ({signature.precision}); "
+                            f"vectors from {backend} would not compare with it: use backend {signature.backend!r}")
     decode_config = decode_config_for(signature.preprocessing)
-    spec = ModelSpec(layer=signature.layer, weights=weights or signature.weights, precision=signature.precision)
+    spec = ModelSpec(layer=signature.layer, weights=weights or signature.weights, precision=signature.precision,
+                     backend=signature.backend)
+    try:
+        if spec.precision == "int8":
+            return _quantized(signature, spec, store, artifact_dir), decode_config
+        return _with_weights(signature, spec, store), decode_config
+    except ImportError as e:
+        raise ModelMismatch(f"the index was embedded through {signature.backend}: pip install "
+                            f"'imgsim[{signature.backend}]' to embed queries comparably ({e})") from None
+
+
+def _quantized(signature: ModelSignature, spec: ModelSpec, store: ObjectStore, artifact_dir: Optional[str]):
+    directory = os.path.join(artifact_dir, "model") if artifact_dir else None
+    if directory is None or not os.path.isdir(directory):
+        raise ModelMismatch("the index holds int8 vectors but not its quantised model: it cannot embed queries")
+    try:
+        local = quantized_model_copy(store, directory, signature.quantization)
+    except QuantizedModelChanged as e:
+        raise ModelMismatch(str(e)) from None
+    return load_embedder(spec, "", quantized_dir=local)
+
+
+def _with_weights(signature: ModelSignature, spec: ModelSpec, store: ObjectStore):
     local = weights_lib.resolve(spec.weights, spec.include_top, store)
     if local.checksum != signature.weights_checksum:
         raise ModelMismatch(
             f"the weights {spec.weights} (checksum {local.checksum}) are not the ones this index "
             f"was built with ({signature.weights_checksum}); pass weights= the same file")
-    return load_embedder(spec, local.path), decode_config
+    return load_embedder(spec, local.path)

@@ -20,10 +20,15 @@ class ModelSignature:
     weights: str  # as given: "imagenet", a path or a gs:// URI (informational)
     weights_checksum: str  # "md5:..." (Keras-verified download) or "sha256:..." (a file)
     preprocessing: str  # imgsim.embed.decode.DecodeConfig.preprocessing_id
-    precision: str  # fp32 or bf16
+    precision: str  # fp32, bf16 or int8
+    backend: str = "keras"  # keras or openvino
+    quantization: str = ""  # int8: "sha256:..." of the quantised model (one calibration), else ""
 
     # The fields that decide whether vectors are comparable; `weights` is only where they came from.
-    _IDENTITY = ("model", "layer", "dim", "weights_checksum", "preprocessing", "precision")
+    _IDENTITY = ("model", "layer", "dim", "weights_checksum", "preprocessing", "precision", "backend",
+                 "quantization")
+    # Fields added after the first release: older signatures lack them and mean the default.
+    _OPTIONAL = ("backend", "quantization")
 
     def identity(self) -> tuple:
         return tuple(getattr(self, name) for name in self._IDENTITY)
@@ -44,14 +49,15 @@ class ModelSignature:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSignature":
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(data)
+        missing = names - set(data) - set(cls._OPTIONAL)
         if missing:
             raise ValueError(f"model signature lacks {sorted(missing)}")
-        for name in names:
+        present = names & set(data)
+        for name in present:
             wanted = int if name == "dim" else str
             if type(data[name]) is not wanted:
                 raise ValueError(f"model signature field {name} is {data[name]!r}, not {wanted.__name__}")
-        return cls(**{name: data[name] for name in names})
+        return cls(**{name: data[name] for name in present})
 
     @classmethod
     def from_json(cls, text) -> "ModelSignature":

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
+from imgsim.embed.openvino_backend import IR_FILES as QUANTIZED_FILES
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.exact import (Neighbors, connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors,
@@ -25,7 +26,11 @@ from imgsim.index.publish import publish
 from imgsim.index.searcher import IndexOptions
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import signature_of, vectors
-from imgsim.storage import ObjectStore
+from imgsim.storage import ObjectStore, join
+
+
+# An int8 run's quantised model inside the artifact (imgsim.embed.quantized loads it from there).
+MODEL_DIR = "model"
 
 
 class RecallTooLow(Exception):
@@ -62,16 +67,24 @@ class IndexSettings:
 
 
 def build_and_publish(store: ObjectStore, tables: Sequence[pa.Table], settings: IndexSettings, layout: RunLayout,
-                      expected_generation: int, input_description: dict, counts: dict) -> dict:
+                      expected_generation: int, input_description: dict, counts: dict,
+                      model: Optional[dict] = None, model_dir: Optional[str] = None) -> dict:
     """Stage, validate and publish an index; returns the report the summary and CLI print.
 
+    model: how the vectors were made (backend, precision, int8 agreement), for the manifest;
+    model_dir: an int8 run's quantised model, copied into the artifact (model/) so that consumers
+    embed query images with exactly that model.
     Raises RecallTooLow and IndexInputError (the run's data is still good) and ArtifactError."""
     table, signature, repeated = combine_embeddings(tables)
     staging = tempfile.mkdtemp(prefix="imgsim-index-")
     try:
+        if model_dir:
+            for name in QUANTIZED_FILES:
+                store.download_to_file(join(model_dir, name), os.path.join(staging, MODEL_DIR, name))
         manifest = build_artifact(table, signature, staging, settings, run_id=layout.run_id,
                                   input_description=input_description,
-                                  counts={**counts, "indexed": table.num_rows, "repeated_ids": repeated})
+                                  counts={**counts, "indexed": table.num_rows, "repeated_ids": repeated},
+                                  model=model)
         result = publish(store, staging, layout, expected_generation, keep_runs=settings.keep_runs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -104,7 +117,8 @@ def combine_embeddings(tables: Sequence[pa.Table]) -> tuple[pa.Table, ModelSigna
 
 
 def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, settings: IndexSettings, *,
-                   run_id: str, input_description: dict, counts: dict, seed: int = 0) -> dict:
+                   run_id: str, input_description: dict, counts: dict, seed: int = 0,
+                   model: Optional[dict] = None) -> dict:
     """Stage the complete artifact in `staging`; returns the manifest. Raises RecallTooLow."""
     data = vectors(table)
     n = len(data)
@@ -151,6 +165,8 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
         "input": input_description,
         "counts": counts,
     }
+    if model:
+        fields["model"] = model
     return artifact.write_manifest(staging, fields)
 
 

@@ -142,10 +142,14 @@ class ImageIndex:
         return [[self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rr, ss), 1) if r >= 0]
                 for rr, ss in zip(np.asarray(rows), np.asarray(scores))]
 
-    def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None) -> list[Match]:
-        """Embed an image (path, gs:// URI or bytes) with the index's model, then search."""
+    def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None,
+                     backend: Optional[str] = None) -> list[Match]:
+        """Embed an image (path, gs:// URI or bytes) with the index's model, then search.
+
+        backend: refuse unless it is the backend the index was embedded through (default: that one);
+        an int8 index embeds with the quantised model it carries."""
         data = image if isinstance(image, (bytes, bytearray)) else self._store.read_bytes(image)
-        embedder, decode_config = self._model(weights)
+        embedder, decode_config = self._model(weights, backend)
         vectors, valid = embedder(decode_image(bytes(data), decode_config).pixels[None])
         if not valid[0]:
             raise ValueError("the image gives an all-zero embedding; it cannot be searched")
@@ -182,8 +186,8 @@ class ImageIndex:
                 self._vectors = vectors(table)
             return self._vectors
 
-    def _model(self, weights: Optional[str]):
+    def _model(self, weights: Optional[str], backend: Optional[str] = None):
         with self._lock:
-            if self._embedder is None:
-                self._embedder = embedder_for(self.signature, self._store, weights)
+            if self._embedder is None or backend not in (None, self.signature.backend):
+                self._embedder = embedder_for(self.signature, self._store, weights, self.local_dir, backend)
             return self._embedder

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from imgsim.embed.decode import DecodeConfig, decode_image
 from imgsim.quality.perturb import encode, perturbations
 
-SWEEP = tuple(round(t, 2) for t in np.arange(0.50, 1.0, 0.01))
+SWEEP = tuple(round(float(t), 2) for t in np.arange(0.50, 1.0, 0.01))
 
 
 def near_duplicate_benchmark(originals: Sequence[tuple[str, bytes]], embed: Callable[[np.ndarray], tuple],
