@@ -46,14 +46,25 @@ def raw_throughput(embedder, batch_size: int, seconds: float = 20.0) -> float:
     return images / (time.perf_counter() - started)
 
 
-def bf16_agreement(fp32, bf16, shared: Path, k: int = 10) -> dict:
-    """Mean cosine between fp32 and bf16 vectors of the shared images, and top-k neighbour overlap."""
+def shared_images(shared: Path) -> tuple[list[Path], np.ndarray]:
+    """The shared photos and clip art, decoded as the pipeline decodes them."""
     from imgsim.embed.decode import decode_image
 
     files = sorted((shared / "data" / "photos").glob("*.jpg")) + sorted((shared / "data" / "openclipart").glob("*.png"))
-    pixels = np.stack([decode_image(f.read_bytes()).pixels for f in files])
-    a = np.concatenate([fp32(pixels[i:i + 32])[0] for i in range(0, len(pixels), 32)])
-    b = np.concatenate([bf16(pixels[i:i + 32])[0] for i in range(0, len(pixels), 32)])
+    return files, np.stack([decode_image(f.read_bytes()).pixels for f in files])
+
+
+def embed_all(embedder, pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([embedder(pixels[i:i + 32])[0] for i in range(0, len(pixels), 32)])
+
+
+def agreement(reference, candidate, shared: Path, k: int = 10) -> dict:
+    """Mean cosine between two models' vectors of the shared images, top-k neighbour overlap, and
+    precision@5 of same-label neighbours on the labelled clip art for both."""
+    import csv
+
+    files, pixels = shared_images(shared)
+    a, b = embed_all(reference, pixels), embed_all(candidate, pixels)
     cosine = np.einsum("ij,ij->i", a, b)
     overlap = []
     for vectors in (a, b):
@@ -61,5 +72,16 @@ def bf16_agreement(fp32, bf16, shared: Path, k: int = 10) -> dict:
         np.fill_diagonal(sims, -np.inf)
         overlap.append(np.argsort(-sims, axis=1)[:, :k])
     shared_neighbours = [len(set(x) & set(y)) / k for x, y in zip(*overlap)]
+    labels = {r["file"]: r["label"] for r in csv.DictReader(open(shared / "data" / "openclipart" / "labels.csv"))}
+    labelled = np.array([f.name in labels for f in files])
+    names = np.array([labels.get(f.name, "") for f in files])[labelled]
+
+    def precision_at_5(vectors):
+        v = vectors[labelled]
+        sims = v @ v.T
+        np.fill_diagonal(sims, -np.inf)
+        return round(float((names[np.argsort(-sims, axis=1)[:, :5]] == names[:, None]).mean()), 4)
+
     return {"images": len(files), "mean_cosine": round(float(cosine.mean()), 5),
-            "min_cosine": round(float(cosine.min()), 5), f"top{k}_overlap": round(float(np.mean(shared_neighbours)), 4)}
+            "min_cosine": round(float(cosine.min()), 5), f"top{k}_overlap": round(float(np.mean(shared_neighbours)), 4),
+            "precision_at_5_reference": precision_at_5(a), "precision_at_5": precision_at_5(b)}

@@ -5,16 +5,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 
 def run_pipeline(manifest: Path, count: int, output: Path, weights: str, layer: str, precision: str,
-                 batch_size: int) -> dict:
+                 batch_size: int, extra: Sequence[str] = ()) -> dict:
     """One real `imgsim run` (DirectRunner, defaults otherwise) in a fresh process, measured."""
     cmd = [sys.executable, "-m", "benchmarks.measure", "--",
            sys.executable, "-m", "imgsim", "run", "--input", str(manifest), "--limit", str(count),
            "--output", str(output), "--run-id", f"bench-{count}-{precision}", "--weights", weights,
            "--layer", layer, "--precision", precision, "--min-batch-size", str(batch_size),
-           "--max-batch-size", str(batch_size), "--allow-private-addresses", "--progress-interval", "0"]
+           "--max-batch-size", str(batch_size), "--allow-private-addresses", "--progress-interval", "0", *extra]
     measured = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
     if measured["returncode"] != 0:
         raise RuntimeError(f"imgsim run failed: {measured['stderr'][-2000:]}")
@@ -26,6 +27,9 @@ def run_pipeline(manifest: Path, count: int, output: Path, weights: str, layer: 
             "peak_rss_mb": measured["peak_rss_mb"]}
 
 
-def marginal_throughput(small: dict, large: dict) -> float:
-    """Images per second between two run sizes: start-up, model loading and other fixed costs cancel."""
-    return (large["embedded"] - small["embedded"]) / (large["process_seconds"] - small["process_seconds"])
+def marginal_throughput(small: dict, large: dict, clock: str = "process_seconds") -> float:
+    """Images per second between two run sizes: start-up, model loading and other fixed costs cancel.
+
+    clock: "process_seconds" (the whole process) or "pipeline_seconds" (from the end of preflight:
+    leaves out an int8 run's calibration, a fixed per-run cost reported on its own)."""
+    return (large["embedded"] - small["embedded"]) / (large[clock] - small[clock])

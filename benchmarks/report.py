@@ -25,6 +25,18 @@ def render(r: dict) -> str:
         a = r["bf16_agreement"]
         out += [f"| bf16 vs fp32 on {a['images']} shared images | mean cosine {a['mean_cosine']}, "
                 f"min {a['min_cosine']}, top-10 overlap {a['top10_overlap']} |"]
+        if "openvino_int8" in raw:
+            out += [f"| raw OpenVINO {p}, batch {raw['best_batch']} | {raw[f'openvino_{p}']} img/s "
+                    f"({raw[f'openvino_{p}'] / raw['fp32']:.2f}× Keras fp32) |" for p in ("fp32", "bf16", "int8")]
+    if "int8" in r:
+        i = r["int8"]
+        a = i["agreement"]
+        out += [f"| int8 calibration ({i['calibration_images']} images) | {i['calibration_seconds']} s; gate on "
+                f"{i['gate']['images']} images: top-10 overlap {i['gate']['top10_overlap']} |",
+                f"| int8 vs Keras fp32 on {a['images']} shared images | mean cosine {a['mean_cosine']}, min "
+                f"{a['min_cosine']}, top-10 overlap {a['top10_overlap']}; clip-art precision@5 {a['precision_at_5']} "
+                f"(fp32 {a['precision_at_5_reference']}) |",
+                f"| CPU int8 instructions | {', '.join(i['cpu_int8_instructions']) or 'none'} |"]
     if "decode" in r:
         d = r["decode"]
         out += [f"| decode + resize, {d['images']} catalogue JPEGs (mean {d['mean_bytes'] // 1024} KiB) | "
@@ -32,12 +44,14 @@ def render(r: dict) -> str:
     if "end_to_end" in r:
         out += ["", "| end-to-end run (DirectRunner, HTTP catalogue) | images/s (whole process) | pipeline s | "
                 "process s | peak RSS MiB |", "|---|---|---|---|---|"]
-        for label, runs in (("fp32", r["end_to_end"]), ("bf16", r.get("end_to_end_bf16", []))):
+        for label, runs in (("fp32", r["end_to_end"]), ("bf16", r.get("end_to_end_bf16", [])),
+                            ("int8 (OpenVINO)", r.get("end_to_end_int8", []))):
             out += [f"| {label}, {e['embedded']} images | {e['images_per_second']} | {e['pipeline_seconds']} | "
                     f"{e['process_seconds']} | {e['peak_rss_mb']} |" for e in runs]
         out += ["", f"Marginal end-to-end throughput (fixed start-up costs cancel): fp32 "
                 f"{r['end_to_end_marginal_ips']} img/s"
                 + (f", bf16 {r['end_to_end_bf16_marginal_ips']} img/s" if "end_to_end_bf16_marginal_ips" in r else "")
+                + (f", int8 {r['end_to_end_int8_marginal_ips']} img/s" if "end_to_end_int8_marginal_ips" in r else "")
                 + "."]
     if "index" in r:
         out += ["", "| index | config | build s | QPS | brute-force QPS | speed-up | recall@10 | size MiB (raw vectors) |",
@@ -50,8 +64,8 @@ def render(r: dict) -> str:
                     f"{i['speedup']}× | {i['recall@10']} | {i['serialised_mb']} ({i['raw_vectors_mb']}) |"]
     if "quality" in r:
         q = r["quality"]
-        out += ["", f"| layer | precision | dim | p@1 | p@5 | p@10 | mAP@10 | near-dup recall@1 | pairs at 0.95: "
-                f"precision / recall | recommended threshold (precision / recall) |",
+        out += ["", "| layer | precision | dim | p@1 | p@5 | p@10 | mAP@10 | near-dup recall@1 | pairs at 0.95: "
+                "precision / recall | recommended threshold (precision / recall) |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for row in q["rows"]:
             at, rec = row["pairs_at_0.95"], row["at_recommended"]

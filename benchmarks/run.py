@@ -20,6 +20,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,11 +65,43 @@ def model_section(results: dict, weights: str, layer: str, seconds: float, share
     raw["bf16"] = round(model_speed.raw_throughput(bf16, best, seconds), 3)
     print(f"raw bf16 batch {best}: {raw['bf16']} img/s", flush=True)
     results["raw_model"] = raw
-    results["bf16_agreement"] = model_speed.bf16_agreement(fp32, bf16, shared)
+    results["bf16_agreement"] = model_speed.agreement(fp32, bf16, shared)
     print("bf16 agreement:", results["bf16_agreement"], flush=True)
+    int8_section(results, fp32, weights, layer, best, seconds, shared)
     del fp32, bf16
     gc.collect()
     return best
+
+
+def int8_section(results: dict, keras_fp32, weights: str, layer: str, batch: int, seconds: float,
+                 shared: Path) -> None:
+    """OpenVINO fp32, bf16 and int8 beside Keras, at the same batch size; int8's agreement with fp32."""
+    import tempfile as tmp
+
+    from benchmarks import model_speed
+    from imgsim.embed import openvino_backend
+    from imgsim.embed.calibration import calibrate, int8_acceleration
+    from imgsim.embed.model import ModelSpec, build_model
+
+    spec = ModelSpec(layer=layer, weights=weights, precision="int8", backend="openvino")
+    _, pixels = model_speed.shared_images(shared)
+    calibration = pixels[::2][:140]  # the sample size the int8 issue measured with
+    with tmp.TemporaryDirectory() as work:
+        started = time.perf_counter()
+        checksum, gate = calibrate(spec, weights, calibration, pixels[:128], work)
+        calibration_seconds = round(time.perf_counter() - started, 1)
+        int8 = openvino_backend.OpenVinoEmbedder(openvino_backend.load(work), spec.dim, "int8")
+        fp32_ir = openvino_backend.convert(build_model(ModelSpec(layer=layer, weights=weights), weights))
+        raw = results["raw_model"]
+        for precision, embedder in (("fp32", openvino_backend.OpenVinoEmbedder(fp32_ir, spec.dim, "fp32")),
+                                    ("bf16", openvino_backend.OpenVinoEmbedder(fp32_ir, spec.dim, "bf16")),
+                                    ("int8", int8)):
+            raw[f"openvino_{precision}"] = round(model_speed.raw_throughput(embedder, batch, seconds), 3)
+            print(f"raw openvino {precision} batch {batch}: {raw[f'openvino_{precision}']} img/s", flush=True)
+        results["int8"] = {"calibration_images": len(calibration), "calibration_seconds": calibration_seconds,
+                           "gate": gate.to_dict(), "cpu_int8_instructions": int8_acceleration(),
+                           "agreement": model_speed.agreement(keras_fp32, int8, shared)}
+    print("int8:", results["int8"], flush=True)
 
 
 def pipeline_section(results: dict, shared: Path, weights: str, layer: str, sizes: list[int], batch: int,
@@ -97,6 +130,17 @@ def pipeline_section(results: dict, shared: Path, weights: str, layer: str, size
             results["end_to_end_bf16"] = bf16_runs
             results["end_to_end_bf16_marginal_ips"] = round(pipeline_speed.marginal_throughput(*bf16_runs), 3)
             print("end to end bf16:", bf16_runs, flush=True)
+        int8_sizes = (sizes[0], sizes[1])
+        int8_runs = [pipeline_speed.run_pipeline(manifest, size, work / f"out-int8-{size}", weights, layer, "int8",
+                                                 batch, ["--backend", "openvino", "--calibration-size", "128"])
+                     for size in int8_sizes]
+        results["end_to_end_int8"] = int8_runs
+        # int8 against fp32 on the pipeline's own clock: both leave out start-up, int8 its calibration too
+        results["end_to_end_int8_marginal_ips"] = round(
+            pipeline_speed.marginal_throughput(*int8_runs, clock="pipeline_seconds"), 3)
+        results["end_to_end_fp32_pipeline_marginal_ips"] = round(
+            pipeline_speed.marginal_throughput(runs[0], runs[1], clock="pipeline_seconds"), 3)
+        print("end to end int8:", int8_runs, flush=True)
     finally:
         httpd.shutdown()
         shutil.rmtree(work, ignore_errors=True)
@@ -135,6 +179,14 @@ def targets(results: dict) -> list[dict]:
         agreement = results["bf16_agreement"]
         check("bf16 vs fp32 mean cosine", agreement["mean_cosine"], ">= 0.99", agreement["mean_cosine"] >= 0.99)
         check("bf16 vs fp32 top-10 overlap", agreement["top10_overlap"], ">= 0.9", agreement["top10_overlap"] >= 0.9)
+    if "int8" in results:
+        a = results["int8"]["agreement"]
+        check("int8 vs fp32 top-10 overlap", a["top10_overlap"], ">= 0.93", a["top10_overlap"] >= 0.93)
+        gap = round(abs(a["precision_at_5"] - a["precision_at_5_reference"]), 4)
+        check("int8 vs fp32 clip-art precision@5 difference", gap, "<= 0.01", gap <= 0.01)
+    if "end_to_end_int8_marginal_ips" in results:
+        ratio = results["end_to_end_int8_marginal_ips"] / results["end_to_end_fp32_pipeline_marginal_ips"]
+        check("end-to-end int8 / end-to-end fp32", round(ratio, 3), ">= 3.5", ratio >= 3.5)
         if "end_to_end_marginal_ips" in results:
             ratio = results["end_to_end_marginal_ips"] / raw["fp32"]
             check("end-to-end / raw model (fp32)", round(ratio, 3), ">= 0.9", ratio >= 0.9)
