@@ -1,4 +1,4 @@
-"""Writing a run's outputs: embeddings and failures as Parquet, then the summary.
+"""Writing a run's outputs: embeddings, thumbnail packs and failures as Parquet, then the summary.
 
 The summary is written last: its side inputs include the names of the files
 the Parquet sinks finalised, so summary.json existing means the run's data
@@ -17,6 +17,7 @@ from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import FAILURES_SCHEMA
 from imgsim.runs.summary import build_summary
 from imgsim.storage import ObjectStore, join
+from imgsim.thumbnails import packs
 
 
 class WriteEmbeddings(beam.PTransform):
@@ -33,6 +34,24 @@ class WriteEmbeddings(beam.PTransform):
                 | "AsRows" >> beam.Map(lambda row: row.to_dict())
                 | "WriteParquet" >> beam.io.WriteToParquet(
                     join(self._layout.embeddings_dir, self._name), self._schema, file_name_suffix=".parquet"))
+
+
+class WriteThumbnails(beam.PTransform):
+    """EmbeddingRows -> PCollection of the thumbnail packs written (thumbnails/NAME-*.parquet), from the
+    rows that carry a thumbnail (imgsim.thumbnails.packs has the format)."""
+
+    def __init__(self, layout: RunLayout, name: str = "part"):
+        super().__init__()
+        self._layout = layout
+        self._name = name
+
+    def expand(self, rows):
+        return (rows
+                | "WithThumbnail" >> beam.Filter(lambda row: row.thumbnail is not None)
+                | "AsPackRows" >> beam.Map(lambda row: packs.pack_row(row.id, row.sha256, row.thumbnail))
+                | "WriteParquet" >> beam.io.WriteToParquet(
+                    join(self._layout.thumbnails_dir, self._name), packs.SCHEMA, file_name_suffix=".parquet",
+                    row_group_buffer_size=packs.ROW_GROUP_BYTES))
 
 
 class WriteFailures(beam.PTransform):

@@ -82,6 +82,10 @@ class OutputFlags(Flags):
                       template_excluded="a Flex Template launcher must return once the job is submitted; "
                       "following the job would hold the launcher VM until the launch times out")
     no_index: bool = flag(False, "write embeddings only; build and publish no index", label="No index")
+    thumbnails: bool = flag(True, "write a small WebP thumbnail of every embedded image (from the pixels decoded "
+                            "for the model) to runs/RUN_ID/thumbnails/, for the explorer", label="Thumbnails")
+    site: bool = flag(False, "after publishing, build the explorer (a static site) into runs/RUN_ID/site/ and "
+                      "point OUTPUT/site/index.html at it", label="Explorer site")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +186,8 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
         super().__post_init__()
         if self.min_batch_size > self.max_batch_size:
             raise ConfigError("--min-batch-size and --max-batch-size need 1 <= min <= max")
+        if self.site and self.no_index:
+            raise ConfigError("--site shows the index: it cannot be combined with --no-index")
         if self.run_id is not None:
             _checked(check_run_id, self.run_id)
         worst = max_decode_cost(self.max_image_pixels)
