@@ -142,14 +142,28 @@ class ImageIndex:
         return [[self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rr, ss), 1) if r >= 0]
                 for rr, ss in zip(np.asarray(rows), np.asarray(scores))]
 
-    def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None) -> list[Match]:
-        """Embed an image (path, gs:// URI or bytes) with the index's model, then search."""
+    def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None,
+                     max_pixels: Optional[int] = None) -> list[Match]:
+        """Embed an image (path, gs:// URI or bytes) with the index's model, then search.
+
+        max_pixels: refuse larger images (StageError decompression_bomb) before decoding them."""
         data = image if isinstance(image, (bytes, bytearray)) else self._store.read_bytes(image)
         embedder, decode_config = self._model(weights)
+        if max_pixels is not None:
+            decode_config = dataclasses.replace(decode_config, max_pixels=min(max_pixels, decode_config.max_pixels))
         vectors, valid = embedder(decode_image(bytes(data), decode_config).pixels[None])
         if not valid[0]:
             raise ValueError("the image gives an all-zero embedding; it cannot be searched")
         return self.search(vectors, k)[0]
+
+    def load_model(self, weights: Optional[str] = None) -> None:
+        """Build the model search_image uses now rather than on the first search (ModelMismatch when
+        the index's vectors cannot be reproduced)."""
+        self._model(weights)
+
+    def metadata(self, item_id: str) -> dict:
+        """An item's metadata (url, sha256, width, height and the input's columns); KeyError if unknown."""
+        return self._match(self._row(item_id), 1.0, 1).metadata
 
     def neighbors(self, item_id: str) -> list[Match]:
         """The precomputed exact neighbours of item_id (neighbors.parquet), itself excluded."""
