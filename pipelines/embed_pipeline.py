@@ -1,8 +1,8 @@
 """The embedding pipeline graph: collection -> downloads -> VGG16 -> Parquet -> index -> summary.
 
     ReadCatalogue -> DeduplicateIds -> [PlanReuse] -> DownloadImages (+ decode) -> EmbedImages -> WriteEmbeddings
-          \\______________\\_______________\\_______________\\______________\\-> WriteFailures
-                                                                 BuildIndex -> WriteRunSummary
+          \\______________\\_______________\\_______________\\______________\\-> WriteFailures  (+ WriteThumbnails)
+                                                    BuildIndex -> [BuildSite] -> WriteRunSummary
 
 Every stage sends its bad rows to the failures output with a reason, so each
 input row ends in exactly one of embeddings or failures. `build` wires a
@@ -28,6 +28,7 @@ from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import embeddings_schema
 from imgsim.storage import ObjectStore
 from imgsim.transforms.build_index import BuildIndex
+from imgsim.transforms.build_site import BuildSite
 from imgsim.transforms.checkpoint import WriteCheckpoint
 from imgsim.transforms.dedupe import DeduplicateIds
 from imgsim.transforms.download import REUSED, DownloadImages
@@ -101,6 +102,8 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     if plan.index is not None:
         outputs["index"] = {"embedding_files": embedding_files, "input_rows": input_rows} | "BuildIndex" >> BuildIndex(
             plan.layout, plan.index, plan.input.describe(), plan.latest_generation)
+        if o.site:
+            outputs["site"] = outputs["index"] | "BuildSite" >> BuildSite(plan.layout)
     reuse_report = {"sources": [s.describe() for s in plan.reuse_sources], "notes": list(plan.reuse_notes)}
     outputs["summary"] = outputs | "WriteRunSummary" >> WriteRunSummary(
         plan.layout, plan.input.describe(), plan.signature.to_dict(), plan.started_at, reuse_report)

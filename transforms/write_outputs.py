@@ -69,9 +69,9 @@ class WriteFailures(beam.PTransform):
 
 
 class WriteRunSummary(beam.PTransform):
-    """{input_rows, embeddings:NAME (one per part), failures, written, deleted[, index]} -> the summary dict.
+    """{input_rows, embeddings:NAME (one per part), failures, written, deleted[, index][, site]} -> the summary.
 
-    With an index step, the summary waits for its report and includes it."""
+    With an index step (and a site step), the summary waits for their reports and includes them."""
 
     def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float,
                  reuse_report: dict | None = None):
@@ -96,6 +96,9 @@ class WriteRunSummary(beam.PTransform):
         index = pcolls.get("index")
         if index is None:
             index = pcolls["input_rows"].pipeline | "NoIndex" >> beam.Create([])
+        site = pcolls.get("site")
+        if site is None:
+            site = pcolls["input_rows"].pipeline | "NoSite" >> beam.Create([])
         return (pcolls["input_rows"].pipeline
                 | "Once" >> beam.Create([None])
                 | "Write" >> beam.ParDo(
@@ -105,6 +108,7 @@ class WriteRunSummary(beam.PTransform):
                     failure_counts=beam.pvalue.AsList(failure_counts),
                     written=beam.pvalue.AsList(pcolls["written"]),
                     index=beam.pvalue.AsList(index),
+                    site=beam.pvalue.AsList(site),
                     origins=beam.pvalue.AsList(origins),
                     deleted=beam.pvalue.AsSingleton(deleted)))
 
@@ -120,7 +124,7 @@ class _WriteSummary(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, input_rows, failure_counts, written, index, origins, deleted):
+    def process(self, _, input_rows, failure_counts, written, index, origins, deleted, site):
         by_origin = dict.fromkeys(ORIGINS, 0)
         for origin, count in origins:
             by_origin[origin] += count
@@ -132,6 +136,7 @@ class _WriteSummary(beam.DoFn):
             failure_counts=failure_counts, started_at=self._started_at, finished_at=time.time(),
             extra={"files": sorted(f[len(run_dir):] if f.startswith(run_dir) else f for f in written),
                    "index": index[0] if index else None,
+                   **({"site": site[0]} if site else {}),
                    "reuse": self._reuse_report})
         summary["counts"].update({**by_origin, "deleted": deleted})
         self._store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),
