@@ -5,7 +5,7 @@ The repository keeps the layout of a Dataflow project (``pipelines/``,
 ``imgsim`` namespace so that generic names such as ``transforms`` never land
 in site-packages. Dataflow workers install this file through ``--setup_file``.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Kept in step with constraints.txt (exact pins) and infra/Dockerfile (Beam version).
 BEAM_VERSION = "2.77.0"
@@ -15,7 +15,9 @@ setup(
     version="0.1.0",
     description="Find similar images in large collections: VGG16 embeddings, Apache Beam, ScaNN.",
     python_requires=">=3.11,<3.12",
-    packages=["imgsim", "imgsim.pipelines", "imgsim.transforms"],
+    # Every subpackage (imgsim.index, imgsim.explore, ...), not only the top level: a non-editable
+    # install (the Flex Template image) needs them all.
+    packages=find_packages(include=["imgsim", "imgsim.*"]) + ["imgsim.pipelines", "imgsim.transforms"],
     package_dir={
         "imgsim": "imgsim",
         "imgsim.pipelines": "pipelines",
@@ -38,7 +40,13 @@ setup(
         "pipeline": [f"apache-beam[gcp]=={BEAM_VERSION}"],
         # int8 (and fp32/bf16) inference through OpenVINO: --backend openvino.
         "openvino": ["openvino>=2026.4,<2027", "nncf>=3.4,<4"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8", "python-hcl2>=4"],
+        # `imgsim serve`: the HTTP service for downstream apps (and the explorer with search by image).
+        "serve": ["fastapi>=0.115,<1", "uvicorn>=0.30,<1", "python-multipart>=0.0.9"],
+        # The browser tests drive Debian's Chromium (/usr/bin/chromium); Playwright downloads no browser.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8", "python-hcl2>=4",
+                 "playwright>=1.49,<2"],
     },
+    # The explorer's page, script and style sheet, copied into every site.
+    package_data={"imgsim.explore": ["static/*"]},
     entry_points={"console_scripts": ["imgsim=imgsim.cli:main"]},
 )

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.config.flags import ConfigError
-from imgsim.config.options import EvaluateOptions, IndexCommandOptions, IndexFlags, RunOptions
+from imgsim.config.options import (EvaluateOptions, ExploreOptions, IndexCommandOptions, IndexFlags, RunOptions,
+                                   ServeOptions)
 from imgsim.embed.signature import ModelSignature
 from imgsim.index.build import build_and_publish
 from imgsim.index.latest import read_latest
@@ -136,6 +137,57 @@ def evaluate_options(options: EvaluateOptions, store: Optional[ObjectStore] = No
         store.write_bytes(options.report, render(evaluated).encode(), content_type="text/html")
         result["report"] = options.report
     return result
+
+
+def explore(index: str, output: str, *, run_id: Optional[str] = None, store: Optional[ObjectStore] = None,
+            **options) -> dict:
+    """Write the explorer, a static site over a published index; the Python form of `imgsim explore`.
+
+    index: an output root (LATEST, or run_id) or an index directory; output: the site's directory,
+    local or gs://. options: title, facets ("type,department"), clusters, cache_dir.
+    Returns the build report; raises ConfigError (bad options, or an index that cannot be read)."""
+    return explore_options(ExploreOptions(index=index, output=output, run_id=run_id, **options), store)
+
+
+def explore_options(options: ExploreOptions, store: Optional[ObjectStore] = None) -> dict:
+    """`explore` for already parsed options (the CLI's path)."""
+    from imgsim.explore.build import build_site
+    from imgsim.explore.source import IndexContents
+    from imgsim.index.artifact import ArtifactError
+
+    store = store or ObjectStore()
+    try:
+        contents = IndexContents.open(options.index, run_id=options.run_id, cache_dir=options.cache_dir, store=store)
+        return build_site(contents, options.output, options.explore_settings(), store)
+    except (ArtifactError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def serve(index: str, *, ready=None, store: Optional[ObjectStore] = None, **options) -> None:
+    """Serve an index over HTTP until interrupted; the Python form of `imgsim serve`.
+
+    options: the flags of `imgsim serve` (host, port, site, weights, max_upload_mb, ...);
+    ready(base_url) is called once it listens. Needs the `serve` extra (FastAPI, uvicorn)."""
+    serve_options(ServeOptions(index=index, **options), ready, store)
+
+
+def serve_options(options: ServeOptions, ready=None, store: Optional[ObjectStore] = None) -> None:
+    """`serve` for already parsed options (the CLI's path)."""
+    try:
+        from imgsim.serve.server import ServeSettings, serve as run_server
+    except ImportError as e:
+        raise ConfigError(f"imgsim serve needs the serve extra: pip install 'imgsim[serve]' ({e})") from None
+    from imgsim.index.artifact import ArtifactError
+
+    settings = ServeSettings(index=options.index, run_id=options.run_id, host=options.host, port=options.port,
+                             site=options.site, weights=options.weights, fetch=options.fetch_config(),
+                             max_upload_bytes=int(options.max_upload_mb * 1024 * 1024),
+                             max_pixels=options.max_image_pixels, max_concurrent=options.max_concurrent_searches,
+                             cache_dir=options.cache_dir)
+    try:
+        run_server(settings, ready, store)
+    except (ArtifactError, ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def vectors_table(ids: Optional[Sequence[str]], vectors, metadata=None,

@@ -114,6 +114,26 @@ def _evaluate(parsed) -> int:
     return 0
 
 
+def _explore(parsed) -> int:
+    from imgsim.api import explore_options
+
+    _print(explore_options(parsed.options))
+    return 0
+
+
+def _serve(parsed) -> int:
+    from imgsim.api import serve_options
+
+    def ready(url: str) -> None:
+        print(f"imgsim serve: {url} (the explorer; the API under {url}api/)", flush=True)
+
+    try:
+        serve_options(parsed.options, ready)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _runs(parsed) -> int:
     from imgsim.index.artifact import ArtifactError
     from imgsim.index.history import list_runs, table

@@ -8,7 +8,10 @@ keys that a sink happens to ignore.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+if TYPE_CHECKING:
+    from imgsim.thumbnails.make import Thumbnail
 
 # Where a row's bytes come from. Only the glob input may read storage paths;
 # a manifest row asking for file:// is refused by the downloader.
@@ -38,6 +41,7 @@ class Previous:
     height: int
     embedding: Any  # numpy float32 vector
     trusted: bool  # from this run's own checkpoint: reuse without asking the server
+    thumbnail: Optional["Thumbnail"] = None  # the earlier run's thumbnail of the same bytes, if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,7 @@ class DecodedImage:
     pixels: Any  # numpy uint8 array (224, 224, 3), RGB
     etag: Optional[str] = None
     last_modified: Optional[str] = None
+    thumbnail: Optional["Thumbnail"] = None  # None: --no-thumbnails, or it could not be made
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +99,16 @@ class EmbeddingRow:
     last_modified: Optional[str]
     metadata: Mapping[str, Any]
     origin: str
+    # Written to the thumbnail packs (imgsim.thumbnails.packs), not to the embeddings files.
+    thumbnail: Optional["Thumbnail"] = None
 
     def __post_init__(self):
         if self.origin not in ORIGINS:
             raise ValueError(f"unknown origin {self.origin!r}")
 
     def to_dict(self) -> dict:
-        """The Parquet row: the embeddings columns, then the metadata columns (origin is not stored)."""
+        """The Parquet row: the embeddings columns, then the metadata columns (origin is not stored;
+        the thumbnail goes to the thumbnail packs)."""
         return {"id": self.id, "url": self.url, "sha256": self.sha256, "width": self.width,
                 "height": self.height, "embedding": self.embedding, "etag": self.etag,
                 "last_modified": self.last_modified, **self.metadata}
@@ -111,13 +119,14 @@ class EmbeddingRow:
         return cls(id=image.row.id, url=image.row.url, sha256=image.sha256, width=image.width,
                    height=image.height, embedding=embedding, etag=image.etag,
                    last_modified=image.last_modified, metadata=image.row.metadata,
-                   origin=CHANGED if image.row.known else NEW)
+                   origin=CHANGED if image.row.known else NEW, thumbnail=image.thumbnail)
 
     @classmethod
     def from_previous(cls, row: CatalogueRow, previous: Previous, origin: str, etag: Optional[str] = None,
                       last_modified: Optional[str] = None) -> "EmbeddingRow":
-        """An earlier embedding with today's metadata (titles change, images may not)."""
+        """An earlier embedding with today's metadata (titles change, images may not), and the
+        earlier thumbnail of the same bytes."""
         return cls(id=row.id, url=row.url, sha256=previous.sha256, width=previous.width,
                    height=previous.height, embedding=previous.embedding, etag=etag or previous.etag,
                    last_modified=last_modified or previous.last_modified, metadata=row.metadata,
-                   origin=origin)
+                   origin=origin, thumbnail=previous.thumbnail)

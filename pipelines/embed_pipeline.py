@@ -1,8 +1,8 @@
 """The embedding pipeline graph: collection -> downloads -> VGG16 -> Parquet -> index -> summary.
 
     ReadCatalogue -> DeduplicateIds -> [PlanReuse] -> DownloadImages (+ decode) -> EmbedImages -> WriteEmbeddings
-          \\______________\\_______________\\_______________\\______________\\-> WriteFailures
-                                                                 BuildIndex -> WriteRunSummary
+          \\______________\\_______________\\_______________\\______________\\-> WriteFailures  (+ WriteThumbnails)
+                                                    BuildIndex -> [BuildSite] -> WriteRunSummary
 
 Every stage sends its bad rows to the failures output with a reason, so each
 input row ends in exactly one of embeddings or failures. `build` wires a
@@ -28,6 +28,7 @@ from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import embeddings_schema
 from imgsim.storage import ObjectStore
 from imgsim.transforms.build_index import BuildIndex
+from imgsim.transforms.build_site import BuildSite
 from imgsim.transforms.checkpoint import WriteCheckpoint
 from imgsim.transforms.dedupe import DeduplicateIds
 from imgsim.transforms.download import REUSED, DownloadImages
@@ -36,7 +37,7 @@ from imgsim.transforms.failures import FAILURES
 from imgsim.transforms.progress import report_progress
 from imgsim.transforms.read_catalogue import ReadCatalogue
 from imgsim.transforms.reuse import DELETED, PlanReuse
-from imgsim.transforms.write_outputs import WriteEmbeddings, WriteFailures, WriteRunSummary
+from imgsim.transforms.write_outputs import WriteEmbeddings, WriteFailures, WriteRunSummary, WriteThumbnails
 
 
 def metadata_schema(plan: RunPlan) -> pa.Schema:
@@ -79,7 +80,7 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
         reuse_plan = unique.rows | "PlanReuse" >> PlanReuse(list(plan.reuse_sources))
         to_fetch, deleted, parts[RESUMED] = reuse_plan.rows, reuse_plan[DELETED], reuse_plan[RESUMED]
     downloaded = to_fetch | "DownloadImages" >> DownloadImages(plan.fetch, plan.decode, o.download_threads,
-                                                               o.decode_memory_bytes)
+                                                               o.decode_memory_bytes, thumbnails=o.thumbnails)
     parts["embedded"], embed_failures = downloaded.images | "EmbedImages" >> EmbedImages(
         handler or model_handler(plan))
     parts[REUSED] = downloaded[REUSED]
@@ -87,20 +88,25 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     failures = failure_parts | "AllFailures" >> beam.Flatten()
 
     schema = embeddings_schema(plan.signature, metadata_schema(plan))
-    embedding_files = []
+    embedding_files, thumbnail_files = [], []
     for name, part in parts.items():
         embedding_files.append(part | f"WriteEmbeddings[{name}]" >> WriteEmbeddings(plan.layout, schema, name))
+        if o.thumbnails:
+            thumbnail_files.append(part | f"WriteThumbnails[{name}]" >> WriteThumbnails(plan.layout, name))
         if o.checkpoint_rows and name != RESUMED:  # resumed rows are in the checkpoint already
-            part | f"WriteCheckpoint[{name}]" >> WriteCheckpoint(plan.layout, schema, o.checkpoint_rows)
+            part | f"WriteCheckpoint[{name}]" >> WriteCheckpoint(plan.layout, schema, o.checkpoint_rows,
+                                                                  thumbnails=o.thumbnails)
     embedding_files = embedding_files | "AllEmbeddingFiles" >> beam.Flatten()
     failure_files = failures | "WriteFailures" >> WriteFailures(plan.layout)
-    written = (embedding_files, failure_files) | "AllWritten" >> beam.Flatten()
+    written = (embedding_files, failure_files, *thumbnail_files) | "AllWritten" >> beam.Flatten()
     outputs = {"input_rows": input_rows, "failures": failures, "written": written, "deleted": deleted,
                **{f"embeddings:{name}": part for name, part in parts.items()}}
     if plan.index is not None:
         outputs["index"] = {"embedding_files": embedding_files, "input_rows": input_rows} | "BuildIndex" >> BuildIndex(
             plan.layout, plan.index, plan.input.describe(), plan.latest_generation, plan.model_report(),
             plan.quantized.directory if plan.quantized else None)
+        if o.site:
+            outputs["site"] = outputs["index"] | "BuildSite" >> BuildSite(plan.layout)
     reuse_report = {"sources": [s.describe() for s in plan.reuse_sources], "notes": list(plan.reuse_notes)}
     outputs["summary"] = outputs | "WriteRunSummary" >> WriteRunSummary(
         plan.layout, plan.input.describe(), plan.signature.to_dict(), plan.started_at, reuse_report,
@@ -114,7 +120,8 @@ def clear_unfinished_outputs(store: ObjectStore, layout: RunLayout) -> None:
     """A restarted run (same --run-id, no summary yet) starts its outputs afresh; its checkpoint stays."""
     if store.exists(layout.summary_path):
         return
-    for directory in (layout.embeddings_dir, layout.failures_dir, layout.index_dir):
+    for directory in (layout.embeddings_dir, layout.thumbnails_dir, layout.failures_dir, layout.index_dir,
+                      layout.site_dir):
         store.delete_prefix(directory)
 
 

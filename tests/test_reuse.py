@@ -25,6 +25,12 @@ def base_args(out, run_id, weights):
     return ["--output", str(out), "--run-id", run_id, "--weights", weights, "--layer", "pool"]
 
 
+def thumbnails_of(out, run_id):
+    """{id: (sha256, thumbnail bytes)} from a run's thumbnail packs."""
+    packs = (out / "runs" / run_id / "thumbnails").glob("*.parquet")
+    return {r["id"]: (r["sha256"], r["thumbnail"]) for f in packs for r in pq.read_table(f).to_pylist()}
+
+
 def neighbors_of(out, run_id):
     table = pq.read_table(os.path.join(out, "runs", run_id, "index", "neighbors.parquet"))
     return {r["id"]: r["neighbor_ids"] for r in table.to_pylist()}
@@ -51,6 +57,8 @@ def test_an_unchanged_catalogue_is_reused_without_bodies_or_inference(server, ca
     assert second["metrics"].get("embedded", 0) == 0 and second["metrics"].get("reused_not_modified") == 6
     assert second["summary"]["reuse"]["sources"][0]["from"] == "run r1 (LATEST)"
     assert neighbors_of(out, "r2") == neighbors_of(out, "r1")
+    # the thumbnails come along from r1's packs: same bytes, not a single body downloaded to make them
+    assert thumbnails_of(out, "r2") == thumbnails_of(out, "r1") and len(thumbnails_of(out, "r1")) == 6
     assert by_id(second["embeddings"])["dog"]["embedding"] == by_id(first["embeddings"])["dog"]["embedding"]
 
 
@@ -75,6 +83,9 @@ def test_only_changed_added_and_moved_images_are_embedded_again(server, catalogu
     assert set(embedded) == {"dog", "eagle", "giraffe", "horses", "person", "kite"}
     assert embedded["person"]["title"] == "a person, retitled"
     assert embedded["dog"]["sha256"] != by_id(read_run(str(out), "r1")["embeddings"])["dog"]["sha256"]
+    thumbnails, before = thumbnails_of(out, "r2"), thumbnails_of(out, "r1")
+    assert {i: t[0] for i, t in thumbnails.items()} == {i: r["sha256"] for i, r in embedded.items()}
+    assert thumbnails["dog"] != before["dog"] and thumbnails["giraffe"] == before["giraffe"]  # made again / kept
 
 
 def test_servers_without_validators_are_compared_by_sha256(server, photos, notop_weights, tmp_path):
@@ -146,6 +157,8 @@ def test_an_interrupted_run_resumes_without_redoing_finished_work(server, photos
     assert second["metrics"]["embedded"] == 8 - len(saved)
     assert second["summary"]["accounted"] and second["summary"]["index"]["published"]
     assert not (out / "runs" / "big" / "checkpoint").exists()  # cleared once the run completed
+    thumbnails = thumbnails_of(out, "big")  # resumed rows keep the thumbnails the first attempt checkpointed
+    assert {i: t[0] for i, t in thumbnails.items()} == {r["id"]: r["sha256"] for r in second["embeddings"].to_pylist()}
 
 
 @pytest.mark.model

@@ -3,7 +3,8 @@
 Beam's file sinks commit only at the end, so a run killed after hours would
 leave nothing. This DoFn also writes every embedding row to
 runs/RUN_ID/checkpoint/ in small Parquet files (every --checkpoint-rows rows
-and at the end of each bundle). A restart with the same --run-id reuses
+and at the end of each bundle), and their thumbnails to
+runs/RUN_ID/checkpoint/thumbnails/ in the pack format. A restart with the same --run-id reuses
 them without a single request (transforms/reuse.py). Rows may appear twice
 there when a runner retries a bundle; readers keep one row per id. The
 summary step deletes the checkpoint once the run is complete.
@@ -19,29 +20,32 @@ import pyarrow.parquet as pq
 
 from imgsim.runs.layout import RunLayout
 from imgsim.storage import ObjectStore, join
+from imgsim.thumbnails import packs
 
 
 class WriteCheckpoint(beam.PTransform):
     """EmbeddingRows -> nothing (files under runs/RUN_ID/checkpoint/)."""
 
-    def __init__(self, layout: RunLayout, schema: pa.Schema, every: int = 500):
+    def __init__(self, layout: RunLayout, schema: pa.Schema, every: int = 500, thumbnails: bool = False):
         super().__init__()
         if every < 1:
             raise ValueError("--checkpoint-rows must be at least 1")
         self._layout = layout
         self._schema = schema
         self._every = every
+        self._thumbnails = thumbnails
 
     def expand(self, rows):
-        rows | "WriteChunks" >> beam.ParDo(_CheckpointFn(self._layout, self._schema, self._every))
+        rows | "WriteChunks" >> beam.ParDo(_CheckpointFn(self._layout, self._schema, self._every, self._thumbnails))
         return beam.pvalue.PDone(rows.pipeline)
 
 
 class _CheckpointFn(beam.DoFn):
-    def __init__(self, layout, schema, every):
+    def __init__(self, layout, schema, every, thumbnails=False):
         self._layout = layout
         self._schema = schema
         self._every = every
+        self._thumbnails = thumbnails
 
     def setup(self):
         self._store = ObjectStore()
@@ -60,9 +64,18 @@ class _CheckpointFn(beam.DoFn):
     def _flush(self):
         if not self._rows:
             return
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        with_thumbnails = [row for row in self._rows if row.thumbnail is not None] if self._thumbnails else []
+        if with_thumbnails:  # before the embeddings: a resumed row then always finds its thumbnail
+            thumbnails = pa.Table.from_pylist([packs.pack_row(row.id, row.sha256, row.thumbnail)
+                                               for row in with_thumbnails], schema=packs.SCHEMA)
+            self._store.write_bytes(join(self._layout.checkpoint_thumbnails_dir, name), _parquet(thumbnails))
         table = pa.Table.from_pylist([row.to_dict() for row in self._rows], schema=self._schema)
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        path = join(self._layout.checkpoint_dir, f"part-{uuid.uuid4().hex}.parquet")
-        self._store.write_bytes(path, buf.getvalue())
+        self._store.write_bytes(join(self._layout.checkpoint_dir, name), _parquet(table))
         self._rows = []
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()

@@ -54,7 +54,7 @@ class DownloadImages(beam.PTransform):
     embedding is reused and the image skips decoding and inference."""
 
     def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int = 16,
-                 decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_MB * MB):
+                 decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_MB * MB, thumbnails: bool = False):
         super().__init__()
         if threads < 1:
             raise ValueError("download threads must be at least 1")
@@ -62,19 +62,22 @@ class DownloadImages(beam.PTransform):
         self._decode = decode
         self._threads = threads
         self._decode_memory = decode_memory_bytes
+        self._thumbnails = thumbnails
 
     def expand(self, rows):
         return rows | "DownloadAndDecode" >> beam.ParDo(
-            _DownloadFn(self._config, self._decode, self._threads, self._decode_memory)
+            _DownloadFn(self._config, self._decode, self._threads, self._decode_memory, self._thumbnails)
         ).with_outputs(FAILURES, REUSED, main="images")
 
 
 class _DownloadFn(beam.DoFn):
-    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int, decode_memory_bytes: int):
+    def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int, decode_memory_bytes: int,
+                 thumbnails: bool = False):
         self._config = config
         self._decode = decode
         self._threads = threads
         self._decode_memory = decode_memory_bytes
+        self._thumbnails = thumbnails
         # Per worker process, shared by every DoFn instance and thread in it.
         self._shared_politeness = shared.Shared()
         self._shared_budget = shared.Shared()
@@ -87,6 +90,7 @@ class _DownloadFn(beam.DoFn):
         self._decoded = Metrics.counter(NAMESPACE, "decoded")
         self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms")
         self._throttled = Metrics.counter(NAMESPACE, THROTTLING_COUNTER)
+        self._no_thumbnail = Metrics.counter(NAMESPACE, "thumbnail_failed")
 
     def setup(self):
         politeness = self._shared_politeness.acquire(lambda: shared_politeness(self._config),
@@ -101,7 +105,8 @@ class _DownloadFn(beam.DoFn):
         self._pending = {}
 
     def process(self, row: CatalogueRow, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        future = self._pool.submit(acquire, row, self._fetcher, self._store, self._decode, self._budget)
+        future = self._pool.submit(acquire, row, self._fetcher, self._store, self._decode, self._budget,
+                                   thumbnails=self._thumbnails)
         self._pending[future] = (timestamp, window)
         yield from self._emit(wait_until=self._max_in_flight - 1)
 
@@ -147,6 +152,8 @@ class _DownloadFn(beam.DoFn):
             return REUSED, result.row
         if isinstance(result, DecodedImage):
             self._decoded.inc()
+            if self._thumbnails and result.thumbnail is None:
+                self._no_thumbnail.inc()
             self._decode_ms.update(int(acquired.decode_seconds * 1000))
             return None, result
         tagged = failed(result)

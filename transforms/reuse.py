@@ -5,6 +5,9 @@ rows. Per id: a row of this run's own checkpoint is resumed outright; a row
 of LATEST's run with the same URL rides along with the download, which then
 asks the server whether the bytes changed (imgsim.runs.reuse decides,
 imgsim.fetch.acquire asks); ids only in LATEST's run are counted as deleted.
+The earlier runs' thumbnail packs join the same CoGroup, so an earlier row
+carries the thumbnail made from its bytes, and a reused or resumed item keeps
+its thumbnail without being fetched again.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from imgsim.records import RESUMED, EmbeddingRow
 from imgsim.runs import reuse
 from imgsim.runs.outputs import read_tables
 from imgsim.storage import ObjectStore
+from imgsim.thumbnails import packs
 from imgsim.transforms.failures import NAMESPACE
 
 DELETED = "deleted"
@@ -37,8 +41,13 @@ class PlanReuse(beam.PTransform):
                     | "EarlierFiles" >> beam.Create(files)
                     | "SpreadFiles" >> beam.Reshuffle()
                     | "ReadEarlier" >> beam.ParDo(_ReadEarlier()))
+        packs_read = sorted({path for source in self._sources for path in source.thumbnail_files})
+        thumbnails = (rows.pipeline
+                      | "EarlierThumbnailPacks" >> beam.Create(packs_read)
+                      | "SpreadPacks" >> beam.Reshuffle()
+                      | "ReadThumbnails" >> beam.ParDo(_ReadThumbnails()))
         keyed = rows | "KeyRows" >> beam.Map(lambda row: (row.id, row))
-        return ({"row": keyed, "previous": previous}
+        return ({"row": keyed, "previous": previous, "thumbs": thumbnails}
                 | "JoinById" >> beam.CoGroupByKey()
                 | "Decide" >> beam.ParDo(_Decide()).with_outputs(RESUMED, DELETED, main="rows"))
 
@@ -55,6 +64,15 @@ class _ReadEarlier(beam.DoFn):
                 yield row["id"], reuse.previous_from_row(row, trusted)
 
 
+class _ReadThumbnails(beam.DoFn):
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, path):
+        for item_id, sha256, thumbnail in packs.read_packs(self._store, [path]):
+            yield item_id, (sha256, thumbnail)
+
+
 class _Decide(beam.DoFn):
     def __init__(self):
         self._resumed = Metrics.counter(NAMESPACE, "resumed")
@@ -69,6 +87,8 @@ class _Decide(beam.DoFn):
         row = rows[0]
         known = any(not p.trusted for p in previous)
         chosen = reuse.pick_previous(previous, row.url)
+        if chosen is not None:
+            chosen = dataclasses.replace(chosen, thumbnail=packs.pick(grouped["thumbs"], chosen.sha256))
         if chosen is not None and chosen.trusted:
             self._resumed.inc()
             yield beam.pvalue.TaggedOutput(RESUMED, EmbeddingRow.from_previous(row, chosen, RESUMED))

@@ -1,4 +1,4 @@
-"""Writing a run's outputs: embeddings and failures as Parquet, then the summary.
+"""Writing a run's outputs: embeddings, thumbnail packs and failures as Parquet, then the summary.
 
 The summary is written last: its side inputs include the names of the files
 the Parquet sinks finalised, so summary.json existing means the run's data
@@ -17,6 +17,7 @@ from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import FAILURES_SCHEMA
 from imgsim.runs.summary import build_summary
 from imgsim.storage import ObjectStore, join
+from imgsim.thumbnails import packs
 
 
 class WriteEmbeddings(beam.PTransform):
@@ -35,6 +36,24 @@ class WriteEmbeddings(beam.PTransform):
                     join(self._layout.embeddings_dir, self._name), self._schema, file_name_suffix=".parquet"))
 
 
+class WriteThumbnails(beam.PTransform):
+    """EmbeddingRows -> PCollection of the thumbnail packs written (thumbnails/NAME-*.parquet), from the
+    rows that carry a thumbnail (imgsim.thumbnails.packs has the format)."""
+
+    def __init__(self, layout: RunLayout, name: str = "part"):
+        super().__init__()
+        self._layout = layout
+        self._name = name
+
+    def expand(self, rows):
+        return (rows
+                | "WithThumbnail" >> beam.Filter(lambda row: row.thumbnail is not None)
+                | "AsPackRows" >> beam.Map(lambda row: packs.pack_row(row.id, row.sha256, row.thumbnail))
+                | "WriteParquet" >> beam.io.WriteToParquet(
+                    join(self._layout.thumbnails_dir, self._name), packs.SCHEMA, file_name_suffix=".parquet",
+                    row_group_buffer_size=packs.ROW_GROUP_BYTES))
+
+
 class WriteFailures(beam.PTransform):
     """Failures -> PCollection of the Parquet files written (one empty file when nothing failed)."""
 
@@ -50,9 +69,9 @@ class WriteFailures(beam.PTransform):
 
 
 class WriteRunSummary(beam.PTransform):
-    """{input_rows, embeddings:NAME (one per part), failures, written, deleted[, index]} -> the summary dict.
+    """{input_rows, embeddings:NAME (one per part), failures, written, deleted[, index][, site]} -> the summary.
 
-    With an index step, the summary waits for its report and includes it."""
+    With an index step (and a site step), the summary waits for their reports and includes them."""
 
     def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float,
                  reuse_report: dict | None = None, model: dict | None = None):
@@ -78,6 +97,9 @@ class WriteRunSummary(beam.PTransform):
         index = pcolls.get("index")
         if index is None:
             index = pcolls["input_rows"].pipeline | "NoIndex" >> beam.Create([])
+        site = pcolls.get("site")
+        if site is None:
+            site = pcolls["input_rows"].pipeline | "NoSite" >> beam.Create([])
         return (pcolls["input_rows"].pipeline
                 | "Once" >> beam.Create([None])
                 | "Write" >> beam.ParDo(
@@ -87,6 +109,7 @@ class WriteRunSummary(beam.PTransform):
                     failure_counts=beam.pvalue.AsList(failure_counts),
                     written=beam.pvalue.AsList(pcolls["written"]),
                     index=beam.pvalue.AsList(index),
+                    site=beam.pvalue.AsList(site),
                     origins=beam.pvalue.AsList(origins),
                     deleted=beam.pvalue.AsSingleton(deleted)))
 
@@ -103,7 +126,7 @@ class _WriteSummary(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, input_rows, failure_counts, written, index, origins, deleted):
+    def process(self, _, input_rows, failure_counts, written, index, origins, deleted, site):
         by_origin = dict.fromkeys(ORIGINS, 0)
         for origin, count in origins:
             by_origin[origin] += count
@@ -115,6 +138,7 @@ class _WriteSummary(beam.DoFn):
             failure_counts=failure_counts, started_at=self._started_at, finished_at=time.time(),
             extra={"files": sorted(f[len(run_dir):] if f.startswith(run_dir) else f for f in written),
                    "index": index[0] if index else None,
+                   **({"site": site[0]} if site else {}),
                    "reuse": self._reuse_report, "model": self._model})
         summary["counts"].update({**by_origin, "deleted": deleted})
         self._store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),

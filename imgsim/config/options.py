@@ -20,6 +20,7 @@ from imgsim.embed.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig, 
 from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB
 from imgsim.embed.model import BACKENDS, LAYER_DIMS, PRECISIONS, ModelSpec
 from imgsim.embed.weights import IMAGENET
+from imgsim.explore.build import ExploreSettings
 from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
 from imgsim.index.build import IndexSettings
 from imgsim.index.searcher import MODES, REORDER_TYPES, IndexOptions
@@ -82,6 +83,10 @@ class OutputFlags(Flags):
                       template_excluded="a Flex Template launcher must return once the job is submitted; "
                       "following the job would hold the launcher VM until the launch times out")
     no_index: bool = flag(False, "write embeddings only; build and publish no index", label="No index")
+    thumbnails: bool = flag(True, "write a small WebP thumbnail of every embedded image (from the pixels decoded "
+                            "for the model) to runs/RUN_ID/thumbnails/, for the explorer", label="Thumbnails")
+    site: bool = flag(False, "after publishing, build the explorer (a static site) into runs/RUN_ID/site/ and "
+                      "point OUTPUT/site/index.html at it", label="Explorer site")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +198,8 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
         super().__post_init__()
         if self.min_batch_size > self.max_batch_size:
             raise ConfigError("--min-batch-size and --max-batch-size need 1 <= min <= max")
+        if self.site and self.no_index:
+            raise ConfigError("--site shows the index: it cannot be combined with --no-index")
         if self.run_id is not None:
             _checked(check_run_id, self.run_id)
         worst = max_decode_cost(self.max_image_pixels)
@@ -299,6 +306,57 @@ class EvaluateOptions(Flags):
         super().__post_init__()
         if self.labels is None and self.near_duplicates is None:
             raise ConfigError("give --labels, --near-duplicates or both: there is nothing to evaluate")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExploreOptions(Flags):
+    """`imgsim explore`: a static site for browsing a published index."""
+
+    index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
+                                required=True)
+    run_id: Optional[str] = flag(None, "show this run instead of the one LATEST points at")
+    output: Optional[str] = flag(None, "the site's directory, local or gs://", required=True, metavar="SITE")
+    title: Optional[str] = flag(None, "the site's title", default_text="imgsim explorer: RUN_ID")
+    facets: Optional[str] = flag(None, "comma-separated metadata fields offered as filters and map colours",
+                                 default_text="text fields with 2 to 64 distinct values")
+    clusters: int = flag(12, "colours of the map's clusters (k-means)", minimum=1, maximum=255)
+    cache_dir: Optional[str] = flag(None, "where the index is copied to", default_text="~/.cache/imgsim/index")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _checked(self.explore_settings)
+
+    def explore_settings(self) -> ExploreSettings:
+        facets = tuple(f.strip() for f in self.facets.split(",") if f.strip()) if self.facets else None
+        return ExploreSettings(title=self.title, facets=facets, clusters=self.clusters)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions(Flags):
+    """`imgsim serve`: the HTTP service over a published index, and its explorer."""
+
+    index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
+                                required=True)
+    run_id: Optional[str] = flag(None, "serve this run instead of the one LATEST points at")
+    host: str = flag("127.0.0.1", "the address to listen on (0.0.0.0: every interface)")
+    port: int = flag(8000, "the port to listen on (0: any free port)", minimum=0, maximum=65535)
+    weights: Optional[str] = flag(None, "for search by image: the weights file, when the manifest's is not "
+                                  "reachable here", default_text="the file the index was built with")
+    site: Optional[str] = flag(None, "an explorer site to serve at / (built from the index into the cache when "
+                               "not given)", metavar="SITE")
+    max_upload_mb: float = flag(10.0, "the largest image a search may upload or fetch, in MB", positive=True)
+    max_image_pixels: int = flag(50_000_000, "the most pixels a searched image may have", minimum=1)
+    max_concurrent_searches: int = flag(2, "searches by image at once; more are answered 503", minimum=1)
+    download_deadline: float = flag(30.0, "seconds to fetch an image URL for a search", positive=True)
+    allow_private_addresses: bool = flag(False, "let searches fetch URLs on loopback, private or link-local "
+                                         "addresses: unsafe in clouds")
+    cache_dir: Optional[str] = flag(None, "where the index is copied to", default_text="~/.cache/imgsim/index")
+
+    def fetch_config(self) -> FetchConfig:
+        """Image URLs given to a search: the pipeline's address guard and limits, one image's worth."""
+        return FetchConfig(deadline=self.download_deadline, max_bytes=int(self.max_upload_mb * 1024 * 1024),
+                           read_timeout=min(30.0, self.download_deadline), max_retries=1,
+                           allow_private_addresses=self.allow_private_addresses)
 
 
 @dataclasses.dataclass(frozen=True)

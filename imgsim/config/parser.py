@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from imgsim import __version__
 from imgsim.config.flags import ConfigError, FlagParser, Flags, add_flags, flag, from_namespace
-from imgsim.config.options import (EvaluateOptions, IndexCommandOptions, QueryOptions, RollbackOptions,
-                                   RunOptions, RunsOptions, VerifyOptions)
+from imgsim.config.options import (EvaluateOptions, ExploreOptions, IndexCommandOptions, QueryOptions,
+                                   RollbackOptions, RunOptions, RunsOptions, ServeOptions, VerifyOptions)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -63,6 +63,9 @@ COMMANDS = (
     Command("index", IndexCommandOptions, "build and publish an index from existing embeddings, without inference"),
     Command("query", QueryOptions, "ask a published index for the items most like an id or an image"),
     Command("evaluate", EvaluateOptions, "measure how good the neighbours are: labelled retrieval, near duplicates"),
+    Command("explore", ExploreOptions, "write the explorer: a static site to browse an index's images, their "
+            "neighbours, near-duplicate groups and a map"),
+    Command("serve", ServeOptions, "serve an index over HTTP: similar items, items, search by image, and the explorer"),
     Command("runs", RunsOptions, "list the runs under an output root: finished, published, LATEST"),
     Command("rollback", RollbackOptions, "point LATEST at an earlier published run (compare-and-swap)"),
     Command("verify", VerifyOptions, "check a published index: checksums, loading, self-query"),

@@ -109,7 +109,7 @@ def _preflight(options: RunOptions, store: ObjectStore, remote_workers: bool, ch
                    index=None if options.no_index else options.index_settings(), quantized=quantized,
                    latest_generation=latest.generation if latest else 0, remote_workers=remote_workers)
     sources, notes = discover_sources(store, layout, latest.run_id if latest else None, plan.signature,
-                                      options.full)
+                                      options.full, thumbnails=options.thumbnails)
     return dataclasses.replace(plan, reuse_sources=tuple(sources), reuse_notes=tuple(notes))
 
 

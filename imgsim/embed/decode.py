@@ -69,6 +69,9 @@ class Decoded:
     pixels: np.ndarray  # uint8 (size, size, 3) RGB
     width: int  # full-resolution size as displayed (after EXIF orientation)
     height: int
+    # The oriented RGB image resized for the model, before padding or cropping (its long side is
+    # config.size with pad, its short side with crop): the thumbnail's source (imgsim.thumbnails).
+    resized: Optional[Image.Image] = None
 
 
 def decode_image(data: bytes, config: DecodeConfig = DecodeConfig(),
@@ -121,7 +124,7 @@ def decode_image(data: bytes, config: DecodeConfig = DecodeConfig(),
         raise StageError("corrupt_image", f"{type(e).__name__}: {e}") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    return Decoded(pixels=frame(rgb, config), width=width, height=height)
+    return Decoded(pixels=frame(rgb, config), width=width, height=height, resized=rgb)
 
 
 def decode_cost(img: Image.Image, orientation=None) -> int:

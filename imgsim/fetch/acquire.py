@@ -7,7 +7,9 @@
 - whether an earlier embedding stands in: a row carrying `previous` is fetched
   conditionally, and a 304 or identical bytes (same sha256) reuse the earlier
   vector, so the image skips decoding and inference;
-- decoding and resizing for the model.
+- decoding and resizing for the model, and the thumbnail made from the
+  resized image (imgsim.thumbnails.make: no second decode; a thumbnail that
+  cannot be made leaves the row without one, never failed).
 It never raises: every outcome a row can have is a value, so the Beam layer
 (transforms/download.py) keeps only the thread pool, windows and metrics.
 """
@@ -25,6 +27,7 @@ from imgsim.fetch.http import Fetcher, check_size
 from imgsim.records import REUSED, SOURCE_STORAGE, CatalogueRow, DecodedImage, EmbeddingRow, FetchedImage
 from imgsim.runs.reuse import conditional_headers
 from imgsim.storage import ObjectStore
+from imgsim.thumbnails.make import make_thumbnail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +49,16 @@ class Acquired:
 
 
 def acquire(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore, decode: DecodeConfig,
-            budget: Optional[DecodeBudget] = None, clock: Callable[[], float] = time.monotonic) -> Acquired:
-    """Fetch, check for reuse, decode (within the process's decode budget, when given). Never raises."""
+            budget: Optional[DecodeBudget] = None, clock: Callable[[], float] = time.monotonic,
+            thumbnails: bool = False) -> Acquired:
+    """Fetch, check for reuse, decode (within the process's decode budget, when given) and, with
+    thumbnails, make the row's thumbnail. Never raises."""
     started = clock()
     fetched = fetch_row(row, fetcher, store)
     downloaded = clock()
     if not isinstance(fetched, FetchedImage):
         return Acquired(fetched, None, downloaded - started)
-    result = decode_fetched(fetched, decode, budget)
+    result = decode_fetched(fetched, decode, budget, thumbnails)
     return Acquired(result, len(fetched.data), downloaded - started, clock() - downloaded)
 
 
@@ -95,9 +100,10 @@ def read_storage(store: ObjectStore, path: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_fetched(image: FetchedImage, config: DecodeConfig,
-                   budget: Optional[DecodeBudget] = None) -> Union[DecodedImage, Failure]:
-    """A DecodedImage, or a decode-stage Failure; never raises."""
+def decode_fetched(image: FetchedImage, config: DecodeConfig, budget: Optional[DecodeBudget] = None,
+                   thumbnails: bool = False) -> Union[DecodedImage, Failure]:
+    """A DecodedImage (with its thumbnail when asked and possible), or a decode-stage Failure;
+    never raises."""
     try:
         decoded = decode_image(image.data, config, budget)
     except StageError as e:
@@ -107,5 +113,7 @@ def decode_fetched(image: FetchedImage, config: DecodeConfig,
     except Exception as e:  # Pillow has many failure modes; none may cost the job
         return Failure.of(image.row, STAGE_DECODE, StageError(
             "internal_error", f"{type(e).__name__}: {e}"[:300], image.http_status, image.attempts))
+    thumbnail = make_thumbnail(decoded.resized) if thumbnails and decoded.resized is not None else None
     return DecodedImage(row=image.row, sha256=image.sha256, width=decoded.width, height=decoded.height,
-                        pixels=decoded.pixels, etag=image.etag, last_modified=image.last_modified)
+                        pixels=decoded.pixels, etag=image.etag, last_modified=image.last_modified,
+                        thumbnail=thumbnail)

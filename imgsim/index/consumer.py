@@ -143,17 +143,29 @@ class ImageIndex:
                 for rr, ss in zip(np.asarray(rows), np.asarray(scores))]
 
     def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None,
-                     backend: Optional[str] = None) -> list[Match]:
+                     backend: Optional[str] = None, max_pixels: Optional[int] = None) -> list[Match]:
         """Embed an image (path, gs:// URI or bytes) with the index's model, then search.
 
         backend: refuse unless it is the backend the index was embedded through (default: that one);
-        an int8 index embeds with the quantised model it carries."""
+        an int8 index embeds with the quantised model it carries.
+        max_pixels: refuse larger images (StageError decompression_bomb) before decoding them."""
         data = image if isinstance(image, (bytes, bytearray)) else self._store.read_bytes(image)
         embedder, decode_config = self._model(weights, backend)
+        if max_pixels is not None:
+            decode_config = dataclasses.replace(decode_config, max_pixels=min(max_pixels, decode_config.max_pixels))
         vectors, valid = embedder(decode_image(bytes(data), decode_config).pixels[None])
         if not valid[0]:
             raise ValueError("the image gives an all-zero embedding; it cannot be searched")
         return self.search(vectors, k)[0]
+
+    def load_model(self, weights: Optional[str] = None, backend: Optional[str] = None) -> None:
+        """Build the model search_image uses now rather than on the first search (ModelMismatch when
+        the index's vectors cannot be reproduced, or backend is not the index's)."""
+        self._model(weights, backend)
+
+    def metadata(self, item_id: str) -> dict:
+        """An item's metadata (url, sha256, width, height and the input's columns); KeyError if unknown."""
+        return self._match(self._row(item_id), 1.0, 1).metadata
 
     def neighbors(self, item_id: str) -> list[Match]:
         """The precomputed exact neighbours of item_id (neighbors.parquet), itself excluded."""

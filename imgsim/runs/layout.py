@@ -3,9 +3,12 @@
     OUT/LATEST                          pointer to the newest published index
     OUT/runs/RUN_ID/embeddings/*.parquet
     OUT/runs/RUN_ID/failures/*.parquet
+    OUT/runs/RUN_ID/thumbnails/*.parquet  thumbnail packs (imgsim.thumbnails.packs)
     OUT/runs/RUN_ID/summary.json        written last: the run's data is complete
     OUT/runs/RUN_ID/checkpoint/         embeddings so far, while the run works (restarts resume)
     OUT/runs/RUN_ID/index/              the index artifact
+    OUT/runs/RUN_ID/site/               the explorer (imgsim run --site, imgsim explore)
+    OUT/site/index.html                 forwards to the site of the run LATEST points at
 """
 from __future__ import annotations
 
@@ -52,8 +55,20 @@ class RunLayout:
         return join(self.run_dir, "failures")
 
     @property
+    def thumbnails_dir(self) -> str:
+        return join(self.run_dir, "thumbnails")
+
+    @property
     def checkpoint_dir(self) -> str:
         return join(self.run_dir, "checkpoint")
+
+    @property
+    def checkpoint_thumbnails_dir(self) -> str:
+        return join(self.checkpoint_dir, "thumbnails")
+
+    @property
+    def site_dir(self) -> str:
+        return join(self.run_dir, "site")
 
     @property
     def summary_path(self) -> str:

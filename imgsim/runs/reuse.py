@@ -19,6 +19,7 @@ from imgsim.records import Previous
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import signature_of_file
 from imgsim.storage import ObjectStore, join
+from imgsim.thumbnails.packs import pack_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +29,11 @@ class ReuseSource:
     files: tuple[str, ...]
     trusted: bool  # True: this run's checkpoint; False: LATEST's run, verified with the server
     description: str
+    thumbnail_files: tuple[str, ...] = ()  # its thumbnail packs, copied for items whose bytes are unchanged
 
     def describe(self) -> dict:
-        return {"files": len(self.files), "trusted": self.trusted, "from": self.description}
+        return {"files": len(self.files), "thumbnail_files": len(self.thumbnail_files), "trusted": self.trusted,
+                "from": self.description}
 
 
 def previous_from_row(row: dict, trusted: bool) -> Previous:
@@ -56,8 +59,9 @@ def conditional_headers(previous: Previous) -> dict:
 
 
 def discover_sources(store: ObjectStore, layout: RunLayout, latest_run_id: Optional[str], signature,
-                     full: bool) -> tuple[list[ReuseSource], list[str]]:
-    """The earlier embeddings this run may reuse, and notes on what was not reused and why.
+                     full: bool, thumbnails: bool = False) -> tuple[list[ReuseSource], list[str]]:
+    """The earlier embeddings this run may reuse (with their thumbnail packs, when thumbnails are
+    made), and notes on what was not reused and why.
 
     Raises ValueError when this run's own checkpoint was made with another model."""
     sources, notes = [], []
@@ -68,7 +72,9 @@ def discover_sources(store: ObjectStore, layout: RunLayout, latest_run_id: Optio
             raise ValueError(f"run {layout.run_id!r} was started with another model ("
                              + "; ".join(signature.differences(earlier))
                              + "): restart it with the same flags, or use a new --run-id")
-        sources.append(ReuseSource(tuple(checkpoint), True, f"checkpoint of interrupted run {layout.run_id}"))
+        packs = tuple(pack_files(store, layout.checkpoint_thumbnails_dir)) if thumbnails else ()
+        sources.append(ReuseSource(tuple(checkpoint), True, f"checkpoint of interrupted run {layout.run_id}",
+                                   packs))
     if latest_run_id is not None and latest_run_id != layout.run_id:
         files = store.glob(join(RunLayout(layout.output, latest_run_id).embeddings_dir, "*.parquet"))
         if full:
@@ -78,7 +84,9 @@ def discover_sources(store: ObjectStore, layout: RunLayout, latest_run_id: Optio
         else:
             earlier = signature_of_file(store, files[0])
             if earlier.matches(signature):
-                sources.append(ReuseSource(tuple(files), False, f"run {latest_run_id} (LATEST)"))
+                earlier_run = RunLayout(layout.output, latest_run_id)
+                packs = tuple(pack_files(store, earlier_run.thumbnails_dir)) if thumbnails else ()
+                sources.append(ReuseSource(tuple(files), False, f"run {latest_run_id} (LATEST)", packs))
             else:
                 notes.append(f"run {latest_run_id} used another model ("
                              + "; ".join(signature.differences(earlier)) + "): everything is embedded again")

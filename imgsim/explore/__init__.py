@@ -1,0 +1,1 @@
+"""The explorer: a static site over a published index (thumbnails, neighbours, groups, a map)."""

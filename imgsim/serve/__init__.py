@@ -1,0 +1,1 @@
+"""`imgsim serve`: an HTTP service over a published index, and its explorer."""

@@ -1,0 +1,1 @@
+"""Thumbnails: small WebP images made from the pixels decoding already produced, stored in packs."""

@@ -1,0 +1,190 @@
+"""The explorer in a real browser: Debian's Chromium driven by Playwright, over a site from a real run.
+
+One run (`imgsim run --site`, the fake model) over the museum's records replayed on 127.0.0.1, each
+record with an image of its own except a planted near-duplicate pair (two records, one image). The
+output root is served by Python's http.server, as any static host would (it ignores Range requests,
+so the thumbnail packs are read whole: the fallback path). One browser for the module.
+"""
+import csv
+import functools
+import http.server
+import io
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from catalogue_server import CatalogueServer
+from conftest import jpeg
+from fakes import FakeModelHandler
+from pipeline_helpers import cma_api, run_pipeline
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def distinct_image(seed: int) -> bytes:
+    """A picture of its own: an 8 x 8 grid of random colours, which the fake model tells apart."""
+    grid = np.random.default_rng(seed).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    return jpeg(Image.fromarray(grid).resize((320, 240), Image.Resampling.NEAREST))
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(shared, notop_weights, tmp_path_factory):
+    server = CatalogueServer().start()
+    records = json.loads((Path(shared) / "data" / "cma" / "artworks_page.json").read_text())["data"]
+    urls = [server.file(f"/cdn/{i}.jpg", distinct_image(i)) for i in range(len(records))]
+    urls[1] = urls[0]  # the planted pair: two records, the same bytes
+    api = cma_api(server, shared, urls)
+    out = tmp_path_factory.mktemp("explorer-out")
+    result = run_pipeline("--input", "cma", "--cma-api-url", api, "--output", str(out), "--run-id", "r1", "--site",
+                          "--weights", notop_weights, "--layer", "pool", handler=FakeModelHandler())
+    assert result["summary"]["site"]["built"] and result["summary"]["site"]["stable_site_updated"]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(out)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    index = out / "runs" / "r1" / "index"
+    neighbours = {r["id"]: r for r in pq.read_table(index / "neighbors.parquet").to_pylist()}
+    yield {"base": f"http://127.0.0.1:{httpd.server_address[1]}", "records": records, "out": out,
+           "neighbours": neighbours, "pair": {records[0]["accession_number"], records[1]["accession_number"]},
+           "shots": tmp_path_factory.mktemp("screenshots")}
+    httpd.shutdown()
+    httpd.server_close()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, site):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def open_view(page, site, hash_="", view=None):
+    page.goto(f"{site['base']}/runs/r1/site/index.html{hash_}")
+    page.wait_for_selector(f"main[data-ready='{view}']" if view else "main[data-ready]", timeout=15000)
+
+
+def shot(page, site, name):
+    path = site["shots"] / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def test_the_collection_opens_with_every_thumbnail_loaded(page, site):
+    open_view(page, site, "", "collection")
+    page.wait_for_function("() => { const imgs = [...document.querySelectorAll('#grid img')];"
+                           " return imgs.length === 36 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                           timeout=15000)
+    sources = page.eval_on_selector_all("#grid img", "imgs => imgs.map(i => [i.dataset.source, i.naturalWidth])")
+    assert all(source == "thumbnail" and width > 0 for source, width in sources)
+    assert page.inner_text("h2.result-count") == "36 items"
+    assert shot(page, site, "collection").stat().st_size > 10_000
+
+
+def test_an_items_neighbours_come_best_first_and_open_with_back_to_return(page, site):
+    item_id = "1915.534"
+    open_view(page, site, f"#item={item_id}", "item")
+    assert page.inner_text("article h1") == "Nathaniel Hurd"
+    assert page.get_attribute("a.record", "href") == "https://clevelandart.org/art/1915.534"
+    page.wait_for_function("() => document.querySelectorAll('#neighbours a.card').length === 20")
+    shown = page.eval_on_selector_all("#neighbours a.card", "cards => cards.map(c => [c.dataset.id, +c.dataset.score])")
+    expected = site["neighbours"][item_id]
+    assert [i for i, _ in shown] == expected["neighbor_ids"]  # the exact neighbours, in the index's order
+    scores = [s for _, s in shown]
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(expected["scores"][0], abs=1e-4)
+    page.wait_for_function("() => [...document.querySelectorAll('#neighbours img')].every(i => i.complete && i.naturalWidth > 0)")
+    shot(page, site, "item")
+
+    first = shown[0][0]
+    page.click(f"#neighbours a.card[data-id='{first}']")
+    page.wait_for_selector(f"article[data-id='{first}']")
+    assert first in page.url
+    page.go_back()
+    page.wait_for_selector(f"article[data-id='{item_id}']")
+
+
+def test_the_groups_view_shows_the_planted_near_duplicate_pair(page, site):
+    open_view(page, site, "#view=groups", "groups")
+    groups = page.eval_on_selector_all(
+        "#groups section.group", "gs => gs.map(g => [...g.querySelectorAll('a.card')].map(c => c.dataset.id))")
+    assert groups and set(groups[0]) == site["pair"] and len(groups[0]) == 2
+    page.wait_for_function("() => [...document.querySelectorAll('#groups img')].every(i => i.complete && i.naturalWidth > 0)")
+    shot(page, site, "groups")
+
+
+def test_a_title_search_finds_its_item_and_a_facet_selection_downloads_as_csv(page, site):
+    open_view(page, site, "", "collection")
+    page.fill("#search", "sharkey")
+    page.press("#search", "Enter")
+    page.wait_for_function("() => document.querySelector('main').dataset.ready === 'collection' && "
+                           "document.querySelector('h2.result-count').dataset.count === '1'")
+    assert page.eval_on_selector_all("#grid a.card", "cs => cs.map(c => c.dataset.id)") == ["1922.1133"]
+    assert "Stag at Sharkey" in page.inner_text("#grid")
+
+    open_view(page, site, "", "collection")
+    page.check("input[data-facet='type'][data-value='Painting']")
+    page.wait_for_function("() => document.querySelector('h2.result-count').dataset.count === '12'")
+    with page.expect_download() as download:
+        page.click("button.csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    paintings = {r["accession_number"] for r in site["records"] if r["type"] == "Painting"}
+    assert len(rows) == 12 and {r["id"] for r in rows} == paintings and {r["type"] for r in rows} == {"Painting"}
+
+
+def test_the_map_draws_a_point_for_every_item_and_opens_one_on_click(page, site):
+    open_view(page, site, "#view=map", "map")
+    page.wait_for_selector("#map[data-points]")
+    assert page.get_attribute("#map", "data-points") == "36"
+    shot(page, site, "map")
+    page.select_option("#color-by", "type")
+    page.wait_for_function("() => document.querySelectorAll('.legend span').length === 4")  # no value + 3 types
+    # hover a point to see its thumbnail, then open it
+    box = page.eval_on_selector("#map", "c => { const r = c.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }")
+    found = page.evaluate("""([left, top, width, height]) => new Promise(async (resolve) => {
+        const c = document.getElementById('map');
+        for (let y = top + 4; y < top + height; y += 6) for (let x = left + 4; x < left + width; x += 6) {
+          c.dispatchEvent(new MouseEvent('mousemove', {clientX: x, clientY: y, bubbles: true}));
+          if (c.style.cursor === 'pointer') return resolve([x, y]);
+        }
+        resolve(null);
+    })""", box)
+    assert found is not None
+    page.wait_for_selector(".tip:not([hidden]) img")
+    page.mouse.click(*found)
+    page.wait_for_selector("main[data-ready='item'] article")
+
+
+def test_the_stable_address_forwards_to_latests_site_with_the_item(page, site):
+    page.goto(f"{site['base']}/site/index.html#item=1915.534")
+    page.wait_for_selector("article[data-id='1915.534']", timeout=15000)
+    assert "/runs/r1/site/index.html#item=1915.534" in page.url
+
+
+def test_docs_screenshot_is_present():
+    """README shows the explorer: the picture it links to is in docs/."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert (docs / "explorer-item.png").stat().st_size > 10_000
+    assert "docs/explorer-item.png" in (docs.parent / "README.md").read_text(encoding="utf-8")

@@ -1,0 +1,121 @@
+"""`imgsim serve` over real HTTP: a real `imgsim serve` process on 127.0.0.1, asked with requests."""
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+import requests
+from PIL import Image
+
+import imgsim
+from conftest import jpeg
+from pipeline_helpers import run_pipeline, write_manifest
+from test_index import clustered
+
+
+class Served:
+    """A running `imgsim serve --port 0`; its address is the one it prints."""
+
+    def __init__(self, *args: str, env=None):
+        self.proc = subprocess.Popen([sys.executable, "-m", "imgsim", "serve", "--port", "0", "-q", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True, env=env)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
+        try:
+            line = lines.get(timeout=180)
+        except queue.Empty:
+            self.stop()
+            pytest.fail("imgsim serve printed no address: " + self.proc.stderr.read()[-2000:])
+        assert line.startswith("imgsim serve: http://127.0.0.1:"), line
+        self.url = line.split()[2]
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def vectors_service(tmp_path_factory):
+    """An index of vectors made elsewhere (no VGG16 behind them): everything but search by image."""
+    root = tmp_path_factory.mktemp("serve")
+    ids = [f"obj/{i}" for i in range(120)]  # a slash in ids: routes take the whole rest of the path
+    imgsim.build_index(str(root / "out"), ids=ids, vectors=clustered(120, dim=16), neighbors_k=5, run_id="v1",
+                       metadata={"title": [f"Object {i}" for i in range(120)],
+                                 "type": ["Painting" if i % 2 else "Print" for i in range(120)]})
+    env = {**os.environ, "IMGSIM_CACHE_DIR": str(root / "cache")}
+    served = Served("--index", str(root / "out"), "--max-upload-mb", "1", env=env)
+    yield served.url
+    served.stop()
+
+
+def test_health_similar_and_items(vectors_service):
+    base = vectors_service
+    health = requests.get(base + "healthz", timeout=30).json()
+    assert health == {"ok": True, "run_id": "v1", "count": 120, "search": False}
+    similar = requests.get(base + "api/similar/obj/7", params={"k": 4}, timeout=30).json()
+    assert [r["rank"] for r in similar["results"]] == [1, 2, 3, 4] and similar["results"][0]["id"] == "obj/7"
+    scores = [r["score"] for r in similar["results"]]
+    assert scores == sorted(scores, reverse=True)
+    item = requests.get(base + "api/items/obj/7", timeout=30).json()
+    assert item["metadata"]["title"] == "Object 7" and len(item["neighbors"]) == 5
+    assert item["neighbors"][0]["id"] == similar["results"][1]["id"]  # the exact list, itself excluded
+
+
+@pytest.mark.parametrize("method, path, kwargs, status, words", [
+    ("get", "api/similar/nope", {}, 404, "no item 'nope'"),
+    ("get", "api/items/nope", {}, 404, "no item 'nope'"),
+    ("get", "api/similar/obj/1?k=0", {}, 422, "greater than or equal to 1"),
+    ("post", "api/search", {"files": {"image": ("a.jpg", b"x" * (2 * 1024 * 1024), "image/jpeg")}}, 413, "larger than"),
+    ("post", "api/search", {"data": {"url": "http://127.0.0.1/x.jpg"}}, 501, "search by image is not available"),
+    ("get", "api/nothing-here", {}, 404, "Not Found"),
+])
+def test_errors_are_json_with_their_status(vectors_service, method, path, kwargs, status, words):
+    answer = getattr(requests, method)(vectors_service + path, timeout=30, **kwargs)
+    assert answer.status_code == status and answer.headers["content-type"].startswith("application/json")
+    body = answer.json()
+    assert body["status"] == status and words in body["error"]
+
+
+def test_the_explorer_is_served_at_the_root(vectors_service):
+    page = requests.get(vectors_service, timeout=30)
+    assert page.status_code == 200 and '<script src="app.js">' in page.text
+    site = requests.get(vectors_service + "data/site.json", timeout=30).json()
+    assert site["count"] == 120 and [f["name"] for f in site["facets"]] == ["type"]
+
+
+@pytest.mark.model
+def test_search_by_upload_and_by_url_finds_the_image_itself_first(server, photos, notop_weights, tmp_path):
+    rows = [{"id": n, "url": server.file(f"/img/{n}.jpg", data), "title": n} for n, data in photos.items()]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "out"
+    run_pipeline("--input", manifest, "--output", str(out), "--run-id", "m1", "--weights", notop_weights,
+                 "--layer", "pool")
+    env = {**os.environ, "IMGSIM_CACHE_DIR": str(tmp_path / "cache")}
+    guarded = Served("--index", str(out), "--max-image-pixels", "600000", env=env)
+    try:
+        found = requests.post(guarded.url + "api/search", params={"k": 3}, timeout=120,
+                              files={"image": ("dog.jpg", photos["dog"], "image/jpeg")}).json()
+        assert found["source"] == "upload" and found["results"][0]["id"] == "dog"
+        assert found["results"][0]["score"] > 0.99 and len(found["results"]) == 3
+        # the address guard of the pipeline: a loopback URL is refused unless allowed
+        refused = requests.post(guarded.url + "api/search", json={"url": rows[0]["url"]}, timeout=60)
+        assert refused.status_code == 400 and "blocked_address" in refused.json()["error"]
+        big = jpeg(Image.new("RGB", (1000, 1000), (200, 10, 10)))
+        too_many = requests.post(guarded.url + "api/search", timeout=60, files={"image": ("big.jpg", big, "image/jpeg")})
+        assert too_many.status_code == 413 and "decompression_bomb" in too_many.json()["error"]
+    finally:
+        guarded.stop()
+    trusting = Served("--index", str(out), "--allow-private-addresses", env=env)
+    try:
+        by_url = requests.post(trusting.url + "api/search", json={"url": server.url("/img/eagle.jpg")}, timeout=120)
+        assert by_url.status_code == 200 and by_url.json()["results"][0]["id"] == "eagle"
+    finally:
+        trusting.stop()

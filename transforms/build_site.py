@@ -1,0 +1,58 @@
+"""`imgsim run --site`: the explorer built beside the index just published, on a worker.
+
+It waits for the index step's report. When the index was published, it builds
+the static site into runs/RUN_ID/site/ (imgsim.explore) and, if LATEST still
+points at this run, points OUT/site/index.html at it, so a scheduled run
+refreshes the explorer together with LATEST. A site that cannot be built is
+reported in the summary, never a reason to fail a run whose index is good.
+"""
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+
+from imgsim.explore.build import ExploreSettings, build_site
+from imgsim.explore.forward import point_site_at
+from imgsim.explore.source import IndexContents
+from imgsim.runs.layout import RunLayout
+from imgsim.storage import ObjectStore
+
+_LOG = logging.getLogger("imgsim.explore")
+
+
+class BuildSite(beam.PTransform):
+    """index reports -> one site report dict."""
+
+    def __init__(self, layout: RunLayout):
+        super().__init__()
+        self._layout = layout
+
+    def expand(self, index_reports):
+        return (index_reports.pipeline
+                | "Once" >> beam.Create([None])
+                | "BuildExplorer" >> beam.ParDo(_BuildSiteFn(self._layout), reports=beam.pvalue.AsList(index_reports)))
+
+
+class _BuildSiteFn(beam.DoFn):
+    def __init__(self, layout: RunLayout):
+        self._layout = layout
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, _, reports):
+        report = reports[0] if reports else {}
+        if not report.get("published"):
+            yield {"built": False, "reason": "no index was published"}
+            return
+        try:
+            contents = IndexContents.open(self._layout.index_dir, store=self._store)
+            built = build_site(contents, self._layout.site_dir, ExploreSettings(), self._store)
+        except Exception as e:  # the run's data and index are good whatever happens here
+            _LOG.exception("the explorer could not be built")
+            yield {"built": False, "reason": f"{type(e).__name__}: {e}"[:500]}
+            return
+        stable = point_site_at(self._store, self._layout.output, self._layout.run_id)
+        yield {"built": True, "site": self._layout.site_dir, "count": built["count"],
+               "thumbnails": built["thumbnails"], "files": built["files"], "stable_site_updated": stable}
