@@ -180,7 +180,8 @@ def serve_options(options: ServeOptions, ready=None, store: Optional[ObjectStore
     from imgsim.index.artifact import ArtifactError
 
     settings = ServeSettings(index=options.index, run_id=options.run_id, host=options.host, port=options.port,
-                             site=options.site, weights=options.weights, fetch=options.fetch_config(),
+                             site=options.site, weights=options.weights, backend=options.backend,
+                             fetch=options.fetch_config(),
                              max_upload_bytes=int(options.max_upload_mb * 1024 * 1024),
                              max_pixels=options.max_image_pixels, max_concurrent=options.max_concurrent_searches,
                              cache_dir=options.cache_dir)

@@ -119,3 +119,14 @@ def test_search_by_upload_and_by_url_finds_the_image_itself_first(server, photos
         assert by_url.status_code == 200 and by_url.json()["results"][0]["id"] == "eagle"
     finally:
         trusting.stop()
+
+
+def test_a_backend_other_than_the_index_s_is_refused_before_serving(tmp_path, capsys):
+    from imgsim.cli import main
+    from test_index import clustered, embeddings_table, publish_table
+
+    out = str(tmp_path / "out")
+    publish_table(embeddings_table(clustered(30)), out, "r1")  # a keras (vgg16 pool) signature
+    assert main(["serve", "--index", out, "--backend", "openvino", "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "use backend 'keras'" in err[0], err

@@ -342,6 +342,8 @@ class ServeOptions(Flags):
     port: int = flag(8000, "the port to listen on (0: any free port)", minimum=0, maximum=65535)
     weights: Optional[str] = flag(None, "for search by image: the weights file, when the manifest's is not "
                                   "reachable here", default_text="the file the index was built with")
+    backend: Optional[str] = flag(None, "for search by image: the inference backend (refused unless the index's)",
+                                  choices=BACKENDS, default_text="the index's")
     site: Optional[str] = flag(None, "an explorer site to serve at / (built from the index into the cache when "
                                "not given)", metavar="SITE")
     max_upload_mb: float = flag(10.0, "the largest image a search may upload or fetch, in MB", positive=True)

@@ -54,7 +54,7 @@ class ApiError(Exception):
 
 def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, max_pixels: int,
                max_concurrent: int, site_dir: Optional[str] = None, weights: Optional[str] = None,
-               searchable: bool = True) -> FastAPI:
+               backend: Optional[str] = None, searchable: bool = True) -> FastAPI:
     """The service for an opened index. searchable: the model is loaded (search by image works)."""
     app = FastAPI(title="imgsim", version="1", docs_url="/api/docs", openapi_url="/api/openapi.json",
                   redoc_url=None)
@@ -111,7 +111,7 @@ def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, 
             import anyio.to_thread
 
             return await anyio.to_thread.run_sync(_search, index, fetcher, data, url, k, max_pixels, weights,
-                                                  max_upload_bytes)
+                                                  backend, max_upload_bytes)
         finally:
             slots.release()
 
@@ -121,7 +121,7 @@ def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, 
 
 
 def _search(index: ImageIndex, fetcher: Fetcher, data: Optional[bytes], url: Optional[str], k: int,
-            max_pixels: int, weights: Optional[str], max_bytes: int) -> dict:
+            max_pixels: int, weights: Optional[str], backend: Optional[str], max_bytes: int) -> dict:
     source = "upload"
     try:
         if data is None:
@@ -129,7 +129,7 @@ def _search(index: ImageIndex, fetcher: Fetcher, data: Optional[bytes], url: Opt
             data = fetcher.fetch(url).data
         if len(data) > max_bytes:
             raise StageError("too_large", f"the image is {len(data)} bytes, more than {max_bytes}")
-        matches = index.search_image(data, k, weights=weights, max_pixels=max_pixels)
+        matches = index.search_image(data, k, weights=weights, backend=backend, max_pixels=max_pixels)
     except StageError as e:
         raise ApiError(_STATUS_OF_REASON.get(e.reason, 422), f"{e.reason}: {e}") from None
     except ModelMismatch as e:

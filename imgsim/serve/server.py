@@ -30,6 +30,7 @@ class ServeSettings:
     port: int = 8000
     site: Optional[str] = None
     weights: Optional[str] = None
+    backend: Optional[str] = None  # refused at start unless the index's
     fetch: FetchConfig = FetchConfig()
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 50_000_000
@@ -46,13 +47,15 @@ def prepare(settings: ServeSettings, store: Optional[ObjectStore] = None):
     site = settings.site or _published_site(index) or _cached_site(settings, index, store)
     searchable = True
     try:
-        index.load_model(settings.weights)  # once, now: the first search does not wait for it
+        index.load_model(settings.weights, settings.backend)  # once, now: the first search does not wait for it
     except ModelMismatch as e:
+        if settings.backend is not None:  # asked for explicitly: a wrong backend is bad configuration
+            raise ValueError(str(e)) from None
         _LOG.warning("search by image is off: %s", e)
         searchable = False
     app = create_app(index, fetch=settings.fetch, max_upload_bytes=settings.max_upload_bytes,
                      max_pixels=settings.max_pixels, max_concurrent=settings.max_concurrent, site_dir=site,
-                     weights=settings.weights, searchable=searchable)
+                     weights=settings.weights, backend=settings.backend, searchable=searchable)
     return app, index, site
 
 
