@@ -312,6 +312,9 @@ def launch_body(tf: dict, variables: dict) -> tuple[dict, Recording]:
     for var, ref in mapping.items():
         if ref.startswith("var."):
             context[var] = variables[ref[4:]]
+        elif ref == "local.profile_parameters":  # the profile's parameters less its image, as main.tf says
+            profile = load_json(INFRA / "profiles" / f"{variables['worker_profile']}.json")
+            context[var] = {k: v for k, v in profile.get("--parameters", {}).items() if k != "sdk_container_image"}
         elif ref == "local.environment":
             context[var] = {key: _resolve_or_placeholder(tf, value, variables)
                             for key, value in tf["locals"]["environment"].items()}
@@ -661,19 +664,26 @@ def test_worker_profiles():
                         "--additional-pipeline-options", "--parameters", "--disable-public-ips", "--network",
                         "--subnetwork", "--worker-region", "--worker-zone", "--launcher-machine-type"}
     profiles = {p.stem: load_json(p) for p in (INFRA / "profiles").glob("*.json")}
-    assert set(profiles) == {"cpu", "gpu"}
+    assert set(profiles) == {"cpu", "int8", "gpu"}
+    template_parameters = set(parameters())
     for name, profile in profiles.items():
         assert set(profile) <= gcloud_run_flags, f"{name}: not flags of gcloud dataflow flex-template run"
         assert profile["--worker-machine-type"] and int(profile["--max-workers"]) >= 1
         assert re.fullmatch(r"\$\{[A-Z_]+\}", profile["--parameters"]["sdk_container_image"]), \
             "the image is a ${PLACEHOLDER} for envsubst"
-        assert set(profile["--parameters"]) <= {"sdk_container_image"}
+        assert set(profile["--parameters"]) - {"sdk_container_image"} <= template_parameters, name
     assert not any(e.startswith("worker_accelerator") for e in profiles["cpu"].get("--additional-experiments", []))
     (accelerator,) = [e for e in profiles["gpu"]["--additional-experiments"] if e.startswith("worker_accelerator=")]
     assert re.fullmatch(r"worker_accelerator=type:nvidia-[a-z0-9-]+;count:[1-9][0-9]*;install-nvidia-driver(:[0-9a-z]+)?",
                         accelerator), accelerator
     if "nvidia-tesla-t4" in accelerator:  # T4s attach to N1 machines only
         assert profiles["gpu"]["--worker-machine-type"].startswith("n1-")
+    # int8: OpenVINO on a machine family with int8 dot products (N2/C2: AVX512-VNNI; C3: AMX), one SDK
+    # process per worker so that OpenVINO's threads have the machine to themselves
+    int8 = profiles["int8"]
+    assert {k: int8["--parameters"][k] for k in ("backend", "precision")} == {"backend": "openvino", "precision": "int8"}
+    assert int8["--worker-machine-type"].split("-")[0] in {"n2", "c2", "c3", "c3d", "n4", "c4"}
+    assert "no_use_multiple_sdk_containers" in int8["--additional-experiments"]
     tf = terraform()
     assert 'profiles/${var.worker_profile}.json' in tf["locals"]["profile"]
     for key in ("--worker-machine-type", "--max-workers", "--additional-experiments"):

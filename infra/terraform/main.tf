@@ -9,8 +9,11 @@ locals {
   launch_uri    = "https://dataflow.googleapis.com/v1b3/projects/${var.project}/locations/${var.region}/flexTemplates:launch"
 
   # The same files serve `gcloud dataflow flex-template run --flags-file=...` (see the runbook).
-  profile      = jsondecode(file("${path.module}/../profiles/${var.worker_profile}.json"))
-  worker_image = var.worker_profile == "gpu" ? var.gpu_image : var.image
+  profile = jsondecode(file("${path.module}/../profiles/${var.worker_profile}.json"))
+  # The profile's own template parameters (the int8 profile's backend and precision); the image goes
+  # into the launch environment instead, and extra_parameters win over these.
+  profile_parameters = { for name, value in lookup(local.profile, "--parameters", {}) : name => value if name != "sdk_container_image" }
+  worker_image       = var.worker_profile == "gpu" ? var.gpu_image : var.image
 
   template_parameters = [for p in jsondecode(file("${path.module}/../metadata.json")).parameters : p.name]
 
@@ -170,12 +173,13 @@ resource "google_cloud_scheduler_job" "reprocess" {
     }
     # No run_id: each launch gets a fresh UTC timestamp from the launcher.
     body = base64encode(templatefile("${path.module}/launch_body.json.tftpl", {
-      job_name         = var.job_name
-      template_path    = local.template_path
-      input            = var.input
-      output           = local.output
-      extra_parameters = var.extra_parameters
-      environment      = local.environment
+      job_name           = var.job_name
+      template_path      = local.template_path
+      input              = var.input
+      output             = local.output
+      extra_parameters   = var.extra_parameters
+      profile_parameters = local.profile_parameters
+      environment        = local.environment
     }))
 
     oauth_token {

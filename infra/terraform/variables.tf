@@ -43,13 +43,13 @@ variable "gpu_image" {
 }
 
 variable "worker_profile" {
-  description = "Worker profile: \"cpu\" or \"gpu\"; machine type, worker count and experiments come from infra/profiles/PROFILE.json."
+  description = "Worker profile: \"cpu\", \"int8\" (OpenVINO int8 on VNNI/AMX machines) or \"gpu\"; machine type, worker count, experiments and the profile's own parameters come from infra/profiles/PROFILE.json."
   type        = string
   default     = "cpu"
 
   validation {
-    condition     = contains(["cpu", "gpu"], var.worker_profile)
-    error_message = "worker_profile is \"cpu\" or \"gpu\"."
+    condition     = contains(["cpu", "int8", "gpu"], var.worker_profile)
+    error_message = "worker_profile is \"cpu\", \"int8\" or \"gpu\"."
   }
 }
 
