@@ -9,6 +9,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding=
 
 def test_readme_failure_reasons_are_the_reason_codes():
     section = README[README.index("### Failure reasons"):]
+    section = section[:section.index("\n#", 1)]  # up to the next heading
     table = {code: meaning.replace("`", "") for code, meaning in re.findall(r"^\| `(\w+)` \| (.+?) \|$", section, re.M)}
     assert table == REASONS, "README's failure-reason table and imgsim.failures.REASONS differ"
 
