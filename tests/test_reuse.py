@@ -43,29 +43,39 @@ def catalogue(server, photos, tmp_path):
     return {"rows": rows, "manifest": write_manifest(tmp_path / "m.csv", rows), "out": tmp_path / "out"}
 
 
-def test_an_unchanged_catalogue_is_reused_without_bodies_or_inference(server, catalogue, notop_weights):
-    out, manifest = catalogue["out"], catalogue["manifest"]
-    first = run_fake("--input", manifest, *base_args(out, "r1", notop_weights))
-    assert first["summary"]["counts"]["new"] == 6
-    bodies = dict(server.bodies_sent)
+def image_bodies(server) -> dict:
+    return {path: n for path, n in server.bodies_sent.items() if path.startswith("/img/")}
 
+
+def test_incremental_runs_redo_only_what_changed(server, catalogue, photos, notop_weights, tmp_path):
+    """One catalogue's history over five runs (one history, to pay for five pipeline runs, not nine):
+    unchanged, then changed, added, moved, retitled and removed items, then --full, then another model.
+    Six items are served with validators (ETag, Last-Modified), two without (compared by sha256)."""
+    out = catalogue["out"]
+    rows = catalogue["rows"] + [{"id": f"plain-{n}", "url": server.file(f"/plain/{n}.jpg", photos[n], validators=False),
+                                 "title": n} for n in ("dog", "eagle")]
+    manifest = write_manifest(tmp_path / "m1.csv", rows)
+
+    # r1: everything is new
+    first = run_fake("--input", manifest, *base_args(out, "r1", notop_weights))
+    assert first["summary"]["counts"]["new"] == 8
+    bodies = image_bodies(server)
+
+    # r2, nothing changed: reused without image bodies (304) or compared by sha256, no inference
     second = run_fake("--input", manifest, *base_args(out, "r2", notop_weights))
     counts = second["summary"]["counts"]
-    assert (counts["reused"], counts["new"], counts["changed"], counts["deleted"]) == (6, 0, 0, 0)
-    assert server.bodies_sent == bodies  # no image body was sent again: every answer was a 304
+    assert (counts["reused"], counts["new"], counts["changed"], counts["deleted"]) == (8, 0, 0, 0)
+    assert image_bodies(server) == bodies  # no image body was sent again: every answer was a 304
     assert sum(server.not_modified.values()) == 6
     assert second["metrics"].get("embedded", 0) == 0 and second["metrics"].get("reused_not_modified") == 6
+    assert second["metrics"]["reused_same_bytes"] == 2  # the servers without validators
     assert second["summary"]["reuse"]["sources"][0]["from"] == "run r1 (LATEST)"
     assert neighbors_of(out, "r2") == neighbors_of(out, "r1")
     # the thumbnails come along from r1's packs: same bytes, not a single body downloaded to make them
-    assert thumbnails_of(out, "r2") == thumbnails_of(out, "r1") and len(thumbnails_of(out, "r1")) == 6
+    assert thumbnails_of(out, "r2") == thumbnails_of(out, "r1") and len(thumbnails_of(out, "r1")) == 8
     assert by_id(second["embeddings"])["dog"]["embedding"] == by_id(first["embeddings"])["dog"]["embedding"]
 
-
-def test_only_changed_added_and_moved_images_are_embedded_again(server, catalogue, photos, notop_weights, tmp_path):
-    out, rows = catalogue["out"], catalogue["rows"]
-    run_fake("--input", catalogue["manifest"], *base_args(out, "r1", notop_weights))
-
+    # r3: only changed, added and moved images are embedded again
     flipped = jpeg(Image.open(io.BytesIO(photos["dog"])).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     server.file("/img/dog.jpg", flipped)  # same URL, new bytes
     rows = [r for r in rows if r["id"] != "scream"]  # removed from the collection
@@ -74,35 +84,22 @@ def test_only_changed_added_and_moved_images_are_embedded_again(server, catalogu
     moved["url"] = server.file("/moved/eagle.jpg", photos["eagle"])  # a new URL is a new download
     next(r for r in rows if r["id"] == "person")["title"] = "a person, retitled"  # metadata only
     manifest = write_manifest(tmp_path / "m2.csv", rows)
-
-    second = run_fake("--input", manifest, *base_args(out, "r2", notop_weights))
-    counts = second["summary"]["counts"]
-    assert (counts["new"], counts["changed"], counts["reused"], counts["deleted"]) == (1, 2, 3, 1)
-    assert second["metrics"]["embedded"] == 3  # inference for dog, eagle and kite only
-    embedded = by_id(second["embeddings"])
-    assert set(embedded) == {"dog", "eagle", "giraffe", "horses", "person", "kite"}
+    third = run_fake("--input", manifest, *base_args(out, "r3", notop_weights))
+    counts = third["summary"]["counts"]
+    assert (counts["new"], counts["changed"], counts["reused"], counts["deleted"]) == (1, 2, 5, 1)
+    assert third["metrics"]["embedded"] == 3  # inference for dog, eagle and kite only
+    embedded = by_id(third["embeddings"])
+    assert set(embedded) == {"dog", "eagle", "giraffe", "horses", "person", "kite", "plain-dog", "plain-eagle"}
     assert embedded["person"]["title"] == "a person, retitled"
-    assert embedded["dog"]["sha256"] != by_id(read_run(str(out), "r1")["embeddings"])["dog"]["sha256"]
-    thumbnails, before = thumbnails_of(out, "r2"), thumbnails_of(out, "r1")
+    assert embedded["dog"]["sha256"] != by_id(read_run(str(out), "r2")["embeddings"])["dog"]["sha256"]
+    thumbnails, before = thumbnails_of(out, "r3"), thumbnails_of(out, "r2")
     assert {i: t[0] for i, t in thumbnails.items()} == {i: r["sha256"] for i, r in embedded.items()}
     assert thumbnails["dog"] != before["dog"] and thumbnails["giraffe"] == before["giraffe"]  # made again / kept
 
-
-def test_servers_without_validators_are_compared_by_sha256(server, photos, notop_weights, tmp_path):
-    rows = [{"id": n, "url": server.file(f"/plain/{n}.jpg", photos[n], validators=False)} for n in ("dog", "eagle")]
-    manifest = write_manifest(tmp_path / "m.csv", rows)
-    run_fake("--input", manifest, *base_args(tmp_path / "out", "r1", notop_weights))
-    second = run_fake("--input", manifest, *base_args(tmp_path / "out", "r2", notop_weights))
-    assert second["summary"]["counts"]["reused"] == 2
-    assert second["metrics"]["reused_same_bytes"] == 2 and second["metrics"].get("embedded", 0) == 0
-
-
-def test_full_and_a_model_change_embed_everything_again(catalogue, notop_weights):
-    out, manifest = catalogue["out"], catalogue["manifest"]
-    run_fake("--input", manifest, *base_args(out, "r1", notop_weights))
-    full = run_fake("--input", manifest, *base_args(out, "r2", notop_weights), "--full")
-    assert full["summary"]["counts"]["new"] == 6 and full["summary"]["counts"]["reused"] == 0
-    cropped = run_fake("--input", manifest, *base_args(out, "r3", notop_weights), "--resize", "crop")
+    # r4 --full and r5 with another model (crop instead of pad): everything is embedded again
+    full = run_fake("--input", manifest, *base_args(out, "r4", notop_weights), "--full")
+    assert full["summary"]["counts"]["new"] == 8 and full["summary"]["counts"]["reused"] == 0
+    cropped = run_fake("--input", manifest, *base_args(out, "r5", notop_weights), "--resize", "crop")
     assert cropped["summary"]["counts"]["reused"] == 0
     assert "used another model" in cropped["summary"]["reuse"]["notes"][0]
 
