@@ -21,7 +21,9 @@ class FakeEmbedder:
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         small = pixels.reshape(len(pixels), 8, pixels.shape[1] // 8, 8, pixels.shape[2] // 8, 3).mean(axis=(2, 4))
         flat = small.reshape(len(pixels), -1).astype(np.float32)
-        vectors = np.resize(flat, (len(pixels), self.dim)) if flat.shape[1] != self.dim else flat
+        # Tile each row on its own: np.resize on the 2-D array would cycle through the whole batch,
+        # making an image's vector depend on the images batched with it.
+        vectors = np.tile(flat, (1, -(-self.dim // flat.shape[1])))[:, :self.dim]
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1)
         valid = norms > 0
