@@ -78,7 +78,7 @@ def test_exact_neighbors_and_pairs_match_a_naive_computation():
 
 def test_groups_join_pairs_transitively():
     pairs = np.array([[0, 1, 0.99], [1, 4, 0.98], [6, 7, 0.97]])
-    assert connected_groups(10, pairs) == [[0, 1, 4], [6, 7]]
+    assert connected_groups(pairs) == [[0, 1, 4], [6, 7]]
 
 
 def test_recall_counts_ties_within_tolerance():

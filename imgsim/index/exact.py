@@ -11,6 +11,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from imgsim.index.fanout import Candidates
+
 _BLOCK_ELEMENTS = 1 << 25  # similarity values per block: 128 MiB of float32
 
 
@@ -70,9 +72,15 @@ def pairs_from_neighbors(neighbors: Neighbors, threshold: float) -> np.ndarray:
     return unique
 
 
-def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
-    """Rows joined by pairs into groups (size >= 2), largest first, then by first row."""
-    parent = np.arange(n)
+def connected_groups(pairs: np.ndarray) -> list[list[int]]:
+    """Rows joined by pairs (rows a, b in the first two columns) into groups, largest first, then
+    by first row. The union-find holds only the rows that appear in pairs, never the collection."""
+    if not len(pairs):
+        return []
+    ends = np.asarray(pairs)[:, :2].astype(np.int64)
+    nodes, compact = np.unique(ends, return_inverse=True)
+    compact = compact.reshape(ends.shape)
+    parent = np.arange(len(nodes))
 
     def find(x):
         root = x
@@ -82,14 +90,43 @@ def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
             parent[x], x = root, parent[x]
         return root
 
-    for a, b in pairs[:, :2].astype(np.int64) if len(pairs) else []:
+    for a, b in compact:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     members: dict[int, list[int]] = {}
-    for row in np.unique(pairs[:, :2].astype(np.int64)) if len(pairs) else []:
-        members.setdefault(find(row), []).append(int(row))
-    return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+    for i, row in enumerate(nodes):
+        members.setdefault(find(i), []).append(int(row))
+    return sorted((m for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+
+
+def exact_candidates(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, target_offset: int,
+                     k: int, pair_threshold: Optional[float] = None) -> tuple[Candidates, np.ndarray]:
+    """Each query's k nearest targets, exactly, block by block: global rows (target_offset + row),
+    scores; a query never finds its own row. With pair_threshold, also every pair (a < b, score)
+    of a query row and a target row scoring at least that."""
+    out = Candidates.empty(len(queries), k)
+    pairs = []
+    target_rows = target_offset + np.arange(len(targets))
+    for start, sims in similarity_blocks(targets, queries):
+        own = query_rows[start:start + len(sims)]
+        mine = (own >= target_offset) & (own < target_offset + len(targets))
+        sims[np.flatnonzero(mine), own[mine] - target_offset] = -np.inf  # an item is not its own neighbour
+        idx, vals = top_k(sims, k)
+        width = idx.shape[1]
+        out.rows[start:start + len(sims), :width] = np.where(np.isfinite(vals), target_offset + idx, -1)
+        out.scores[start:start + len(sims), :width] = vals
+        if pair_threshold is not None:
+            qi, tj = np.nonzero(sims >= pair_threshold)
+            keep = own[qi] < target_rows[tj]
+            pairs.append(np.stack([own[qi][keep], target_rows[tj][keep], sims[qi[keep], tj[keep]]], axis=1))
+    return out, (np.concatenate(pairs) if pairs else np.zeros((0, 3)))
+
+
+def recall_hits(true_scores: np.ndarray, kth: np.ndarray, valid: np.ndarray, tolerance: float = 1e-3) -> int:
+    """How many approximate neighbours count (ann-benchmarks): a neighbour counts when its true
+    score is within `tolerance` of the k-th exact score of its query (ties are not errors)."""
+    return int(np.sum(valid & (true_scores >= kth.reshape(-1, 1) - tolerance)))
 
 
 def recall_at_k(vectors: np.ndarray, queries: np.ndarray, approx_rows: np.ndarray, k: int,
@@ -109,5 +146,5 @@ def recall_at_k(vectors: np.ndarray, queries: np.ndarray, approx_rows: np.ndarra
         approx = approx_rows[start:stop, :k]
         valid = approx >= 0
         true = np.take_along_axis(sims, np.where(valid, approx, 0), axis=1)
-        hits += int(np.sum(valid & (true >= kth - tolerance)))
+        hits += recall_hits(true, kth, valid, tolerance)
     return hits / (len(queries) * k) if len(queries) else 1.0
