@@ -9,12 +9,13 @@ Importing imgsim is cheap: these names load their modules on first use.
 """
 __version__ = "0.1.0"
 
-__all__ = ["run", "build_index", "evaluate", "ImageIndex", "RunSummary", "ConfigError", "__version__"]
+__all__ = ["run", "build_index", "export", "evaluate", "ImageIndex", "RunSummary", "ConfigError", "__version__"]
 
 _LAZY = {
     "run": ("imgsim.api", "run"),
     "build_index": ("imgsim.api", "build_index"),
     "evaluate": ("imgsim.api", "evaluate"),
+    "export": ("imgsim.api", "export"),
     "ImageIndex": ("imgsim.index.consumer", "ImageIndex"),
     "RunSummary": ("imgsim.runs.summary", "RunSummary"),
     "ConfigError": ("imgsim.config.flags", "ConfigError"),

@@ -96,14 +96,21 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     outputs = {"input_rows": input_rows, "failures": failures, "written": written, "deleted": deleted,
                **{f"embeddings:{name}": part for name, part in parts.items()}}
     if plan.index is not None:
-        outputs["index"] = {"embedding_files": embedding_files, "input_rows": input_rows} | "BuildIndex" >> BuildIndex(
-            plan.layout, plan.index, plan.input.describe(), plan.latest_generation)
+        counts = input_rows | "IndexCounts" >> beam.Map(lambda n: {"input_rows": n})
+        outputs["index"] = {"embedding_files": embedding_files, "counts": counts} | "BuildIndex" >> BuildIndex(
+            plan.layout, plan.index, plan.input.describe(), plan.latest_generation, sharding=index_sharding(p, plan))
     reuse_report = {"sources": [s.describe() for s in plan.reuse_sources], "notes": list(plan.reuse_notes)}
     outputs["summary"] = outputs | "WriteRunSummary" >> WriteRunSummary(
         plan.layout, plan.input.describe(), plan.signature.to_dict(), plan.started_at, reuse_report)
     if show_progress and o.progress_interval > 0:
         report_progress(list(parts.values()), failure_parts, input_rows, o.progress_interval)
     return outputs
+
+
+def index_sharding(p: beam.Pipeline, plan: RunPlan) -> Optional[str]:
+    """"auto" (shard when the run's collection needs it) on Dataflow, or when the sharding flags
+    ask; else None: local runners keep the one-worker step's short graph."""
+    return "auto" if plan.index.sharding.requested or not is_local(p.options) else None
 
 
 def clear_unfinished_outputs(store: ObjectStore, layout: RunLayout) -> None:

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from imgsim import __version__
 from imgsim.config.flags import ConfigError, FlagParser, Flags, add_flags, flag, from_namespace
-from imgsim.config.options import (EvaluateOptions, IndexCommandOptions, QueryOptions, RollbackOptions,
-                                   RunOptions, RunsOptions, VerifyOptions)
+from imgsim.config.options import (EvaluateOptions, ExportOptions, IndexCommandOptions, QueryOptions,
+                                   RollbackOptions, RunOptions, RunsOptions, VerifyOptions)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -60,8 +60,18 @@ COMMANDS = (
             "--project P --region R --temp_location gs://... (--setup_file is filled in for Dataflow).",
             passes_beam_options=True,
             usage="imgsim run --input INPUT --output OUTPUT [options] [Beam pipeline options]"),
-    Command("index", IndexCommandOptions, "build and publish an index from existing embeddings, without inference"),
+    Command("index", IndexCommandOptions, "build and publish an index from existing embeddings, without inference "
+            "(a Beam pipeline)",
+            description="Build, check and publish an index from existing embeddings files, as a Beam pipeline: "
+            "one worker builds a collection within --index-memory-mb, larger ones are sharded and built by the "
+            "workers in parallel.",
+            epilog="Every Apache Beam pipeline option passes through, e.g. --runner DataflowRunner "
+            "--project P --region R --temp_location gs://... (--setup_file is filled in for Dataflow).",
+            passes_beam_options=True,
+            usage="imgsim index --embeddings GLOB --output OUTPUT [options] [Beam pipeline options]"),
     Command("query", QueryOptions, "ask a published index for the items most like an id or an image"),
+    Command("export", ExportOptions, "write a published index's items in the import format of a managed vector "
+            "search service (Vertex AI Vector Search)"),
     Command("evaluate", EvaluateOptions, "measure how good the neighbours are: labelled retrieval, near duplicates"),
     Command("runs", RunsOptions, "list the runs under an output root: finished, published, LATEST"),
     Command("rollback", RollbackOptions, "point LATEST at an earlier published run (compare-and-swap)"),
@@ -102,6 +112,12 @@ def parse(argv: list[str]) -> Parsed:
         raise ConfigError(f"unknown option(s): {' '.join(extra)} (see imgsim {command.name} --help)")
     return Parsed(command.name, from_namespace(command.options, namespace),
                   from_namespace(CommonFlags, namespace), tuple(extra))
+
+
+def parse_index_args(argv: list[str]) -> tuple[IndexCommandOptions, list[str]]:
+    """`imgsim index`'s flags: (IndexCommandOptions, the arguments left for Beam)."""
+    parsed = parse(["index", *argv])
+    return parsed.options, list(parsed.beam_args)
 
 
 def parse_run_args(argv: list[str]) -> tuple[RunOptions, list[str]]:

@@ -29,6 +29,7 @@ from imgsim.index.searcher import IndexOptions
 from imgsim.index.shard_build import ShardingRefused, check_shardable
 from imgsim.index.sharded import build_sharded_artifact
 from imgsim.index.sharding import ShardingOptions
+from imgsim.index.sources import IndexInputError
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import signature_of, vectors
 from imgsim.storage import ObjectStore
@@ -39,10 +40,6 @@ class RecallTooLow(Exception):
         super().__init__(message or f"recall@{report['recall']['k']} {report['recall']['value']:.4f} is below "
                          f"--min-recall {report['recall']['min']}: the index was not published")
         self.report = report
-
-
-class IndexInputError(ValueError):
-    """The embeddings cannot form one index (mixed model signatures, nothing to index)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -131,6 +131,11 @@ class ImageIndex:
         """Every item's id, in the index's row order (the order of `vectors()`)."""
         return self._reader.ids()
 
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The names under which each Match's metadata holds an item's url, sha256, ... and columns."""
+        return self._reader.columns()
+
     def vectors(self) -> np.ndarray:
         """Every item's unit vector, (count, dim) float32, in row order."""
         return self._reader.vectors()

@@ -51,6 +51,9 @@ class SingleReader:
     def ids(self) -> list[str]:
         return list(self._ids)
 
+    def columns(self) -> list[str]:
+        return [c for c in self._info.column_names if c != "id"]
+
     def row_of(self, item_id: str) -> int:
         return self._row_of[item_id]
 
@@ -181,6 +184,9 @@ class ShardedReader:
                 self._ids = [i for slot in range(len(self._shards))
                              for i in self._shard_info(slot).column("id").to_pylist()]
             return list(self._ids)
+
+    def columns(self) -> list[str]:
+        return [c for c in self._shard_info(0).column_names if c != "id"]
 
     def row_of(self, item_id: str) -> int:
         with self._lock:

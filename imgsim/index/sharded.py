@@ -46,10 +46,11 @@ class Partitions:
 
 def train_partitions(ids: Sequence[str], sample: np.ndarray, plan: ShardPlan, recall_queries: int,
                      seed: int = 0) -> Partitions:
-    """Centroids from a sample of (id, vector), whatever order it arrived in; the first
-    recall_queries of the sample (shuffled by seed) become the recall queries."""
+    """Centroids from a sample of (id, vector), whatever order it arrived in (at most
+    plan.sample_size of it is used); the first recall_queries of the sample (shuffled by seed)
+    become the recall queries."""
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    order = order[np.random.default_rng(seed).permutation(len(order))]
+    order = order[np.random.default_rng(seed).permutation(len(order))][:plan.sample_size]
     ids = [ids[i] for i in order]
     sample = np.asarray(sample, np.float32)[order]
     centroids = train_centroids(sample, plan.shards, seed=seed)
@@ -89,9 +90,10 @@ def neighbors_k(settings, count: int) -> int:
     return max(1, min(settings.neighbors_k, count - 1))
 
 
-def finish_shards(staged: Sequence[StagedShard], partitions: Partitions, settings, count: int) -> ShardedOutcome:
+def finish_shards(staged: Sequence[StagedShard], partitions: Partitions, settings) -> ShardedOutcome:
     """Offsets, the recall curve over all vectors, shards_to_search, and the gate (--min-recall)."""
     staged = sorted(staged, key=lambda s: s.number)
+    count = sum(s.count for s in staged)
     centroids = partitions.centroids[[s.number for s in staged]]
     k = recall_k(settings, count)
     curve = recall_curve([s.recall for s in staged], centroids, partitions.queries, k)
@@ -170,7 +172,7 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     staged = [stage_shard(table.take(np.flatnonzero(labels == number)), number, settings.options,
                           partitions.queries, recall_k(settings, len(ids)), staging)
               for number in np.unique(labels).tolist()]
-    outcome = finish_shards(staged, partitions, settings, len(ids))
+    outcome = finish_shards(staged, partitions, settings)
     if outcome.refused:
         return None, outcome
     shards = [read_shard(staging, outcome, e, plan.dim) for e in outcome.entries]

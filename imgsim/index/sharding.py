@@ -28,6 +28,7 @@ DEFAULT_MEMORY_MB = 8192
 # float32 matrix, ScaNN's own copies (dataset and re-ordering data) and the partition's training
 # sample. Measured with benchmarks/sharded_speed.py (BENCHMARKS.md); rounded up.
 BUILD_BYTES_PER_VALUE = 16
+MIN_SHARD_ITEMS = 50  # fewer items per shard would not be worth a searcher
 TARGET_FILL = 0.8  # shards planned by memory aim at this share of the budget
 ROUTING_SLACK = 0.005
 SAMPLE_PER_SHARD = 256  # k-means sample points per centroid (at least MIN_SAMPLE in all)
@@ -67,7 +68,7 @@ class ShardingOptions:
         most = self.max_shard_items(dim)
         by_memory = math.ceil(count / (TARGET_FILL * most))  # room for partitions of uneven size
         shards = self.shards if self.shards is not None else by_memory
-        shards = max(1, min(shards, count // 2))  # shards of at least two items
+        shards = max(1, min(shards, count // MIN_SHARD_ITEMS))
         sample = 0
         if shards > 1:
             cap = max(4 * shards, min(MAX_SAMPLE, self.budget_bytes // (8 * dim)))
