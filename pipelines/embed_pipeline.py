@@ -117,7 +117,7 @@ def clear_unfinished_outputs(store: ObjectStore, layout: RunLayout) -> None:
     """A restarted run (same --run-id, no summary yet) starts its outputs afresh; its checkpoint stays."""
     if store.exists(layout.summary_path):
         return
-    for directory in (layout.embeddings_dir, layout.failures_dir, layout.index_dir):
+    for directory in (layout.embeddings_dir, layout.failures_dir, layout.index_dir, layout.index_work_dir):
         store.delete_prefix(directory)
 
 

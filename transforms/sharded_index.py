@@ -2,14 +2,19 @@
 
     FileInfo ─► ReadRowGroups(id, embedding) ─► Bernoulli sample ─► Sample.FixedSizeGlobally ─► TrainPartitions (one worker)
                                           └──► ids by hash bucket ─► GroupByKey ─► repeated ids (all but the first row)
-    FileInfo ─► ReadRowGroups ─► Assign (nearest centroid) ─► GroupByKey(shard) ─► BuildShard (stage, upload, check
-                                                                                     as landed, answer recall queries)
+    FileInfo ─► ReadRowGroups ─► Assign (nearest centroid; each shard's rows of the row group to a Parquet file
+                 in OUT/runs/RUN_ID/index-work) ─► GroupByKey(shard: file names) ─► BuildShard (read its files, stage,
+                 upload, check as landed, answer the recall queries)
     shards ─► Finish (offsets, recall curve over all vectors, shards_to_search, --min-recall)
-    Finish ─► one unit per target shard: exact blocks, or its searcher ─► CombinePerKey(top k) ─► neighbours parts
+    Finish ─► one unit per target shard: exact blocks, or its searcher ─► GroupByKey(batch) + top-k merge ─► parts
     pairs ─► CombineGlobally ─► groups.parquet (union-find over the pairs only)
     Publish: centroids.npy, manifest (format 2), compare-and-swap LATEST
 
-Everything keys on the plan (imgsim.index.sources.IndexPlan): when it says one
+The rows travel to their shard through files, and only their names through
+the shuffle: a worker then receives one shard's rows when it builds it, never
+a runner's buffer of several shards (DirectRunner buffers up to 100 MB per
+worker and holds all of a shuffle in the launching process; Dataflow's
+shuffle would carry them as well, but files keep the two alike). Everything keys on the plan (imgsim.index.sources.IndexPlan): when it says one
 searcher, every step here passes nothing and BuildIndex's one-worker step
 builds the index instead. Workers report their peak resident memory (VmHWM)
 in the distribution imgsim/index_worker_peak_rss_mb.
@@ -30,11 +35,10 @@ from apache_beam.metrics import Metrics
 
 from imgsim.index import artifact
 from imgsim.index.build import index_report
-from imgsim.index.fanout import merge
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
 from imgsim.index.shard_build import IDS, VECTORS, stage_shard
-from imgsim.index.shard_neighbors import BATCH_ROWS, Pairs, ShardData
+from imgsim.index.shard_neighbors import BATCH_ROWS, Pairs, ShardData, merge_offers
 from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, part_pairs, read_shard, recall_k,
                                   sharded_fields, target_answers, train_partitions, uses_exact_neighbors,
                                   write_centroids, write_part)
@@ -60,8 +64,18 @@ def peak_memory_mb() -> float:
         return 0.0
 
 
-def _report_memory():
+def _release_arrow_memory():
+    """Hand Arrow's freed buffers back to the system: its allocator keeps them for reuse otherwise,
+    and a worker streaming many row groups would look as if it held them all."""
+    pa.default_memory_pool().release_unused()
+
+
+def _report_memory(where="?"):
     Metrics.distribution("imgsim", "index_worker_peak_rss_mb").update(int(peak_memory_mb()))
+    if os.environ.get("IMGSIM_MEMLOG"):
+        rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) // 1024
+        with open(os.environ["IMGSIM_MEMLOG"], "a") as f:
+            f.write(f"{os.getpid()} {where} rss={rss} hwm={int(peak_memory_mb())}\n")
 
 
 class BuildShardedIndex(beam.PTransform):
@@ -93,7 +107,7 @@ class BuildShardedIndex(beam.PTransform):
 
         staged = (infos
                   | "ReadRows" >> ReadRowGroups(plan_pc)
-                  | "Assign" >> beam.ParDo(_Assign(), partitions=partitions_side,
+                  | "Assign" >> beam.ParDo(_Assign(layout.index_work_dir), partitions=partitions_side,
                                            repeats=beam.pvalue.AsSingleton(repeats))
                   | "ByShard" >> beam.GroupByKey()
                   | "BuildShard" >> beam.ParDo(_BuildShard(layout, settings), plan=plan, partitions=partitions_side))
@@ -109,7 +123,8 @@ class BuildShardedIndex(beam.PTransform):
                    | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side).with_outputs(
                        PAIRS, main="answers"))
         written = (answers.answers
-                   | "MergeLists" >> beam.CombinePerKey(_MergeCandidates())
+                   | "ByBatch" >> beam.GroupByKey()  # not CombinePerKey: a lifted combiner would hold every batch
+                   | "MergeOffers" >> beam.MapTuple(lambda batch, offers: (batch, merge_offers(offers)))
                    | "WriteParts" >> beam.ParDo(_WritePart(layout, settings), outcome=outcome_side).with_outputs(
                        PAIRS, main="files"))
         groups = ((answers[PAIRS], written[PAIRS])
@@ -133,6 +148,7 @@ class _SampleAndBucketIds(beam.DoFn):
 
     def process(self, element, plan):
         number, first, table = element
+        _report_memory("sample")
         ids = table.column("id").to_pylist()
         share = min(1.0, SAMPLE_OVERSHOOT * plan.shards.sample_size / max(1, plan.count))
         picked = np.flatnonzero(np.random.default_rng([number, first]).random(len(ids)) < share)
@@ -189,7 +205,14 @@ class _RowSet(beam.CombineFn):
 # shards -----------------------------------------------------------------------------------------
 
 class _Assign(beam.DoFn):
-    """Each row (but repeats) to its nearest centroid; one element per shard present in the row group."""
+    """Each row (but repeats) to its nearest centroid; each shard's rows of the row group to a file of
+    their own, named by shard, file number and first row (a retried bundle writes the same names)."""
+
+    def __init__(self, work_dir: str):
+        self._work_dir = work_dir
+
+    def setup(self):
+        self._store = ObjectStore()
 
     def process(self, element, partitions, repeats):
         if partitions is None:
@@ -200,9 +223,16 @@ class _Assign(beam.DoFn):
             table = table.take(keep)
         if not table.num_rows:
             return
+        _report_memory("assign")
         labels = assign(table_vectors(table), partitions.centroids)
         for shard in np.unique(labels).tolist():
-            yield shard, table.take(np.flatnonzero(labels == shard))
+            path = join(self._work_dir, f"shard-{shard:05d}", f"{number:06d}-{first:012d}.parquet")
+            rows = table.take(np.flatnonzero(labels == shard))
+            sink = pa.BufferOutputStream()
+            pq.write_table(rows, sink)
+            self._store.write_bytes(path, sink.getvalue().to_pybytes())
+            yield shard, path
+        _release_arrow_memory()
 
 
 class _BuildShard(beam.DoFn):
@@ -214,8 +244,14 @@ class _BuildShard(beam.DoFn):
         self._store = ObjectStore()
 
     def process(self, element, plan, partitions):
-        number, tables = element
-        table = pa.concat_tables(list(tables), promote_options="default")
+        number, paths = element
+        _report_memory("build-start")
+        tables = []
+        for path in sorted(set(paths)):
+            with self._store.open_read(path) as f:
+                tables.append(pq.read_table(f))
+        table = pa.concat_tables(tables, promote_options="default")
+        del tables
         staging = tempfile.mkdtemp(prefix="imgsim-shard-")
         try:
             staged = stage_shard(table, number, self._settings.options, partitions.queries,
@@ -228,8 +264,9 @@ class _BuildShard(beam.DoFn):
                        then=lambda root: artifact.self_query_check(root, landed))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        _release_arrow_memory()
         _LOG.info("index: shard %d built: %d items", number, staged.count)
-        _report_memory()
+        _report_memory("build-end")
         yield staged
 
 
@@ -301,30 +338,13 @@ class _AnswerTarget(beam.DoFn):
                     yield target if other["shard"] == number and exact else reader.shard(other, True, place)
                     shutil.rmtree(place, ignore_errors=True)
 
-            for q, b, found, pairs in target_answers(outcome, self._settings, target, queries(), searcher):
-                yield (q, b), found
+            for q, b, offer, pairs in target_answers(outcome, self._settings, target, queries(), searcher):
+                yield (q, b), offer
                 if len(pairs):
                     yield beam.pvalue.TaggedOutput(PAIRS, pairs)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        _report_memory()
-
-
-class _MergeCandidates(beam.CombineFn):
-    """The top-k combiner: one batch's candidate lists from every unit, merged by score."""
-
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, best, found):
-        return found if best is None else merge([best, found], found.rows.shape[1])
-
-    def merge_accumulators(self, accumulators):
-        present = [a for a in accumulators if a is not None]
-        return merge(present, present[0].rows.shape[1]) if present else None
-
-    def extract_output(self, best):
-        return best
+        _report_memory("answer-end")
 
 
 class _WritePart(beam.DoFn):
@@ -415,6 +435,7 @@ class _Publish(beam.DoFn):
     def process(self, _, plan, partitions, outcome, parts, groups, counts, repeats):
         if outcome is None:
             return
+        self._store.delete_prefix(self._layout.index_work_dir)  # the shards are built
         if outcome.refused:
             self._store.delete_prefix(self._layout.index_dir)
             yield {"published": False, "reason": outcome.refused, "refused": "recall", "count": outcome.count,

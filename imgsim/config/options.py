@@ -178,6 +178,10 @@ class IndexFlags(Flags):
         None, "sharded index: how many of the nearest shards a query searches", minimum=1,
         label="Shards to search", default_text="the fewest that keep the measured recall")
 
+    def __post_init__(self):
+        super().__post_init__()
+        _checked(self.index_settings)
+
     def sharding_options(self) -> ShardingOptions:
         return ShardingOptions(shards=self.index_shards, memory_mb=self.index_memory_mb,
                                shards_to_search=self.index_shards_to_search)

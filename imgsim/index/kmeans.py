@@ -78,9 +78,12 @@ def _seed(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 def _update(sample: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> bool:
     """One Lloyd step in place; True when any centroid moved."""
     k, dim = centroids.shape
-    sums = np.zeros((k, dim), np.float64)
-    np.add.at(sums, labels, sample)
     counts = np.bincount(labels, minlength=k)
+    order = np.argsort(labels, kind="stable")
+    sums = np.zeros((k, dim), np.float64)
+    present = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
+    sums[present] = np.add.reduceat(sample[order].astype(np.float64), starts, axis=0)
     fresh = _normalised(sums)
     empty = np.flatnonzero(counts == 0)
     if len(empty):

@@ -103,7 +103,9 @@ def recall_partial(number: int, searcher, data: np.ndarray, ids: np.ndarray, que
         keys[i, :len(rows)] = (number << SHARD_KEY_BITS) | rows
         got[i, :len(rows)] = scores[i][keep][:k]
     local = np.where(keys >= 0, keys & ((1 << SHARD_KEY_BITS) - 1), 0)
-    true = np.einsum("qd,qkd->qk", queries.vectors, data[local]).astype(np.float32)
+    true = np.empty((q, k), np.float32)
+    for j in range(k):  # column by column: (q, dim) at a time, never (q, k, dim)
+        true[:, j] = np.einsum("qd,qd->q", queries.vectors, data[local[:, j]])
     return RecallPartial(number, exact.scores, keys, got, np.where(keys >= 0, true, -np.inf).astype(np.float32))
 
 

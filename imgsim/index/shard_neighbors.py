@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from imgsim.index.exact import exact_candidates
-from imgsim.index.fanout import Candidates, route, scatter
+from imgsim.index.fanout import Candidates, merge, route, scatter
 
 BATCH_ROWS = 8192
 
@@ -50,6 +50,29 @@ class ShardData:
     def batches(self) -> Iterator[tuple[int, slice]]:
         for b in range(math.ceil(len(self.ids) / BATCH_ROWS)):
             yield b, slice(b * BATCH_ROWS, min(len(self.ids), (b + 1) * BATCH_ROWS))
+
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """What one unit offers one batch of query rows: candidates for some of its rows (positions in
+    the batch; on the index path only the rows routed to the unit's shard)."""
+
+    size: int  # rows in the batch
+    rows: np.ndarray  # int64 (m,): positions in the batch
+    found: Candidates  # (m, k), with ids
+
+
+def merge_offers(offers: Iterable[Offer]) -> Candidates:
+    """The top-k combiner: each row's k best over every offer, holding one batch and one offer."""
+    best = None
+    for offer in offers:
+        if best is None:
+            best = Candidates.empty(offer.size, offer.found.rows.shape[1], with_ids=True)
+        k = best.rows.shape[1]
+        mine = Candidates(best.rows[offer.rows], best.scores[offer.rows], best.ids[offer.rows])
+        merged = merge([mine, offer.found], k)
+        best.rows[offer.rows], best.scores[offer.rows], best.ids[offer.rows] = merged.rows, merged.scores, merged.ids
+    return best
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,34 +103,34 @@ class Pairs:
 
 
 def exact_unit(query: ShardData, target: ShardData, k: int, threshold: float
-               ) -> Iterator[tuple[int, Candidates, Pairs]]:
+               ) -> Iterator[tuple[int, Offer, Pairs]]:
     """For each batch of query rows: their k best rows of target, exactly, and their pairs."""
     for b, rows in query.batches():
         global_rows = query.offset + np.arange(rows.start, rows.stop)
         found, pairs = exact_candidates(query.vectors[rows], global_rows, target.vectors, target.offset, k,
                                         pair_threshold=threshold)
-        yield b, with_ids(found, target), pairs_with_ids(pairs, query, target)
+        size = rows.stop - rows.start
+        yield b, Offer(size, np.arange(size), with_ids(found, target)), pairs_with_ids(pairs, query, target)
 
 
 def searcher_unit(searcher, target: ShardData, centroids: np.ndarray, target_slot: int, query: ShardData,
-                  shards_to_search: int, k: int) -> Iterator[tuple[int, Candidates]]:
-    """For each batch of query rows: target's k best (its own searcher) for the rows that route to
-    target (centroids in shard order; target_slot is target's position there), none for the rest."""
+                  shards_to_search: int, k: int) -> Iterator[tuple[int, Offer]]:
+    """For each batch of query rows with rows that route to target (centroids in shard order;
+    target_slot is target's position there): target's k best for those rows, by its own searcher."""
     for b, rows in query.batches():
         routed = np.any(route(query.vectors[rows], centroids, shards_to_search) == target_slot, axis=1)
-        out = Candidates.empty(rows.stop - rows.start, k, with_ids=True)
         picked = np.flatnonzero(routed)
-        if len(picked):
-            found, scores = searcher.search_batched(query.vectors[rows][picked],
-                                                    final_num_neighbors=min(k + 1, len(target.ids)))
-            found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
-            own = query.offset + rows.start + picked - target.offset  # the query's row in target, if it is there
-            keep = (found >= 0) & (found != own[:, None])
-            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept answers first, in score order
-            found = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
-            answered = scatter(found, np.take_along_axis(scores, order, 1), target.offset, k, target.ids)
-            out.rows[picked], out.scores[picked], out.ids[picked] = answered.rows, answered.scores, answered.ids
-        yield b, out
+        if not len(picked):
+            continue
+        found, scores = searcher.search_batched(query.vectors[rows][picked],
+                                                final_num_neighbors=min(k + 1, len(target.ids)))
+        found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
+        own = query.offset + rows.start + picked - target.offset  # the query's row in target, if it is there
+        keep = (found >= 0) & (found != own[:, None])
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept answers first, in score order
+        found = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
+        answered = scatter(found, np.take_along_axis(scores, order, 1), target.offset, k, target.ids)
+        yield b, Offer(rows.stop - rows.start, picked.astype(np.int64), answered)
 
 
 def with_ids(found: Candidates, target: ShardData) -> Candidates:

@@ -23,11 +23,12 @@ import pyarrow as pa
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.exact import connected_groups
-from imgsim.index.fanout import Candidates, merge
+from imgsim.index.fanout import Candidates
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
 from imgsim.index.shard_build import IDS, VECTORS, StagedShard, load_vectors, stage_shard
-from imgsim.index.shard_neighbors import (BATCH_ROWS, Pairs, ShardData, exact_unit, groups_from_pairs,
-                                          pairs_from_candidates, part_name, part_table, searcher_unit)
+from imgsim.index.shard_neighbors import (BATCH_ROWS, Offer, Pairs, ShardData, exact_unit, groups_from_pairs,
+                                          merge_offers, pairs_from_candidates, part_name, part_table,
+                                          searcher_unit)
 from imgsim.index.sharding import RecallQueries, ShardPlan, choose_shards_to_search, recall_curve
 from imgsim.runs.outputs import vectors as table_vectors
 
@@ -181,12 +182,12 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     for target in shards:
         searcher = None if uses_exact_neighbors(settings, outcome.count) else artifact.load_searcher(
             staging, f"{outcome.entry(target.number)['dir']}/{artifact.SCANN_DIR}")
-        for q, b, found, more in target_answers(outcome, settings, target, shards, searcher):
-            parts.setdefault((q, b), []).append(found)
+        for q, b, offer, more in target_answers(outcome, settings, target, shards, searcher):
+            parts.setdefault((q, b), []).append(offer)
             pairs.append(more)
     for query in shards:
         for b, batch in query.batches():
-            merged = merge(parts.pop((query.number, b)), neighbors_k(settings, outcome.count))
+            merged = merge_offers(parts.pop((query.number, b)))
             pairs.append(part_pairs(outcome, settings, query, batch, merged))
             write_part(staging, query.number, b, query.ids[batch], merged)
     table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold)
@@ -198,8 +199,8 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
 
 
 def target_answers(outcome: ShardedOutcome, settings, target: ShardData, queries: Iterable[ShardData],
-                   searcher=None) -> Iterator[tuple[int, int, Candidates, Pairs]]:
-    """(query shard, batch, candidates, pairs): what target offers each batch of every query shard,
+                   searcher=None) -> Iterator[tuple[int, int, Offer, Pairs]]:
+    """(query shard, batch, offer, pairs): what target offers each batch of every query shard,
     exactly (with the pairs at the duplicate threshold) or, given target's searcher, for the rows
     routed to target."""
     k = neighbors_k(settings, outcome.count)

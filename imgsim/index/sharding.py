@@ -32,7 +32,7 @@ MIN_SHARD_ITEMS = 50  # fewer items per shard would not be worth a searcher
 TARGET_FILL = 0.8  # shards planned by memory aim at this share of the budget
 ROUTING_SLACK = 0.005
 SAMPLE_PER_SHARD = 256  # k-means sample points per centroid (at least MIN_SAMPLE in all)
-MIN_SAMPLE = 20_000
+MIN_SAMPLE = 1024
 MAX_SAMPLE = 200_000
 SHARD_KEY_BITS = 32  # recall candidates are told apart by (shard << 32 | row) before offsets exist
 

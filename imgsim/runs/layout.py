@@ -6,6 +6,7 @@
     OUT/runs/RUN_ID/summary.json        written last: the run's data is complete
     OUT/runs/RUN_ID/checkpoint/         embeddings so far, while the run works (restarts resume)
     OUT/runs/RUN_ID/index/              the index artifact
+    OUT/runs/RUN_ID/index-work/         a sharded build's rows on their way to their shard (removed when it ends)
 """
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ class RunLayout:
     @property
     def index_dir(self) -> str:
         return join(self.output, self.relative_index_dir(self.run_id))
+
+    @property
+    def index_work_dir(self) -> str:
+        return join(self.run_dir, "index-work")
 
     @staticmethod
     def relative_index_dir(run_id: str) -> str:
