@@ -2,7 +2,7 @@
 vectors, the consumer's fan-out, neighbours and groups against brute force, and the Vertex export.
 
 The artifact is built in this process (imgsim.build_index's path) from the same functions the
-pipeline runs on its workers; tests/test_sharded_pipeline.py builds one with Beam.
+pipeline runs on its workers; tests/test_index_pipeline.py builds one with Beam.
 """
 import json
 import os

@@ -1,8 +1,8 @@
 """A sharded index built by the workers: no step holds every vector.
 
-    FileInfo ─► ReadRowGroups(id, embedding) ─► Bernoulli sample ─► Sample.FixedSizeGlobally ─► TrainPartitions (one worker)
+    FileInfo ─► ReadRowGroups(id, embedding) ─► Bernoulli sample per row group ─► SampleCombineFn ─► TrainPartitions
                                           └──► ids by hash bucket ─► GroupByKey ─► repeated ids (all but the first row)
-    FileInfo ─► ReadRowGroups ─► Assign (nearest centroid; each shard's rows of the row group to a Parquet file
+    FileInfo ─► ReadRowGroups ─► Assign (nearest centroid; each shard's rows of the row group to an Arrow file
                  in OUT/runs/RUN_ID/index-work) ─► GroupByKey(shard: file names) ─► BuildShard (read its files, stage,
                  upload, check as landed, answer the recall queries)
     shards ─► Finish (offsets, recall curve over all vectors, shards_to_search, --min-recall)
@@ -42,7 +42,7 @@ from imgsim.index.shard_neighbors import BATCH_ROWS, Pairs, ShardData, merge_off
 from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, part_pairs, read_shard, recall_k,
                                   sharded_fields, target_answers, train_partitions, uses_exact_neighbors,
                                   write_centroids, write_part)
-from imgsim.index.sharding import MAX_SAMPLE
+from imgsim.index.sharding import MAX_SAMPLE_BLOCKS
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.storage import ObjectStore, is_gcs, join, sha256_file
 from imgsim.transforms.read_embeddings import ReadRowGroups
@@ -70,12 +70,8 @@ def _release_arrow_memory():
     pa.default_memory_pool().release_unused()
 
 
-def _report_memory(where="?"):
+def _report_memory():
     Metrics.distribution("imgsim", "index_worker_peak_rss_mb").update(int(peak_memory_mb()))
-    if os.environ.get("IMGSIM_MEMLOG"):
-        rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) // 1024
-        with open(os.environ["IMGSIM_MEMLOG"], "a") as f:
-            f.write(f"{os.getpid()} {where} rss={rss} hwm={int(peak_memory_mb())}\n")
 
 
 class BuildShardedIndex(beam.PTransform):
@@ -96,25 +92,28 @@ class BuildShardedIndex(beam.PTransform):
 
         light = (infos | "ReadIdsAndVectors" >> ReadRowGroups(plan_pc, ["id", "embedding"])
                  | "SampleAndIds" >> beam.ParDo(_SampleAndBucketIds(), plan=plan).with_outputs(IDS_TAG, main="sample"))
+        # Global combines go without defaults (or straight to a side input): a default would be
+        # injected by a step that reads the whole combined value as a side input, on some worker.
         partitions = (light.sample
-                      | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(2 * MAX_SAMPLE)
+                      | "Sample" >> beam.CombineGlobally(
+                          beam.combiners.SampleCombineFn(MAX_SAMPLE_BLOCKS)).without_defaults()
                       | "TrainPartitions" >> beam.Map(_train, plan=plan, settings=settings))
         repeats = (light[IDS_TAG]
                    | "IdsByBucket" >> beam.GroupByKey()
                    | "RepeatedRows" >> beam.FlatMap(_repeated_rows)
-                   | "AllRepeatedRows" >> beam.CombineGlobally(_RowSet()))
-        partitions_side = beam.pvalue.AsSingleton(partitions)
+                   | "AllRepeatedRows" >> beam.CombineGlobally(_RowSet()).as_singleton_view())
+        partitions_side = beam.pvalue.AsSingleton(partitions, default_value=None)
 
         staged = (infos
                   | "ReadRows" >> ReadRowGroups(plan_pc)
                   | "Assign" >> beam.ParDo(_Assign(layout.index_work_dir), partitions=partitions_side,
-                                           repeats=beam.pvalue.AsSingleton(repeats))
+                                           repeats=repeats)
                   | "ByShard" >> beam.GroupByKey()
                   | "BuildShard" >> beam.ParDo(_BuildShard(layout, settings), plan=plan, partitions=partitions_side))
         outcome = (staged
-                   | "AllShards" >> beam.combiners.ToList()
+                   | "AllShards" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
                    | "Finish" >> beam.Map(_finish, partitions=partitions_side, settings=settings))
-        outcome_side = beam.pvalue.AsSingleton(outcome)
+        outcome_side = beam.pvalue.AsSingleton(outcome, default_value=None)
 
         answers = (p
                    | "OnceNeighbors" >> beam.Create([None])
@@ -127,35 +126,36 @@ class BuildShardedIndex(beam.PTransform):
                    | "MergeOffers" >> beam.MapTuple(lambda batch, offers: (batch, merge_offers(offers)))
                    | "WriteParts" >> beam.ParDo(_WritePart(layout, settings), outcome=outcome_side).with_outputs(
                        PAIRS, main="files"))
-        groups = ((answers[PAIRS], written[PAIRS])
-                  | "PairsFromBoth" >> beam.Flatten()
-                  | "AllPairs" >> beam.CombineGlobally(_ConcatPairs())
-                  | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), outcome=outcome_side))
+        pairs = ((answers[PAIRS], written[PAIRS])
+                 | "PairsFromBoth" >> beam.Flatten()
+                 | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view())
+        groups = (p
+                  | "OnceGroups" >> beam.Create([None])
+                  | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), pairs=pairs, outcome=outcome_side))
         return (p
                 | "OncePublish" >> beam.Create([None])
                 | "Publish" >> beam.ParDo(
                     _Publish(layout, settings, self._input_description, self._generation),
                     plan=plan, partitions=partitions_side, outcome=outcome_side,
                     parts=beam.pvalue.AsList(written.files), groups=beam.pvalue.AsList(groups),
-                    counts=beam.pvalue.AsSingleton(pcolls["counts"]), repeats=beam.pvalue.AsSingleton(repeats)))
+                    counts=beam.pvalue.AsSingleton(pcolls["counts"]), repeats=repeats))
 
 
 # partitions and repeated ids --------------------------------------------------------------------
 
 class _SampleAndBucketIds(beam.DoFn):
-    """A uniform Bernoulli sample of (id, vector), seeded per row group; and every id with its row,
-    by hash bucket, to find ids that repeat."""
+    """A uniform Bernoulli sample of the row group's (id, vector), seeded by the row group, as one
+    block (SampleCombineFn, the combine of Sample.FixedSizeGlobally, then draws among blocks, each
+    row equally likely); and every id with its row, by hash bucket, to find ids that repeat."""
 
     def process(self, element, plan):
         number, first, table = element
-        _report_memory("sample")
+        _report_memory()
         ids = table.column("id").to_pylist()
         share = min(1.0, SAMPLE_OVERSHOOT * plan.shards.sample_size / max(1, plan.count))
         picked = np.flatnonzero(np.random.default_rng([number, first]).random(len(ids)) < share)
         if len(picked):
-            data = table_vectors(table.select(["embedding"]).take(picked))
-            for i, row in enumerate(picked.tolist()):
-                yield ids[row], data[i]
+            yield tuple(ids[row] for row in picked.tolist()), table_vectors(table.select(["embedding"]).take(picked))
         buckets = max(MIN_ID_BUCKETS, ID_BUCKETS_PER_MILLION * plan.count // 1_000_000)
         bucket_of = np.array([zlib.crc32(i.encode("utf-8", "surrogatepass")) % buckets for i in ids])
         for bucket in np.unique(bucket_of).tolist():
@@ -163,11 +163,15 @@ class _SampleAndBucketIds(beam.DoFn):
             yield beam.pvalue.TaggedOutput(IDS_TAG, (bucket, (number, first + rows, [ids[r] for r in rows])))
 
 
-def _train(sample, plan, settings):
-    if not plan.sharded or not sample:
+def _train(blocks, plan, settings):
+    if not plan.sharded or not blocks:
         return None
-    ids = [item for item, _ in sample]
-    return train_partitions(ids, np.stack([vector for _, vector in sample]), plan.shards, settings.recall_queries)
+    ids = [item for block_ids, _ in blocks for item in block_ids]
+    vectors = np.concatenate([block for _, block in blocks])
+    del blocks[:]
+    out = train_partitions(ids, vectors, plan.shards, settings.recall_queries)
+    _report_memory()
+    return out
 
 
 def _repeated_rows(bucket):
@@ -220,16 +224,17 @@ class _Assign(beam.DoFn):
         number, first, table = element
         if repeats:
             keep = [i for i in range(table.num_rows) if (number, first + i) not in repeats]
-            table = table.take(keep)
+            table = table.take(pa.array(keep, pa.int64()))
         if not table.num_rows:
             return
-        _report_memory("assign")
+        _report_memory()
         labels = assign(table_vectors(table), partitions.centroids)
         for shard in np.unique(labels).tolist():
-            path = join(self._work_dir, f"shard-{shard:05d}", f"{number:06d}-{first:012d}.parquet")
+            path = join(self._work_dir, f"shard-{shard:05d}", f"{number:06d}-{first:012d}.arrow")
             rows = table.take(np.flatnonzero(labels == shard))
             sink = pa.BufferOutputStream()
-            pq.write_table(rows, sink)
+            with pa.ipc.new_stream(sink, rows.schema) as stream:  # Arrow's own format: no encoding to undo
+                stream.write_table(rows)
             self._store.write_bytes(path, sink.getvalue().to_pybytes())
             yield shard, path
         _release_arrow_memory()
@@ -245,11 +250,9 @@ class _BuildShard(beam.DoFn):
 
     def process(self, element, plan, partitions):
         number, paths = element
-        _report_memory("build-start")
         tables = []
         for path in sorted(set(paths)):
-            with self._store.open_read(path) as f:
-                tables.append(pq.read_table(f))
+            tables.append(pa.ipc.open_stream(self._store.read_bytes(path)).read_all())
         table = pa.concat_tables(tables, promote_options="default")
         del tables
         staging = tempfile.mkdtemp(prefix="imgsim-shard-")
@@ -266,7 +269,7 @@ class _BuildShard(beam.DoFn):
             shutil.rmtree(staging, ignore_errors=True)
         _release_arrow_memory()
         _LOG.info("index: shard %d built: %d items", number, staged.count)
-        _report_memory("build-end")
+        _report_memory()
         yield staged
 
 
@@ -344,7 +347,7 @@ class _AnswerTarget(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(PAIRS, pairs)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        _report_memory("answer-end")
+        _report_memory()
 
 
 class _WritePart(beam.DoFn):
@@ -399,7 +402,7 @@ class _WriteGroups(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, pairs, outcome):
+    def process(self, _, pairs, outcome):
         if outcome is None or outcome.refused:
             return
         table, report = groups_result(pairs, self._settings.duplicate_threshold)

@@ -80,10 +80,10 @@ def _update(sample: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> bo
     k, dim = centroids.shape
     counts = np.bincount(labels, minlength=k)
     order = np.argsort(labels, kind="stable")
-    sums = np.zeros((k, dim), np.float64)
+    sums = np.zeros((k, dim), np.float32)
     present = np.flatnonzero(counts)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-    sums[present] = np.add.reduceat(sample[order].astype(np.float64), starts, axis=0)
+    sums[present] = np.add.reduceat(sample[order], starts, axis=0)
     fresh = _normalised(sums)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
@@ -114,7 +114,7 @@ def split_oversized(sample: np.ndarray, centroids: np.ndarray, max_share: float,
         split = False
         for c in over:
             members = sample[labels == c]
-            if len(np.unique(members, axis=0)) < 2:
+            if not np.any(members != members[0]):
                 continue  # identical points cannot be told apart
             pair = train_centroids(members, 2, seed=seed + int(c))
             centroids = np.concatenate([centroids[:c], pair[:1], centroids[c + 1:], pair[1:]])

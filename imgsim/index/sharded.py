@@ -48,16 +48,17 @@ class Partitions:
 def train_partitions(ids: Sequence[str], sample: np.ndarray, plan: ShardPlan, recall_queries: int,
                      seed: int = 0) -> Partitions:
     """Centroids from a sample of (id, vector), whatever order it arrived in (at most
-    plan.sample_size of it is used); the first recall_queries of the sample (shuffled by seed)
-    become the recall queries."""
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    order = order[np.random.default_rng(seed).permutation(len(order))][:plan.sample_size]
+    plan.sample_size of it is used, chosen by seed among the ids in id order); recall_queries of
+    them, chosen by seed too, become the recall queries."""
+    by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    order = by_id[np.sort(np.random.default_rng(seed).permutation(len(by_id))[:plan.sample_size])]
     ids = [ids[i] for i in order]
     sample = np.asarray(sample, np.float32)[order]
+    shuffled = np.random.default_rng(seed + 1).permutation(len(ids))  # recall queries: a random subset
     centroids = train_centroids(sample, plan.shards, seed=seed)
     centroids = split_oversized(sample, centroids, plan.max_share, seed=seed)
-    q = min(recall_queries, len(ids))
-    return Partitions(centroids, RecallQueries(tuple(ids[:q]), sample[:q].copy()), len(ids))
+    pick = shuffled[:min(recall_queries, len(ids))]
+    return Partitions(centroids, RecallQueries(tuple(ids[i] for i in pick), sample[pick]), len(ids))
 
 
 @dataclasses.dataclass(frozen=True)

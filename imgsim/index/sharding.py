@@ -32,8 +32,9 @@ MIN_SHARD_ITEMS = 50  # fewer items per shard would not be worth a searcher
 TARGET_FILL = 0.8  # shards planned by memory aim at this share of the budget
 ROUTING_SLACK = 0.005
 SAMPLE_PER_SHARD = 256  # k-means sample points per centroid (at least MIN_SAMPLE in all)
-MIN_SAMPLE = 1024
+MIN_SAMPLE = 2048
 MAX_SAMPLE = 200_000
+MAX_SAMPLE_BLOCKS = 100_000  # the pipeline samples row groups' Bernoulli samples: at most this many
 SHARD_KEY_BITS = 32  # recall candidates are told apart by (shard << 32 | row) before offsets exist
 
 
@@ -70,8 +71,8 @@ class ShardingOptions:
         shards = self.shards if self.shards is not None else by_memory
         shards = max(1, min(shards, count // MIN_SHARD_ITEMS))
         sample = 0
-        if shards > 1:
-            cap = max(4 * shards, min(MAX_SAMPLE, self.budget_bytes // (8 * dim)))
+        if shards > 1:  # the training worker holds a few copies of the sample: an eighth of the budget each
+            cap = max(4 * shards, min(MAX_SAMPLE, self.budget_bytes // (32 * dim)))
             sample = min(count, max(MIN_SAMPLE, SAMPLE_PER_SHARD * shards), cap)
         return ShardPlan(count=count, dim=dim, shards=shards, sample_size=sample, max_shard_items=most)
 
