@@ -16,8 +16,10 @@ a runner's buffer of several shards (DirectRunner buffers up to 100 MB per
 worker and holds all of a shuffle in the launching process; Dataflow's
 shuffle would carry them as well, but files keep the two alike). Everything keys on the plan (imgsim.index.sources.IndexPlan): when it says one
 searcher, every step here passes nothing and BuildIndex's one-worker step
-builds the index instead. Workers report their peak resident memory (VmHWM)
-in the distribution imgsim/index_worker_peak_rss_mb.
+builds the index instead. Metrics (namespace imgsim): the workers' peak resident
+memory (VmHWM) in the distribution index_worker_peak_rss_mb, each shard's build
+time in index_shard_build_ms, and when the shards were all built and when the
+index was published (gauges index_shards_built_at_ms, index_published_at_ms).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import zlib
 
 import apache_beam as beam
@@ -38,7 +41,7 @@ from imgsim.index.build import index_report
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
 from imgsim.index.shard_build import IDS, VECTORS, stage_shard
-from imgsim.index.shard_neighbors import BATCH_ROWS, Pairs, ShardData, merge_offers
+from imgsim.index.shard_neighbors import BATCH_ROWS, Pairs, RowIds, merge_offers
 from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, part_pairs, read_shard, recall_k,
                                   sharded_fields, target_answers, train_partitions, uses_exact_neighbors,
                                   write_centroids, write_part)
@@ -249,6 +252,7 @@ class _BuildShard(beam.DoFn):
         self._store = ObjectStore()
 
     def process(self, element, plan, partitions):
+        started = time.monotonic()
         number, paths = element
         tables = []
         for path in sorted(set(paths)):
@@ -268,6 +272,7 @@ class _BuildShard(beam.DoFn):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _release_arrow_memory()
+        Metrics.distribution("imgsim", "index_shard_build_ms").update(int((time.monotonic() - started) * 1000))
         _LOG.info("index: shard %d built: %d items", number, staged.count)
         _report_memory()
         yield staged
@@ -276,6 +281,7 @@ class _BuildShard(beam.DoFn):
 def _finish(staged, partitions, settings):
     if partitions is None or not staged:
         return None
+    Metrics.gauge("imgsim", "index_shards_built_at_ms").set(int(time.time() * 1000))
     return finish_shards(staged, partitions, settings)
 
 
@@ -307,9 +313,8 @@ class _ShardReader:
         artifact.fetch_files(self._store, self._index_dir, scratch, self._manifest, wanted)
         return scratch
 
-    def shard(self, entry: dict, with_vectors: bool, scratch: str) -> ShardData:
-        names = [IDS, VECTORS] if with_vectors else [IDS]
-        root = self.root(entry, names, scratch)
+    def shard(self, entry: dict, with_vectors: bool, scratch: str):
+        root = self.root(entry, [VECTORS], scratch) if with_vectors else scratch
         return read_shard(root, self._outcome, entry, self._outcome.centroids.shape[1], with_vectors)
 
 
@@ -351,30 +356,40 @@ class _AnswerTarget(beam.DoFn):
 
 
 class _WritePart(beam.DoFn):
+    """One neighbours part: its merged lists, with the ids of their rows read from the shards'
+    ids.parquet a row group at a time (the shuffle carried rows and scores only)."""
+
     def __init__(self, layout, settings):
         self._layout = layout
         self._settings = settings
 
     def setup(self):
         self._store = ObjectStore()
+        self._ids = None
+
+    def _ids_of(self, outcome):
+        if self._ids is None or self._ids[0] is not outcome:
+            self._ids = (outcome, RowIds(outcome.entries, self._read_group))
+        return self._ids[1]
+
+    def _read_group(self, entry: dict, group: int) -> list:
+        with self._store.open_read(join(self._layout.index_dir, entry["dir"], IDS)) as f:
+            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
 
     def process(self, element, outcome):
         (number, batch), found = element
-        entry = outcome.entry(number)
-        with self._store.open_read(join(self._layout.index_dir, entry["dir"], IDS)) as f:
-            ids = np.asarray(pq.ParquetFile(f).read_row_group(batch, columns=["id"]).column("id").to_pylist(),
-                             dtype=object)
+        first_row = outcome.entry(number)["offset"] + batch * BATCH_ROWS
+        ids_of = self._ids_of(outcome)
         staging = tempfile.mkdtemp(prefix="imgsim-part-")
         try:
-            rel = write_part(staging, number, batch, ids, found)
+            rel = write_part(staging, number, batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
             path = os.path.join(staging, *rel.split("/"))
             meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
             land_files(self._store, staging, self._layout.index_dir, {rel: meta})
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         yield rel, meta
-        query = ShardData(number, entry["offset"] + batch * BATCH_ROWS, ids, np.zeros((0, 0), np.float32))
-        pairs = part_pairs(outcome, self._settings, query, slice(0, len(ids)), found)
+        pairs = part_pairs(outcome, self._settings, first_row, found)
         if len(pairs):
             yield beam.pvalue.TaggedOutput(PAIRS, pairs)
 
@@ -402,10 +417,15 @@ class _WriteGroups(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
+    def _read_group(self, entry: dict, group: int) -> list:
+        with self._store.open_read(join(self._layout.index_dir, entry["dir"], IDS)) as f:
+            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
+
     def process(self, _, pairs, outcome):
         if outcome is None or outcome.refused:
             return
-        table, report = groups_result(pairs, self._settings.duplicate_threshold)
+        table, report = groups_result(pairs, self._settings.duplicate_threshold,
+                                      RowIds(outcome.entries, self._read_group))
         yield {"file": _land_one(self._store, self._layout.index_dir, "groups.parquet",
                                  lambda path: artifact.write_table(table, path)), "report": report}
         _report_memory()
@@ -459,6 +479,7 @@ class _Publish(beam.DoFn):
         result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,
                                   keep_runs=self._settings.keep_runs)
         report = index_report(manifest, result)
+        Metrics.gauge("imgsim", "index_published_at_ms").set(int(time.time() * 1000))
         _LOG.info("index: %d shards, recall@%d %.4f searching %d: %s", len(outcome.entries), outcome.recall["k"],
                   outcome.recall["value"], outcome.shards_to_search, result.latest_detail)
         yield report

@@ -503,5 +503,5 @@ def self_query(searcher, data: np.ndarray, sample: int = 20, where: str = "", to
                             "neighbour")
 
 
-def write_table(table: pa.Table, path: str) -> None:
-    pq.write_table(table, path, compression="zstd")
+def write_table(table: pa.Table, path: str, row_group_rows: Optional[int] = None) -> None:
+    pq.write_table(table, path, compression="zstd", row_group_size=row_group_rows)

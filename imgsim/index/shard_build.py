@@ -1,7 +1,8 @@
 """Building one shard of a sharded index, on whichever worker holds the shard's rows.
 
     shards/NNNNN/scann/...        the shard's own ScaNN searcher (relative paths)
-    shards/NNNNN/ids.parquet      row, id, url, sha256, width, height, metadata (no vectors)
+    shards/NNNNN/ids.parquet      row, id, url, sha256, width, height, metadata (no vectors), in row
+                                  groups of BATCH_ROWS: one neighbours part's rows
     shards/NNNNN/vectors.npy      float32 (count, dim), in row order
 
 Rows are ordered by id, so a shard's content does not depend on the order in
@@ -23,6 +24,7 @@ import pyarrow as pa
 from imgsim.index import artifact
 from imgsim.index.exact import exact_candidates
 from imgsim.index.searcher import IndexOptions
+from imgsim.index.shard_neighbors import BATCH_ROWS
 from imgsim.index.sharding import SHARD_KEY_BITS, RecallPartial, RecallQueries
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.storage import sha256_file
@@ -72,7 +74,7 @@ def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: Re
     searcher.serialize(os.path.join(directory, artifact.SCANN_DIR), relative_path=True)
     np.save(os.path.join(directory, VECTORS), np.ascontiguousarray(data), allow_pickle=False)
     artifact.write_table(table.add_column(0, "row", pa.array(np.arange(count, dtype=np.int64))),
-                         os.path.join(directory, IDS))
+                         os.path.join(directory, IDS), row_group_rows=BATCH_ROWS)  # a neighbours part's ids
     recall = recall_partial(number, searcher, data, table.column("id").to_numpy(zero_copy_only=False),
                             queries, recall_k)
     files = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,26 +40,27 @@ def part_names(counts: Sequence[tuple[int, int]]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class ShardData:
-    """What a unit holds of one shard: its number, global offset, ids (row order) and vectors."""
+    """What a unit holds of one shard: its number, global offset, row count and vectors."""
 
     number: int
     offset: int
-    ids: np.ndarray  # object (count,)
-    vectors: np.ndarray  # float32 (count, dim); may be empty when only ids are needed
+    count: int
+    vectors: np.ndarray  # float32 (count, dim); may be empty when only the shard's searcher is needed
 
     def batches(self) -> Iterator[tuple[int, slice]]:
-        for b in range(math.ceil(len(self.ids) / BATCH_ROWS)):
-            yield b, slice(b * BATCH_ROWS, min(len(self.ids), (b + 1) * BATCH_ROWS))
+        for b in range(math.ceil(self.count / BATCH_ROWS)):
+            yield b, slice(b * BATCH_ROWS, min(self.count, (b + 1) * BATCH_ROWS))
 
 
 @dataclasses.dataclass(frozen=True)
 class Offer:
-    """What one unit offers one batch of query rows: candidates for some of its rows (positions in
-    the batch; on the index path only the rows routed to the unit's shard)."""
+    """What one unit offers one batch of query rows: candidates (global rows and exact scores, no
+    ids: they are looked up once, when the batch's part is written) for some of its rows
+    (positions in the batch; on the index path only the rows routed to the unit's shard)."""
 
     size: int  # rows in the batch
     rows: np.ndarray  # int64 (m,): positions in the batch
-    found: Candidates  # (m, k), with ids
+    found: Candidates  # (m, k)
 
 
 def merge_offers(offers: Iterable[Offer]) -> Candidates:
@@ -67,25 +68,23 @@ def merge_offers(offers: Iterable[Offer]) -> Candidates:
     best = None
     for offer in offers:
         if best is None:
-            best = Candidates.empty(offer.size, offer.found.rows.shape[1], with_ids=True)
+            best = Candidates.empty(offer.size, offer.found.rows.shape[1])
         k = best.rows.shape[1]
-        mine = Candidates(best.rows[offer.rows], best.scores[offer.rows], best.ids[offer.rows])
-        merged = merge([mine, offer.found], k)
-        best.rows[offer.rows], best.scores[offer.rows], best.ids[offer.rows] = merged.rows, merged.scores, merged.ids
+        merged = merge([Candidates(best.rows[offer.rows], best.scores[offer.rows]), offer.found], k)
+        best.rows[offer.rows], best.scores[offer.rows] = merged.rows, merged.scores
     return best
 
 
 @dataclasses.dataclass(frozen=True)
 class Pairs:
-    """Near-duplicate pairs: global rows (a < b), their cosine, and both ids."""
+    """Near-duplicate pairs: global rows (a < b) and their cosine."""
 
     rows: np.ndarray  # int64 (p, 2)
     scores: np.ndarray  # float32 (p,)
-    ids: np.ndarray  # object (p, 2)
 
     @classmethod
     def empty(cls) -> "Pairs":
-        return cls(np.zeros((0, 2), np.int64), np.zeros(0, np.float32), np.zeros((0, 2), object))
+        return cls(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
 
     @classmethod
     def concat(cls, parts: Sequence["Pairs"]) -> "Pairs":
@@ -95,8 +94,7 @@ class Pairs:
         rows = np.concatenate([p.rows for p in parts])
         _, first = np.unique(rows, axis=0, return_index=True)
         first = np.sort(first)
-        return cls(rows[first], np.concatenate([p.scores for p in parts])[first],
-                   np.concatenate([p.ids for p in parts])[first])
+        return cls(rows[first], np.concatenate([p.scores for p in parts])[first])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -110,7 +108,8 @@ def exact_unit(query: ShardData, target: ShardData, k: int, threshold: float
         found, pairs = exact_candidates(query.vectors[rows], global_rows, target.vectors, target.offset, k,
                                         pair_threshold=threshold)
         size = rows.stop - rows.start
-        yield b, Offer(size, np.arange(size), with_ids(found, target)), pairs_with_ids(pairs, query, target)
+        yield b, Offer(size, np.arange(size), found), Pairs(pairs[:, :2].astype(np.int64),
+                                                            pairs[:, 2].astype(np.float32))
 
 
 def searcher_unit(searcher, target: ShardData, centroids: np.ndarray, target_slot: int, query: ShardData,
@@ -123,69 +122,79 @@ def searcher_unit(searcher, target: ShardData, centroids: np.ndarray, target_slo
         if not len(picked):
             continue
         found, scores = searcher.search_batched(query.vectors[rows][picked],
-                                                final_num_neighbors=min(k + 1, len(target.ids)))
+                                                final_num_neighbors=min(k + 1, target.count))
         found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
         own = query.offset + rows.start + picked - target.offset  # the query's row in target, if it is there
         keep = (found >= 0) & (found != own[:, None])
         order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept answers first, in score order
         found = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
-        answered = scatter(found, np.take_along_axis(scores, order, 1), target.offset, k, target.ids)
+        answered = scatter(found, np.take_along_axis(scores, order, 1), target.offset, k)
         yield b, Offer(rows.stop - rows.start, picked.astype(np.int64), answered)
 
 
-def with_ids(found: Candidates, target: ShardData) -> Candidates:
-    local = np.where(found.valid, found.rows - target.offset, 0)
-    return Candidates(found.rows, found.scores, np.where(found.valid, target.ids[local], None))
-
-
-def pairs_with_ids(pairs: np.ndarray, query: ShardData, target: ShardData) -> Pairs:
-    if not len(pairs):
-        return Pairs.empty()
-    rows = pairs[:, :2].astype(np.int64)
-    return Pairs(rows, pairs[:, 2].astype(np.float32),
-                 np.stack([_id_of(rows[:, 0], query, target), _id_of(rows[:, 1], query, target)], axis=1))
-
-
-def _id_of(rows: np.ndarray, a: ShardData, b: ShardData) -> np.ndarray:
-    in_a = (rows >= a.offset) & (rows < a.offset + len(a.ids))
-    return np.where(in_a, a.ids[np.where(in_a, rows - a.offset, 0)],
-                    b.ids[np.clip(rows - b.offset, 0, max(0, len(b.ids) - 1))])
-
-
-def pairs_from_candidates(query: ShardData, batch: slice, found: Candidates, threshold: float) -> Pairs:
-    """Pairs at or above threshold among a batch's neighbour lists (the approximate path)."""
+def pairs_from_candidates(first_row: int, found: Candidates, threshold: float) -> Pairs:
+    """Pairs at or above threshold among a batch's neighbour lists (the approximate path); the
+    batch's rows are first_row, first_row + 1, ..."""
     i, col = np.nonzero(found.valid & (found.scores >= threshold))
     if not len(i):
         return Pairs.empty()
-    a = query.offset + batch.start + i
-    b = found.rows[i, col]
-    a_ids, b_ids = query.ids[batch.start + i], found.ids[i, col]
-    swap = b < a
-    rows = np.stack([np.where(swap, b, a), np.where(swap, a, b)], axis=1)
-    ids = np.stack([np.where(swap, b_ids, a_ids), np.where(swap, a_ids, b_ids)], axis=1)
-    return Pairs.concat([Pairs(rows, found.scores[i, col].astype(np.float32), ids)])
+    a, b = first_row + i, found.rows[i, col]
+    return Pairs.concat([Pairs(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1),
+                               found.scores[i, col].astype(np.float32))])
 
 
-def part_table(query_ids: np.ndarray, found: Candidates) -> pa.Table:
+IdsOf = Callable[[np.ndarray], np.ndarray]  # global rows -> their ids (object array)
+
+
+def part_table(query_ids: Sequence[str], found: Candidates, ids_of: IdsOf) -> pa.Table:
     """One part of neighbors.parquet's schema: id, neighbor_ids, scores (best first)."""
     valid = found.valid
-    neighbor_ids = [list(ids[v]) for ids, v in zip(found.ids, valid)]
+    names = np.full(found.rows.shape, None, object)
+    names[valid] = ids_of(found.rows[valid])
+    neighbor_ids = [list(n[v]) for n, v in zip(names, valid)]
     scores = [s[v].astype(np.float32) for s, v in zip(found.scores, valid)]
     return pa.table({"id": pa.array(list(query_ids), pa.string()),
                      "neighbor_ids": pa.array(neighbor_ids, pa.list_(pa.string())),
                      "scores": pa.array(scores, pa.list_(pa.float32()))})
 
 
-def groups_from_pairs(pairs: Pairs, groups: list[list[int]]) -> pa.Table:
+def groups_table(groups: list[list[int]], ids_of: IdsOf) -> pa.Table:
     """groups.parquet (group, id, group_size) from connected groups of global rows."""
-    id_of = {}
-    for (a, b), (ia, ib) in zip(pairs.rows.tolist(), pairs.ids.tolist()):
-        id_of[a], id_of[b] = ia, ib
-    group, members, sizes = [], [], []
-    for number, rows in enumerate(groups):
-        for row in rows:
-            group.append(number)
-            members.append(id_of[row])
-            sizes.append(len(rows))
-    return pa.table({"group": pa.array(group, pa.int64()), "id": pa.array(members, pa.string()),
+    members = [row for rows in groups for row in rows]
+    names = ids_of(np.asarray(members, np.int64)).tolist() if members else []
+    group = [number for number, rows in enumerate(groups) for _ in rows]
+    sizes = [len(rows) for rows in groups for _ in rows]
+    return pa.table({"group": pa.array(group, pa.int64()), "id": pa.array(names, pa.string()),
                      "group_size": pa.array(sizes, pa.int64())})
+
+
+class RowIds:
+    """Global rows -> ids, reading one shard's ids.parquet row group at a time (row groups of
+    BATCH_ROWS) and keeping the last few: a part's neighbours mostly live in a few shards."""
+
+    def __init__(self, entries: Sequence[dict], read_row_group: Callable[[dict, int], list], keep: int = 64):
+        self._entries = list(entries)
+        self._offsets = np.array([e["offset"] for e in self._entries], np.int64)
+        self._read = read_row_group
+        self._keep = keep
+        self._cache: dict = {}
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        out = np.empty(len(rows), object)
+        slots = np.searchsorted(self._offsets, rows, side="right") - 1
+        local = rows - self._offsets[slots]
+        groups = local // BATCH_ROWS
+        for slot, group in set(zip(slots.tolist(), groups.tolist())):
+            ids = self._group(slot, group)
+            at = (slots == slot) & (groups == group)
+            out[at] = np.asarray(ids, object)[local[at] - group * BATCH_ROWS]
+        return out
+
+    def _group(self, slot: int, group: int) -> list:
+        key = (slot, group)
+        if key not in self._cache:
+            if len(self._cache) >= self._keep:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self._read(self._entries[slot], group)
+        return self._cache[key]

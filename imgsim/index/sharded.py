@@ -26,8 +26,8 @@ from imgsim.index.exact import connected_groups
 from imgsim.index.fanout import Candidates
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
 from imgsim.index.shard_build import IDS, VECTORS, StagedShard, load_vectors, stage_shard
-from imgsim.index.shard_neighbors import (BATCH_ROWS, Offer, Pairs, ShardData, exact_unit, groups_from_pairs,
-                                          merge_offers, pairs_from_candidates, part_name, part_table,
+from imgsim.index.shard_neighbors import (BATCH_ROWS, IdsOf, Offer, Pairs, RowIds, ShardData, exact_unit,
+                                          groups_table, merge_offers, pairs_from_candidates, part_name, part_table,
                                           searcher_unit)
 from imgsim.index.sharding import RecallQueries, ShardPlan, choose_shards_to_search, recall_curve
 from imgsim.runs.outputs import vectors as table_vectors
@@ -73,9 +73,9 @@ class ShardedOutcome:
     recall: dict  # the manifest's recall report
     refused: Optional[str] = None  # why the index is not published (recall below --min-recall)
 
-    def shard_data(self, number: int, ids: np.ndarray, vectors: np.ndarray) -> ShardData:
+    def shard_data(self, number: int, vectors: np.ndarray) -> ShardData:
         entry = self.entry(number)
-        return ShardData(number, entry["offset"], ids, vectors)
+        return ShardData(number, entry["offset"], entry["count"], vectors)
 
     def entry(self, number: int) -> dict:
         return next(e for e in self.entries if e["shard"] == number)
@@ -120,11 +120,12 @@ def uses_exact_neighbors(settings, count: int) -> bool:
     return count <= settings.exact_neighbors_max
 
 
-def groups_result(pairs: Pairs, threshold: float) -> tuple[pa.Table, dict]:
-    """groups.parquet and the manifest's groups report, from the pairs alone."""
+def groups_result(pairs: Pairs, threshold: float, ids_of: IdsOf) -> tuple[pa.Table, dict]:
+    """groups.parquet and the manifest's groups report, from the pairs alone (and the ids of
+    the rows in groups)."""
     groups = connected_groups(pairs.rows)
-    return groups_from_pairs(pairs, groups), {"threshold": threshold, "count": len(groups),
-                                              "items": int(sum(len(g) for g in groups))}
+    return groups_table(groups, ids_of), {"threshold": threshold, "count": len(groups),
+                                          "items": int(sum(len(g) for g in groups))}
 
 
 def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings, plan: ShardPlan,
@@ -178,6 +179,7 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     if outcome.refused:
         return None, outcome
     shards = [read_shard(staging, outcome, e, plan.dim) for e in outcome.entries]
+    ids_of = RowIds(outcome.entries, lambda entry, group: read_id_group(staging, entry, group))
     parts: dict[tuple, list] = {}
     pairs = []
     for target in shards:
@@ -189,9 +191,10 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     for query in shards:
         for b, batch in query.batches():
             merged = merge_offers(parts.pop((query.number, b)))
-            pairs.append(part_pairs(outcome, settings, query, batch, merged))
-            write_part(staging, query.number, b, query.ids[batch], merged)
-    table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold)
+            pairs.append(part_pairs(outcome, settings, query.offset + batch.start, merged))
+            write_part(staging, query.number, b, ids_of(query.offset + np.arange(batch.start, batch.stop)), merged,
+                       ids_of)
+    table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold, ids_of)
     artifact.write_table(table_, os.path.join(staging, "groups.parquet"))
     write_centroids(os.path.join(staging, CENTROIDS), outcome.centroids)
     fields = sharded_fields(outcome, signature, settings, plan, partitions, run_id=run_id,
@@ -215,29 +218,32 @@ def target_answers(outcome: ShardedOutcome, settings, target: ShardData, queries
                 yield query.number, b, found, Pairs.empty()
 
 
-def part_pairs(outcome: ShardedOutcome, settings, query: ShardData, batch: slice, merged: Candidates) -> Pairs:
-    """The pairs a merged neighbours batch adds: none on the exact path (its units found every
-    pair), those among the lists otherwise."""
+def part_pairs(outcome: ShardedOutcome, settings, first_row: int, merged: Candidates) -> Pairs:
+    """The pairs a merged neighbours batch (rows first_row, ...) adds: none on the exact path (its
+    units found every pair), those among the lists otherwise."""
     if uses_exact_neighbors(settings, outcome.count):
         return Pairs.empty()
-    return pairs_from_candidates(query, batch, merged, settings.duplicate_threshold)
+    return pairs_from_candidates(first_row, merged, settings.duplicate_threshold)
 
 
 def read_shard(root: str, outcome: ShardedOutcome, entry: dict, dim: int, with_vectors: bool = True) -> ShardData:
-    """A built shard's ids and vectors, read back from root (a local directory)."""
+    """A built shard's vectors, read back from root (a local directory)."""
+    vectors = (load_vectors(os.path.join(root, *entry["dir"].split("/"), VECTORS), entry["count"], dim)
+               if with_vectors else np.zeros((0, dim), np.float32))
+    return outcome.shard_data(entry["shard"], vectors)
+
+
+def read_id_group(root: str, entry: dict, group: int) -> list:
+    """Ids of one row group (BATCH_ROWS rows) of a built shard's ids.parquet under root."""
     import pyarrow.parquet as pq
 
-    directory = os.path.join(root, *entry["dir"].split("/"))
-    ids = np.asarray(pq.read_table(os.path.join(directory, IDS), columns=["id"]).column("id").to_pylist(),
-                     dtype=object)
-    vectors = (load_vectors(os.path.join(directory, VECTORS), entry["count"], dim) if with_vectors
-               else np.zeros((0, dim), np.float32))
-    return outcome.shard_data(entry["shard"], ids, vectors)
+    source = pq.ParquetFile(os.path.join(root, *entry["dir"].split("/"), IDS))
+    return source.read_row_group(group, columns=["id"]).column("id").to_pylist()
 
 
-def write_part(root: str, shard: int, batch: int, query_ids: np.ndarray, found) -> str:
+def write_part(root: str, shard: int, batch: int, query_ids, found: Candidates, ids_of: IdsOf) -> str:
     rel = part_name(shard, batch)
     path = os.path.join(root, *rel.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    artifact.write_table(part_table(query_ids, found), path)
+    artifact.write_table(part_table(query_ids, found, ids_of), path)
     return rel
