@@ -33,14 +33,31 @@ def similarity_blocks(vectors: np.ndarray, queries: Optional[np.ndarray] = None
 
 
 def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of each row's k largest entries, best first."""
-    k = min(k, sims.shape[1])
+    """Indices and values of each row's k largest entries, best first (ties: lower index first).
+
+    Wide rows are first cut down to candidates: each row's k-th largest chunk maximum is a lower
+    bound of its k-th largest entry (k chunks hold an entry at least that large), so only entries
+    at or above it can be among the k best. One pass for the chunk maxima and one for the
+    comparison cost far less than selecting over the whole row (argpartition)."""
+    m, n = sims.shape
+    k = min(k, n)
     if k == 0:
-        return np.zeros((len(sims), 0), np.int64), np.zeros((len(sims), 0), np.float32)
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(sims, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(vals, order, axis=1)
+        return np.zeros((m, 0), np.int64), np.zeros((m, 0), np.float32)
+    chunks = min(n, max(4 * k, 256))
+    if n < 8 * chunks or m == 0:
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(sims, part, axis=1)
+        order = np.lexsort((part, -vals), axis=1)
+        return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(vals, order, axis=1)
+    maxima = np.maximum.reduceat(sims, np.linspace(0, n, chunks, endpoint=False).astype(np.int64), axis=1)
+    floor = np.partition(maxima, chunks - k, axis=1)[:, chunks - k]
+    row, col = np.nonzero(sims >= floor[:, None])
+    vals = sims[row, col]
+    order = np.lexsort((col, -vals, row))  # by row, then best first, ties to the lower index
+    row, col, vals = row[order], col[order], vals[order]
+    first = np.searchsorted(row, np.arange(m))
+    take = first[:, None] + np.arange(k)  # every row has at least k candidates
+    return col[take].astype(np.int64), vals[take]
 
 
 def exact_neighbors_and_pairs(vectors: np.ndarray, k: int, pair_threshold: Optional[float] = None
