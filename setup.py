@@ -44,7 +44,7 @@ setup(
         "serve": ["fastapi>=0.115,<1", "uvicorn>=0.30,<1", "python-multipart>=0.0.9"],
         # The browser tests drive Debian's Chromium (/usr/bin/chromium); Playwright downloads no browser.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8", "python-hcl2>=4",
-                 "playwright>=1.49,<2"],
+                 "playwright>=1.49,<2", "httpx>=0.27"],  # httpx: FastAPI's TestClient
     },
     # The explorer's page, script and style sheet, copied into every site.
     package_data={"imgsim.explore": ["static/*"]},

@@ -75,8 +75,38 @@ def render(r: dict) -> str:
                     f"{row['recommended_threshold']} ({rec['precision']} / {rec['recall']}) |"]
         out += ["", "| layer | bf16 vs fp32: mean cosine | top-10 overlap |", "|---|---|---|"]
         out += [f"| `{layer}` | {a['mean_cosine']} | {a['top10_overlap']} |" for layer, a in q["bf16_vs_fp32"].items()]
+    if "sharded" in r:
+        out += ["", render_sharded(r["sharded"])]
+    return "\n".join(out)
+
+
+def render_sharded(r: dict) -> str:
+    """The tables of a benchmarks.sharded_speed result."""
+    one, sh = r["one_searcher"], r["sharded"]
+    c = one["config"]
+    queries = {q["shards_searched"]: q for q in sh["queries"]}
+    chosen = queries[sh["shards_to_search"]]
+    out = [f"| {r['n']:,} × {r['dim']} ({r['raw_vectors_mb']:,} MiB of vectors) | one searcher | "
+           f"{r['shards']} shards, two worker processes |", "|---|---|---|",
+           f"| configuration | {c['mode']}, {c.get('num_leaves')} leaves, search {c.get('leaves_to_search')} | "
+           f"{', '.join(sorted({json.loads(x)['mode'] for x in sh['shard_configs']}))} per shard, "
+           f"{min(sh['shard_counts']):,}–{max(sh['shard_counts']):,} items, a query searches "
+           f"{sh['shards_to_search']} |",
+           f"| build s | {one['build_seconds']} | {sh['shards_built_seconds']} (all shards built and recall measured; "
+           f"slowest shard {sh['shard_build_seconds']['max']}, sum {sh['shard_build_seconds']['sum']}) |",
+           f"| with neighbours and groups of every item, published | — | {sh['published_seconds']} |",
+           f"| queries per second (2,000 held out, batched) | {one['qps']} | {chosen['qps']}"
+           + "".join(f"; searching {q['shards_searched']}: {q['qps']}" for s, q in queries.items()
+                     if s != sh["shards_to_search"]) + " |",
+           f"| recall@10 (held out, brute force over all) | {one['recall@10']} | {chosen['recall@10']}"
+           + "".join(f"; searching {q['shards_searched']}: {q['recall@10']}" for s, q in queries.items()
+                     if s != sh["shards_to_search"]) + " |",
+           f"| peak resident memory MiB | {one['peak_rss_mb']:,} (the building process) | "
+           f"{sh['worker_peak_rss_mb']:,} per worker; {sh['driver_peak_rss_mb']:,} the DirectRunner driver |",
+           "", f"Recall@10 measured while building (its own vectors), by shards searched: {sh['recall_curve']}."]
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    print(render(json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/LATEST.json"))))
+    result = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/LATEST.json"))
+    print(render_sharded(result) if "one_searcher" in result else render(result))

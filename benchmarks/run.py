@@ -5,8 +5,9 @@
 
 Measures the machine's FLOP ceiling, raw model throughput (fp32, bf16), bf16/fp32 agreement, decode
 cost, end-to-end pipeline throughput and peak memory over a local HTTP catalogue of real JPEGs, and
-ScaNN index speed and recall, and the quality of neighbours per layer and precision (labelled
-clip art, near duplicates of the photos). Prints the targets with pass/fail and writes JSON
+ScaNN index speed and recall, a sharded index built by `imgsim index` on two worker processes
+against one searcher (benchmarks/sharded_speed.py), and the quality of neighbours per layer and
+precision (labelled clip art, near duplicates of the photos). Prints the targets with pass/fail and writes JSON
 (benchmarks/results/LATEST.json and a dated copy). Run nothing else heavy meanwhile.
 """
 from __future__ import annotations
@@ -165,6 +166,17 @@ def index_section(results: dict, quick: bool) -> None:
     results["index"] = out
 
 
+def sharded_section(results: dict, quick: bool) -> None:
+    from benchmarks import sharded_speed
+
+    n, dim, shards = (250_000, 32, 4) if quick else (2_000_000, 512, 8)
+    work = Path(tempfile.mkdtemp(prefix="imgsim-bench-sharded-"))
+    try:
+        results["sharded"] = sharded_speed.benchmark(n, dim, shards, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def targets(results: dict) -> list[dict]:
     rows = []
 
@@ -193,6 +205,14 @@ def targets(results: dict) -> list[dict]:
     if "peak_memory_ratio" in results:
         check("peak memory, largest / smallest run", results["peak_memory_ratio"], "<= 1.10",
               results["peak_memory_ratio"] <= 1.10)
+    sharded = results.get("sharded")
+    if sharded:
+        chosen = next(q for q in sharded["sharded"]["queries"]
+                      if q["shards_searched"] == sharded["sharded"]["shards_to_search"])
+        check(f"sharded {sharded['n']:,} x {sharded['dim']} recall@10", chosen["recall@10"], ">= 0.95",
+              chosen["recall@10"] >= 0.95)
+        ratio = sharded["sharded"]["worker_peak_rss_mb"] / sharded["one_searcher"]["peak_rss_mb"]
+        check("sharded peak per worker / one searcher's", round(ratio, 3), "<= 0.5", ratio <= 0.5)
     for row in results.get("index", []):
         if row["n"] >= 1_000_000 and row["config"].get("reorder_type") == "float32":
             check("1M x 512 recall@10", row["recall@10"], ">= 0.95", row["recall@10"] >= 0.95)
@@ -206,7 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
     parser.add_argument("--weights", default=None, help="default: the shared ImageNet notop weights")
     parser.add_argument("--layer", default="pool")
-    parser.add_argument("--skip", action="append", default=[], choices=["model", "pipeline", "index", "quality"])
+    parser.add_argument("--skip", action="append", default=[], choices=["model", "pipeline", "index", "sharded",
+                                                                        "quality"])
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--sizes", default=None, help="end-to-end run sizes, e.g. 200,1000,2000")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the fastest raw one)")
@@ -227,6 +248,8 @@ def main(argv=None) -> int:
                          bf16_size=0 if args.quick else 1000)
     if "index" not in args.skip:
         index_section(results, args.quick)
+    if "sharded" not in args.skip:
+        sharded_section(results, args.quick)
     if "quality" not in args.skip:
         from benchmarks import quality
 

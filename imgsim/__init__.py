@@ -9,12 +9,14 @@ Importing imgsim is cheap: these names load their modules on first use.
 """
 __version__ = "0.1.0"
 
-__all__ = ["run", "build_index", "evaluate", "explore", "serve", "ImageIndex", "RunSummary", "ConfigError", "__version__"]
+__all__ = ["run", "build_index", "export", "evaluate", "explore", "serve", "ImageIndex", "RunSummary", "ConfigError",
+           "__version__"]
 
 _LAZY = {
     "run": ("imgsim.api", "run"),
     "build_index": ("imgsim.api", "build_index"),
     "evaluate": ("imgsim.api", "evaluate"),
+    "export": ("imgsim.api", "export"),
     "explore": ("imgsim.api", "explore"),
     "serve": ("imgsim.api", "serve"),
     "ImageIndex": ("imgsim.index.consumer", "ImageIndex"),

@@ -2,7 +2,7 @@
 
     import imgsim
     summary = imgsim.run(input="manifest.csv", output="out/", layer="pool")    # -> RunSummary
-    report = imgsim.build_index("out/", embeddings="out/runs/R/embeddings/*.parquet")
+    report = imgsim.build_index("out/", embeddings="out/runs/R/embeddings/*.parquet")   # a Beam pipeline
     report = imgsim.build_index("out/", ids=ids, vectors=vectors, metadata={"title": titles})
     index = imgsim.ImageIndex.open("out/")
 
@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.config.flags import ConfigError
-from imgsim.config.options import (EvaluateOptions, ExploreOptions, IndexCommandOptions, IndexFlags, RunOptions,
-                                   ServeOptions)
+from imgsim.config.options import (EvaluateOptions, ExploreOptions, ExportOptions, IndexCommandOptions, IndexFlags,
+                                   RunOptions, ServeOptions)
 from imgsim.embed.signature import ModelSignature
-from imgsim.index.build import build_and_publish
+from imgsim.index.build import RecallTooLow, build_and_publish
 from imgsim.index.latest import read_latest
 from imgsim.records import EMBEDDING_COLUMNS
 from imgsim.runs.layout import RunLayout, new_run_id
-from imgsim.runs.outputs import embeddings_schema, read_tables
+from imgsim.runs.outputs import embeddings_schema
 from imgsim.storage import ObjectStore
 
 
@@ -59,32 +59,41 @@ def beam_args(beam_options: Union[Sequence[str], Mapping[str, Any]]) -> list[str
 def build_index(output: str, *, embeddings: Optional[str] = None, ids: Optional[Sequence[str]] = None,
                 vectors=None, metadata: Union[pa.Table, Mapping[str, Sequence], None] = None,
                 signature: Optional[ModelSignature] = None, run_id: Optional[str] = None,
-                store: Optional[ObjectStore] = None, **index_options) -> dict:
-    """Build, check and publish an index under output, without Beam; the Python form of `imgsim index`.
+                store: Optional[ObjectStore] = None,
+                beam_options: Union[Sequence[str], Mapping[str, Any]] = (), **index_options):
+    """Build, check and publish an index under output.
 
-    Either embeddings (a glob of imgsim embeddings Parquet files) or ids and vectors (any (n, d)
-    array; rows are L2-normalised here) with optional per-item metadata columns. Vectors from
-    elsewhere carry no VGG16 signature unless given one, so `search_image` refuses them.
-    index_options: the index flags (neighbors_k, min_recall, index_mode, ...).
+    Either embeddings (a glob of imgsim embeddings Parquet files): the Python form of `imgsim index`,
+    a Beam pipeline (beam_options as for `run`; local runners wait and return the report, Dataflow
+    returns the LaunchedJob). Or ids and vectors (any (n, d) array; rows are L2-normalised here) with
+    optional per-item metadata columns, built in this process without Beam (sharded here too when
+    the sharding options say so). Vectors from elsewhere carry no VGG16 signature unless given one,
+    so `search_image` refuses them.
+    index_options: the index flags (neighbors_k, min_recall, index_mode, index_shards, ...).
     Returns the index report; raises ConfigError, RecallTooLow, IndexInputError or ArtifactError."""
     if (embeddings is None) == (vectors is None):
         raise ConfigError("give either embeddings (a glob of Parquet files) or ids and vectors")
     if embeddings is not None:
         return index_embeddings(IndexCommandOptions(embeddings=embeddings, output=output, run_id=run_id,
-                                                    **index_options), store)
+                                                    **index_options), beam_args(beam_options), store)
     table = vectors_table(ids, vectors, metadata, signature)
     return _publish(store or ObjectStore(), [table], IndexFlags(**index_options).index_settings(), output, run_id,
                     {"kind": "vectors", "count": table.num_rows})
 
 
-def index_embeddings(options: IndexCommandOptions, store: Optional[ObjectStore] = None) -> dict:
-    """`build_index` from embeddings files, for already parsed options (the CLI's path)."""
-    store = store or ObjectStore()
-    files = store.glob(options.embeddings)
-    if not files:
-        raise ConfigError(f"--embeddings {options.embeddings!r} matches no files")
-    return _publish(store, read_tables(files, store), options.index_settings(), options.output, options.run_id,
-                    {"kind": "embeddings", "pattern": options.embeddings, "files": len(files)})
+def index_embeddings(options: IndexCommandOptions, beam_args: Sequence[str] = (),
+                     store: Optional[ObjectStore] = None, settings=None):
+    """`build_index` from embeddings files, for already parsed options (the CLI's path): the index
+    pipeline. The report (local runners), or the LaunchedJob; RecallTooLow when the index was refused.
+    settings: IndexSettings beyond the flags (tests)."""
+    try:
+        from imgsim.pipelines import index_pipeline
+    except ImportError as e:
+        raise ConfigError(f"imgsim index needs the pipeline extra: pip install 'imgsim[pipeline]' ({e})") from None
+    report = index_pipeline.launch(options, list(beam_args), store or ObjectStore(), settings)
+    if isinstance(report, dict) and report.get("refused") == "recall":
+        raise RecallTooLow(report, report["reason"])
+    return report
 
 
 def _publish(store: ObjectStore, tables: list[pa.Table], settings, output: str, run_id: Optional[str],
@@ -93,6 +102,28 @@ def _publish(store: ObjectStore, tables: list[pa.Table], settings, output: str, 
     layout = RunLayout(output, run_id or new_run_id())
     return build_and_publish(store, tables, settings, layout, latest.generation if latest else 0, source,
                              {"embedded": sum(t.num_rows for t in tables)})
+
+
+def export(index: str, *, output: str, format: str = "vertex", restricts: Optional[Sequence[str]] = None,
+           store: Optional[ObjectStore] = None, **options) -> dict:
+    """Write a published index's items in a managed service's import format; the Python form of
+    `imgsim export`. restricts: metadata columns to export as restrict namespaces.
+    options: rows_per_file, run_id, cache_dir."""
+    return export_options(ExportOptions(index=index, output=output, format=format,
+                                        restricts=",".join(restricts or []) or None, **options), store)
+
+
+def export_options(options: ExportOptions, store: Optional[ObjectStore] = None) -> dict:
+    """`export` for already parsed options (the CLI's path)."""
+    from imgsim.index.consumer import ImageIndex
+    from imgsim.index.export import export_vertex
+
+    store = store or ObjectStore()
+    index = ImageIndex.open(options.index, run_id=options.run_id, cache_dir=options.cache_dir, store=store)
+    try:
+        return export_vertex(index, store, options.output, options.restrict_columns, options.rows_per_file)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def evaluate(index: str, *, labels: Optional[str] = None, near_duplicates: Optional[str] = None,

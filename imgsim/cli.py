@@ -74,15 +74,21 @@ def _index(parsed) -> int:
     from imgsim.index.build import IndexInputError, RecallTooLow
 
     try:
-        report = index_embeddings(parsed.options)
+        outcome = index_embeddings(parsed.options, parsed.beam_args)
     except (ArtifactError, IndexInputError) as e:
         raise ConfigError(str(e)) from None
     except RecallTooLow as e:
         print(f"imgsim index: {e}", file=sys.stderr)
         _print({"published": False, **e.report})
         return 1
-    _print(report)
-    return 0 if report["latest_updated"] else 1
+    if not isinstance(outcome, dict):  # a job submitted to Dataflow
+        _print(outcome.report())
+        return 0
+    _print(outcome)
+    if not outcome.get("published"):
+        print(f"imgsim index: {outcome.get('reason')}", file=sys.stderr)
+        return 1
+    return 0 if outcome["latest_updated"] else 1
 
 
 def _query(parsed) -> int:
@@ -98,6 +104,18 @@ def _query(parsed) -> int:
         raise ConfigError(e.args[0] if isinstance(e, KeyError) and e.args else e) from None
     for match in matches:
         _print(match.to_dict())
+    return 0
+
+
+def _export(parsed) -> int:
+    from imgsim.api import export_options
+    from imgsim.index.artifact import ArtifactError
+
+    try:
+        result = export_options(parsed.options)
+    except ArtifactError as e:
+        raise ConfigError(str(e)) from None
+    _print(result)
     return 0
 
 
@@ -169,7 +187,7 @@ def _rollback(parsed) -> int:
 
 
 def _verify(parsed) -> int:
-    from imgsim.index.artifact import ArtifactError
+    from imgsim.index.artifact import ArtifactError, all_files
     from imgsim.index.consumer import locate_index
     from imgsim.index.publish import verify
     from imgsim.storage import ObjectStore
@@ -185,7 +203,8 @@ def _verify(parsed) -> int:
         _print({"verified": False, "reason": str(e)})
         return 1
     _print({"verified": True, "index": index_dir, "run_id": manifest.get("run_id"), "count": manifest.get("count"),
-            "files": len(manifest.get("files", {})), "recall": manifest.get("recall")})
+            "files": len(all_files(manifest)), "shards": len(manifest.get("shards") or []) or None,
+            "recall": manifest.get("recall")})
     return 0
 
 

@@ -18,7 +18,7 @@ from imgsim.config.flags import ConfigError
 LOCAL_RUNNERS = ("DirectRunner", "PrismRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
 
 
-def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+def pipeline_options(beam_args: Sequence[str], command: str = "run") -> PipelineOptions:
     """PipelineOptions for the arguments imgsim left to Beam; ConfigError on a flag nobody knows."""
     args = list(beam_args)
     known = set(PipelineOptions([]).get_all_options())
@@ -26,10 +26,10 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     if unknown:
         spelled = [a.split("=", 1)[0] for a in args
                    if a.startswith("-") and a.lstrip("-").split("=", 1)[0].replace("-", "_") in unknown]
-        raise ConfigError(f"unknown option(s): {' '.join(spelled or unknown)} (see imgsim run --help)")
+        raise ConfigError(f"unknown option(s): {' '.join(spelled or unknown)} (see imgsim {command} --help)")
     stray = _stray_words(args)
     if stray:
-        raise ConfigError(f"unexpected argument(s): {' '.join(stray)} (see imgsim run --help)")
+        raise ConfigError(f"unexpected argument(s): {' '.join(stray)} (see imgsim {command} --help)")
     options = PipelineOptions(args)
     if not is_local(options):
         _fill_setup_file(options)

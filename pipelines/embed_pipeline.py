@@ -102,9 +102,10 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     outputs = {"input_rows": input_rows, "failures": failures, "written": written, "deleted": deleted,
                **{f"embeddings:{name}": part for name, part in parts.items()}}
     if plan.index is not None:
-        outputs["index"] = {"embedding_files": embedding_files, "input_rows": input_rows} | "BuildIndex" >> BuildIndex(
+        counts = input_rows | "IndexCounts" >> beam.Map(lambda n: {"input_rows": n})
+        outputs["index"] = {"embedding_files": embedding_files, "counts": counts} | "BuildIndex" >> BuildIndex(
             plan.layout, plan.index, plan.input.describe(), plan.latest_generation, plan.model_report(),
-            plan.quantized.directory if plan.quantized else None)
+            plan.quantized.directory if plan.quantized else None, sharding=index_sharding(p, plan))
         if o.site:
             outputs["site"] = outputs["index"] | "BuildSite" >> BuildSite(plan.layout)
     reuse_report = {"sources": [s.describe() for s in plan.reuse_sources], "notes": list(plan.reuse_notes)}
@@ -116,12 +117,18 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     return outputs
 
 
+def index_sharding(p: beam.Pipeline, plan: RunPlan) -> Optional[str]:
+    """"auto" (shard when the run's collection needs it) on Dataflow, or when the sharding flags
+    ask; else None: local runners keep the one-worker step's short graph."""
+    return "auto" if plan.index.sharding.requested or not is_local(p.options) else None
+
+
 def clear_unfinished_outputs(store: ObjectStore, layout: RunLayout) -> None:
     """A restarted run (same --run-id, no summary yet) starts its outputs afresh; its checkpoint stays."""
     if store.exists(layout.summary_path):
         return
     for directory in (layout.embeddings_dir, layout.thumbnails_dir, layout.failures_dir, layout.index_dir,
-                      layout.site_dir):
+                      layout.index_work_dir, layout.site_dir):
         store.delete_prefix(directory)
 
 

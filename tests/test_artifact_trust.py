@@ -340,3 +340,108 @@ def test_two_processes_opening_one_index_into_one_cache_never_see_a_torn_file(tm
     leftovers = [name for r in range(rounds) for _, _, files in os.walk(cache_root / f"round-{r}")
                  for name in files if name.startswith(".")]
     assert leftovers == []  # no temporary files left behind
+
+
+# a sharded artifact (format 2) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pristine_sharded(tmp_path_factory):
+    """A real published sharded index (3 shards), built once in this process; tests tamper with copies."""
+    from imgsim.index.sharding import ShardingOptions
+
+    out = str(tmp_path_factory.mktemp("pristine-sharded") / "out")
+    publish_table(embeddings_table(clustered(600, seed=9)), out, "r1",
+                  indexer.IndexSettings(sharding=ShardingOptions(shards=3)))
+    return out
+
+
+@pytest.fixture
+def sharded_out(pristine_sharded, tmp_path):
+    copy = str(tmp_path / "sharded")
+    shutil.copytree(pristine_sharded, copy, symlinks=True)
+    return copy
+
+
+def test_a_sharded_index_opens_and_answers_as_published(sharded_out, tmp_path, capsys):
+    """The baseline the tampering tests below depart from."""
+    assert main(["query", "--index", sharded_out, "--id", "item-1", "-k", "2", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["id"] == "item-1"
+    assert main(["verify", "--index", sharded_out]) == 0
+    assert json.loads(capsys.readouterr().out)["shards"] == 3
+
+
+@pytest.mark.parametrize("damage", ["tampered", "missing"])
+@pytest.mark.parametrize("name", ["ids.parquet", "vectors.npy", "scann/scann_config.pb"])
+def test_a_tampered_or_missing_shard_file_is_refused(sharded_out, tmp_path, capsys, damage, name):
+    """Shard 2's files: ids.parquet is read to find any id, vectors.npy to look item-1 up when it
+    lives there, the searcher when a query routes to it; each is checked against the manifest first."""
+    manifest = load_manifest(sharded_out)
+    member = pq_ids(sharded_out, manifest["shards"][2])[0]
+    path = os.path.join(index_dir(sharded_out), "shards", "00002", *name.split("/"))
+    if damage == "missing":
+        os.unlink(path)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(os.path.getsize(path) // 2)
+            f.write(b"tampered")
+    expected = "lacks" if damage == "missing" else "does not match the manifest"
+    index = ImageIndex.open(sharded_out, cache_dir=str(tmp_path / "cache"))  # lazy: only the manifest so far
+    with pytest.raises(ArtifactError, match=expected):
+        index.similar(member, k=1)
+        index.search(index.vector(member)[None], k=1, shards_to_search=3)
+    code = main(["query", "--index", sharded_out, "--id", member, "--cache-dir", str(tmp_path / "qc")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert main(["verify", "--index", sharded_out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def pq_ids(out, entry):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(os.path.join(index_dir(out), *entry["dir"].split("/"), "ids.parquet")).column("id").to_pylist()
+
+
+SHARD_ESCAPES = {
+    "dir outside": (lambda m: m["shards"][1].update(dir="../../elsewhere"), "names the directory"),
+    "dir of another shard": (lambda m: m["shards"][1].update(dir="shards/00000"), "names the directory"),
+    "file in another shard": (lambda m: m["shards"][1]["files"].update(
+        {"shards/00000/ids.parquet": m["shards"][0]["files"]["shards/00000/ids.parquet"]}), "outside its directory"),
+    "file leaving its shard": (lambda m: m["shards"][1]["files"].update(
+        {"shards/00001/../../../x": m["shards"][0]["files"]["shards/00000/ids.parquet"]}), "will not load"),
+    "shard file listed at the top": (lambda m: m["files"].update(
+        {"shards/00001/extra.npy": m["shards"][0]["files"]["shards/00000/vectors.npy"]}), "outside its shard's entry"),
+    "no neighbours part": (lambda m: m["files"].pop("neighbors/part-00001-00000.parquet"), "does not list"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SHARD_ESCAPES))
+def test_a_shard_path_outside_its_place_is_refused_in_one_line(sharded_out, tmp_path, capsys, case):
+    edit, expected = SHARD_ESCAPES[case]
+    manifest = load_manifest(sharded_out)
+    edit(manifest)
+    save_manifest(sharded_out, manifest)
+    with pytest.raises(ArtifactError, match=expected):
+        ImageIndex.open(index_dir(sharded_out), cache_dir=str(tmp_path / "cache"))
+    assert_one_line_refusals(index_dir(sharded_out), tmp_path, capsys, expected)
+
+
+def test_a_shards_scann_assets_may_only_name_its_own_files(sharded_out, tmp_path, capsys):
+    """Shard 1's searcher pointed at shard 0's dataset (listed, checksummed, but not its own)."""
+    scann = os.path.join(index_dir(sharded_out), "shards", "00001", "scann")
+    pbtxt = os.path.join(scann, "scann_assets.pbtxt")
+    text = open(pbtxt).read()
+    assert '"dataset.npy"' in text
+    with open(pbtxt, "w") as f:
+        f.write(text.replace('"dataset.npy"', '"../../00000/scann/dataset.npy"'))
+    manifest = load_manifest(sharded_out)
+    rel = "shards/00001/scann/scann_assets.pbtxt"
+    manifest["shards"][1]["files"][rel] = {"sha256": sha256_file(pbtxt), "bytes": os.path.getsize(pbtxt)}
+    save_manifest(sharded_out, manifest)
+    index = ImageIndex.open(index_dir(sharded_out), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ArtifactError, match="scann_assets.pbtxt names the asset"):
+        index.search(np.ones((1, 16)), k=1, shards_to_search=3)
+    code = main(["verify", "--index", index_dir(sharded_out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "scann_assets.pbtxt" in err

@@ -108,3 +108,31 @@ def test_on_gcs_opening_through_latest_checks_the_manifest_it_pins(bucket, tmp_p
     with pytest.raises(ArtifactError, match="not the manifest LATEST pins"):
         ImageIndex.open(out, cache_dir=str(tmp_path / "c"))
     assert ImageIndex.open(out, run_id="p1", cache_dir=str(tmp_path / "c")).run_id == "p1"
+
+
+def test_a_sharded_index_on_gcs_is_verified_and_read_shard_by_shard(bucket, tmp_path, capsys):
+    """Published to gs:// (verified where it landed, shard by shard), opened lazily: a query copies
+    only the files it needs; a shard file replaced on the bucket is refused when it is needed."""
+    import imgsim
+
+    vectors = clustered(800, dim=16, seed=21)
+    output = f"{bucket}/sharded"
+    report = imgsim.build_index(output, ids=[f"item-{i}" for i in range(800)], vectors=vectors, run_id="s1",
+                                index_shards=3)
+    assert report["latest_updated"] and report["sharding"]["shards"] == 3
+    index = ImageIndex.open(output, cache_dir=str(tmp_path / "cache"))
+    fetched = lambda: sorted(os.path.relpath(os.path.join(d, f), index.local_dir)  # noqa: E731
+                             for d, _, files in os.walk(index.local_dir) for f in files)
+    assert fetched() == ["manifest.json"]
+    assert index.search(vectors[[5]], k=1, shards_to_search=1)[0][0].id == "item-5"
+    assert "centroids.npy" in fetched() and any(f.startswith("shards/") and "scann" in f for f in fetched())
+    assert main(["verify", "--index", output]) == 0
+    capsys.readouterr()
+
+    entry = index.manifest["shards"][1]
+    ObjectStore().write_bytes(f"{output}/runs/s1/index/{entry['dir']}/vectors.npy", b"not the vectors")
+    fresh = ImageIndex.open(output, cache_dir=str(tmp_path / "cache2"))
+    with pytest.raises(ArtifactError, match="vectors.npy does not match the manifest"):
+        fresh.vectors()
+    assert main(["verify", "--index", output]) == 1
+    assert "vectors.npy does not match the manifest" in capsys.readouterr().err

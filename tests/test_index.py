@@ -17,7 +17,7 @@ from imgsim.index.build import build_and_publish
 from imgsim.embed.reproduce import ModelMismatch
 from imgsim.index.consumer import ImageIndex
 from imgsim.index.latest import read_latest
-from imgsim.index.exact import connected_groups, exact_neighbors_and_pairs, recall_at_k
+from imgsim.index.exact import connected_groups, exact_neighbors_and_pairs, recall_at_k, top_k
 from imgsim.index.searcher import IndexOptions
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import embeddings_schema
@@ -76,9 +76,22 @@ def test_exact_neighbors_and_pairs_match_a_naive_computation():
     assert all(a < b for a, b, _ in pairs)
 
 
+@pytest.mark.parametrize("m, n, k", [(30, 12, 3), (40, 3000, 20), (60, 40000, 10)])
+def test_top_k_equals_a_full_sort_ties_to_the_lower_index(m, n, k):
+    """Wide rows take the candidate cut (chunk maxima); narrow ones argpartition: both exact."""
+    rng = np.random.default_rng(m)
+    sims = rng.standard_normal((m, n)).astype(np.float32)
+    sims[:, :n // 3] = np.round(sims[:, :n // 3], 1)  # many ties
+    sims[0] = 0.5  # a row of one value
+    sims[1, ::2] = -np.inf  # an item is not its own neighbour: excluded entries
+    rows, values = top_k(sims, k)
+    expected = np.lexsort((np.broadcast_to(np.arange(n), sims.shape), -sims), axis=1)[:, :k]
+    assert np.array_equal(rows, expected) and np.array_equal(values, np.take_along_axis(sims, expected, 1))
+
+
 def test_groups_join_pairs_transitively():
     pairs = np.array([[0, 1, 0.99], [1, 4, 0.98], [6, 7, 0.97]])
-    assert connected_groups(10, pairs) == [[0, 1, 4], [6, 7]]
+    assert connected_groups(pairs) == [[0, 1, 4], [6, 7]]
 
 
 def test_recall_counts_ties_within_tolerance():

@@ -130,3 +130,21 @@ def test_a_backend_other_than_the_index_s_is_refused_before_serving(tmp_path, ca
     assert main(["serve", "--index", out, "--backend", "openvino", "--cache-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "use backend 'keras'" in err[0], err
+
+
+def test_a_sharded_index_is_served_without_an_explorer(tmp_path, caplog):
+    """The HTTP API reads a sharded index whole; the explorer (one searcher's files) is not offered."""
+    from fastapi.testclient import TestClient
+
+    from imgsim.serve.server import ServeSettings, prepare
+
+    ids = [f"s{i}" for i in range(600)]
+    imgsim.build_index(str(tmp_path / "out"), ids=ids, vectors=clustered(600, dim=16, seed=3), neighbors_k=5,
+                       run_id="sh1", index_shards=3)
+    app, index, site = prepare(ServeSettings(index=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
+    assert index.sharded and site is None and "the explorer reads an index of one searcher" in caplog.text
+    client = TestClient(app)
+    assert client.get("/healthz").json()["count"] == 600
+    similar = client.get("/api/similar/s42", params={"k": 3}).json()["results"]
+    assert similar[0]["id"] == "s42" and len(similar) == 3
+    assert client.get("/").status_code == 404

@@ -1,11 +1,18 @@
-"""The pipeline's final step: build, validate and publish the ScaNN index, on a worker.
+"""The pipeline's index step: one worker builds the index, or the workers build it in shards.
+
+    embedding files ─► [footers ─► IndexPlan] ─► one searcher: read the files, build_and_publish, on a worker
+                                              └► sharded:     BuildShardedIndex (transforms/sharded_index.py)
 
 It waits for the embeddings sink to finalise (its file names arrive as a side
-input), reads those files, and hands them to imgsim.index.build.build_and_publish.
-An index below --min-recall, or a LATEST that another run replaced meanwhile,
-is reported in the summary rather than raised: the run's data is still good.
-Storage errors do raise, so the runner retries the step; LATEST is written
-last, so a failed attempt leaves the previous one untouched.
+input). With `sharding="auto"` the plan is made from the files' footers when
+the pipeline runs (the number of vectors is known only then), and exactly one
+of the two branches does the work; without it the graph holds the one-worker
+step only (DirectRunner runs every step of a graph, even idle ones, so small
+local runs keep the short graph). `imgsim index` plans before the pipeline
+starts (pipelines/index_pipeline.py) and builds only the branch it needs. An index below --min-recall, or a LATEST that another run
+replaced meanwhile, is reported rather than raised: the run's data is still
+good. Storage errors do raise, so the runner retries the step; LATEST is
+written last, so a failed attempt leaves the previous one untouched.
 """
 from __future__ import annotations
 
@@ -15,18 +22,24 @@ from typing import Optional
 import apache_beam as beam
 
 from imgsim.index.build import IndexInputError, IndexSettings, RecallTooLow, build_and_publish
+from imgsim.index.sources import file_info, plan_index
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import read_tables
 from imgsim.storage import ObjectStore
+from imgsim.transforms.sharded_index import BuildShardedIndex
 
 _LOG = logging.getLogger("imgsim.index")
 
 
 class BuildIndex(beam.PTransform):
-    """{embedding_files, input_rows} -> PCollection with one index report dict."""
+    """{"embedding_files", "counts" (one dict)} -> PCollection with one index report dict.
+
+    sharding: None (one worker builds it) or "auto" (the plan, made from the footers at run time,
+    says one worker or shards)."""
 
     def __init__(self, layout: RunLayout, settings: IndexSettings, input_description: dict,
-                 expected_latest_generation: int, model: Optional[dict] = None, model_dir: Optional[str] = None):
+                 expected_latest_generation: int, model: Optional[dict] = None, model_dir: Optional[str] = None,
+                 sharding=None):
         super().__init__()
         self._layout = layout
         self._settings = settings
@@ -34,15 +47,39 @@ class BuildIndex(beam.PTransform):
         self._generation = expected_latest_generation
         self._model = model
         self._model_dir = model_dir
+        self._sharding = sharding
 
     def expand(self, pcolls):
-        return (pcolls["input_rows"].pipeline
-                | "Once" >> beam.Create([None])
-                | "BuildAndPublish" >> beam.ParDo(
-                    _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
-                                  self._model, self._model_dir),
-                    files=beam.pvalue.AsList(pcolls["embedding_files"]),
-                    input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"])))
+        p = pcolls["counts"].pipeline
+        files = beam.pvalue.AsList(pcolls["embedding_files"])
+        counts = beam.pvalue.AsSingleton(pcolls["counts"])
+        one_worker = _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
+                                   self._model, self._model_dir)
+        if self._sharding is None:
+            return p | "Once" >> beam.Create([None]) | "BuildAndPublish" >> beam.ParDo(
+                one_worker, files=files, counts=counts)
+        infos = (pcolls["embedding_files"]
+                 | "SortFiles" >> beam.combiners.ToList()
+                 | "NumberFiles" >> beam.FlatMap(lambda paths: enumerate(sorted(paths)))
+                 | "SpreadFiles" >> beam.Reshuffle()
+                 | "Footers" >> beam.ParDo(_Footer()))
+        plan = (infos
+                | "AllFooters" >> beam.combiners.ToList()
+                | "Plan" >> beam.Map(plan_index, settings=self._settings))
+        one = p | "Once" >> beam.Create([None]) | "BuildAndPublish" >> beam.ParDo(
+            one_worker, files=files, counts=counts, plan=beam.pvalue.AsSingleton(plan))
+        sharded = {"infos": infos, "plan": plan, "counts": pcolls["counts"]} | "Sharded" >> BuildShardedIndex(
+            self._layout, self._settings, self._input_description, self._generation, self._model, self._model_dir)
+        return (one, sharded) | "Report" >> beam.Flatten()
+
+
+class _Footer(beam.DoFn):
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, numbered):
+        number, path = numbered
+        yield file_info(self._store, path, number)
 
 
 class _BuildIndexFn(beam.DoFn):
@@ -57,14 +94,16 @@ class _BuildIndexFn(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, files, input_rows):
+    def process(self, _, files, counts, plan=None):
+        if plan is not None and plan.sharded:
+            return  # the workers build it (BuildShardedIndex)
         try:
             tables = read_tables(sorted(files), self._store)
             report = build_and_publish(self._store, tables, self._settings, self._layout, self._generation,
-                                       self._input_description, {"input_rows": input_rows}, self._model,
+                                       self._input_description, counts, self._model,
                                        self._model_dir)
         except RecallTooLow as e:
-            report = {"published": False, "reason": str(e), **e.report}
+            report = {"published": False, "reason": str(e), "refused": "recall", **e.report}
         except IndexInputError as e:
             report = {"published": False, "reason": str(e)}
         _LOG.info("index: %s", report.get("latest") or report.get("reason"))

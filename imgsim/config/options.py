@@ -23,7 +23,10 @@ from imgsim.embed.weights import IMAGENET
 from imgsim.explore.build import ExploreSettings
 from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
 from imgsim.index.build import IndexSettings
+from imgsim.index.export import FORMATS as EXPORT_FORMATS
+from imgsim.index.export import parse_columns
 from imgsim.index.searcher import MODES, REORDER_TYPES, IndexOptions
+from imgsim.index.sharding import DEFAULT_MEMORY_MB, ShardingOptions
 from imgsim.runs.layout import RUN_ID_PATTERN, check_run_id
 
 # API pages are JSON, bigger than most images are allowed to be.
@@ -180,6 +183,24 @@ class IndexFlags(Flags):
     keep_runs: Optional[int] = flag(None, "after publishing, delete finished runs beyond the N most recent (this "
                                     "run included); unfinished runs are never deleted", minimum=1,
                                     label="Keep runs", default_text="keep all")
+    index_shards: Optional[int] = flag(
+        None, "split the index into N shards (partitions of the vectors, each its own searcher), built in "
+        "parallel on the workers; 1: one searcher", minimum=1, label="Index shards",
+        default_text="as many as --index-memory-mb needs; one for collections within it")
+    index_memory_mb: Optional[int] = flag(
+        None, "the memory one worker may use to build one searcher; a collection that needs more is sharded",
+        minimum=1, label="Index memory per worker (MB)", default_text=f"{DEFAULT_MEMORY_MB}")
+    index_shards_to_search: Optional[int] = flag(
+        None, "sharded index: how many of the nearest shards a query searches", minimum=1,
+        label="Shards to search", default_text="the fewest that keep the measured recall")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _checked(self.index_settings)
+
+    def sharding_options(self) -> ShardingOptions:
+        return ShardingOptions(shards=self.index_shards, memory_mb=self.index_memory_mb,
+                               shards_to_search=self.index_shards_to_search)
 
     def index_settings(self) -> IndexSettings:
         options = IndexOptions(mode=self.index_mode, num_leaves=self.index_leaves,
@@ -187,7 +208,7 @@ class IndexFlags(Flags):
                                reorder_type=self.index_reorder_type)
         return IndexSettings(options=options, neighbors_k=self.neighbors_k, min_recall=self.min_recall,
                              recall_queries=self.recall_queries, duplicate_threshold=self.duplicate_threshold,
-                             keep_runs=self.keep_runs)
+                             keep_runs=self.keep_runs, sharding=self.sharding_options())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +380,26 @@ class ServeOptions(Flags):
         return FetchConfig(deadline=self.download_deadline, max_bytes=int(self.max_upload_mb * 1024 * 1024),
                            read_timeout=min(30.0, self.download_deadline), max_retries=1,
                            allow_private_addresses=self.allow_private_addresses)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions(Flags):
+    """`imgsim export`: an index's items in a managed vector search service's import format."""
+
+    index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
+                                required=True)
+    format: str = flag("vertex", "vertex: Vertex AI Vector Search's JSON input files", choices=EXPORT_FORMATS)
+    output: Optional[str] = flag(None, "the directory to write the files to, local or gs://", required=True)
+    restricts: Optional[str] = flag(None, "metadata columns to export as restrict namespaces (token filters), "
+                                    "comma-separated, e.g. type,department", metavar="COLUMNS",
+                                    default_text="none")
+    rows_per_file: int = flag(100_000, "datapoints per file", minimum=1)
+    run_id: Optional[str] = flag(None, "export this run instead of the one LATEST points at")
+    cache_dir: Optional[str] = flag(None, "where the index is copied to", default_text="~/.cache/imgsim/index")
+
+    @property
+    def restrict_columns(self) -> list[str]:
+        return parse_columns(self.restricts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,9 @@ from typing import Any, Optional
 
 from imgsim import __version__
 from imgsim.config.flags import ConfigError, FlagParser, Flags, add_flags, flag, from_namespace
-from imgsim.config.options import (EvaluateOptions, ExploreOptions, IndexCommandOptions, QueryOptions,
-                                   RollbackOptions, RunOptions, RunsOptions, ServeOptions, VerifyOptions)
+from imgsim.config.options import (EvaluateOptions, ExploreOptions, ExportOptions, IndexCommandOptions,
+                                   QueryOptions, RollbackOptions, RunOptions, RunsOptions, ServeOptions,
+                                   VerifyOptions)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -60,8 +61,18 @@ COMMANDS = (
             "--project P --region R --temp_location gs://... (--setup_file is filled in for Dataflow).",
             passes_beam_options=True,
             usage="imgsim run --input INPUT --output OUTPUT [options] [Beam pipeline options]"),
-    Command("index", IndexCommandOptions, "build and publish an index from existing embeddings, without inference"),
+    Command("index", IndexCommandOptions, "build and publish an index from existing embeddings, without inference "
+            "(a Beam pipeline)",
+            description="Build, check and publish an index from existing embeddings files, as a Beam pipeline: "
+            "one worker builds a collection within --index-memory-mb, larger ones are sharded and built by the "
+            "workers in parallel.",
+            epilog="Every Apache Beam pipeline option passes through, e.g. --runner DataflowRunner "
+            "--project P --region R --temp_location gs://... (--setup_file is filled in for Dataflow).",
+            passes_beam_options=True,
+            usage="imgsim index --embeddings GLOB --output OUTPUT [options] [Beam pipeline options]"),
     Command("query", QueryOptions, "ask a published index for the items most like an id or an image"),
+    Command("export", ExportOptions, "write a published index's items in the import format of a managed vector "
+            "search service (Vertex AI Vector Search)"),
     Command("evaluate", EvaluateOptions, "measure how good the neighbours are: labelled retrieval, near duplicates"),
     Command("explore", ExploreOptions, "write the explorer: a static site to browse an index's images, their "
             "neighbours, near-duplicate groups and a map"),
@@ -105,6 +116,12 @@ def parse(argv: list[str]) -> Parsed:
         raise ConfigError(f"unknown option(s): {' '.join(extra)} (see imgsim {command.name} --help)")
     return Parsed(command.name, from_namespace(command.options, namespace),
                   from_namespace(CommonFlags, namespace), tuple(extra))
+
+
+def parse_index_args(argv: list[str]) -> tuple[IndexCommandOptions, list[str]]:
+    """`imgsim index`'s flags: (IndexCommandOptions, the arguments left for Beam)."""
+    parsed = parse(["index", *argv])
+    return parsed.options, list(parsed.beam_args)
 
 
 def parse_run_args(argv: list[str]) -> tuple[RunOptions, list[str]]:

@@ -50,6 +50,10 @@ class IndexContents:
             raise artifact.ArtifactError(f"no index at {found.index_dir}")
         local = local_copy_dir(found.index_dir, cache_dir)
         manifest = artifact.fetch_artifact(store, found.index_dir, local, found.manifest_sha256)
+        if artifact.is_sharded(manifest):
+            raise artifact.ArtifactError(
+                f"the index at {found.index_dir} is sharded ({len(manifest['shards'])} shards): the explorer reads "
+                "an index of one searcher for now; `imgsim serve` and `imgsim query` read sharded ones")
         path = os.path.join(local, "ids.parquet")
         columns = [c for c in pq.read_schema(path).names if c != "embedding"]
         return cls(manifest, local, found.index_dir, pq.read_table(path, columns=columns), store)

@@ -1,9 +1,12 @@
 """Building an index artifact from embeddings, and publishing it (`build_and_publish`).
 
-Used by the pipeline's final step (on a Dataflow worker), by `imgsim index`
-and by the Python API's `imgsim.build_index` (no Beam). The recall of the
-ScaNN configuration is measured against exact brute force on a sample of the
-collection's own vectors; below `min_recall` the index is refused.
+Used by the pipeline's final step when one worker builds the index (on a
+Dataflow worker), and by the Python API's `imgsim.build_index` on in-memory
+vectors (no Beam). The recall of the ScaNN configuration is measured against
+exact brute force on a sample of the collection's own vectors; below
+`min_recall` the index is refused. A collection the sharding options split
+(imgsim.index.sharding) is built as a sharded artifact (imgsim.index.sharded),
+here one shard after another; the pipeline builds those on its workers.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from imgsim.index.exact import (Neighbors, connected_groups, exact_neighbors_and
                                 recall_at_k)
 from imgsim.index.publish import publish
 from imgsim.index.searcher import IndexOptions
+from imgsim.index.shard_build import ShardingRefused, check_shardable
+from imgsim.index.sharded import build_sharded_artifact
+from imgsim.index.sharding import ShardingOptions
+from imgsim.index.sources import IndexInputError
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import signature_of, vectors
 from imgsim.storage import ObjectStore, join
@@ -34,14 +41,10 @@ MODEL_DIR = "model"
 
 
 class RecallTooLow(Exception):
-    def __init__(self, report: dict):
-        super().__init__(f"recall@{report['recall']['k']} {report['recall']['value']:.4f} is below "
+    def __init__(self, report: dict, message: Optional[str] = None):
+        super().__init__(message or f"recall@{report['recall']['k']} {report['recall']['value']:.4f} is below "
                          f"--min-recall {report['recall']['min']}: the index was not published")
         self.report = report
-
-
-class IndexInputError(ValueError):
-    """The embeddings cannot form one index (mixed model signatures, nothing to index)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,7 @@ class IndexSettings:
     duplicate_threshold: float = 0.95
     exact_neighbors_max: int = 200_000
     keep_runs: Optional[int] = None
+    sharding: ShardingOptions = ShardingOptions()
 
     def __post_init__(self):
         if not 0.0 <= self.min_recall <= 1.0:
@@ -64,6 +68,8 @@ class IndexSettings:
             raise ValueError("--neighbors-k, the recall k and --recall-queries must be at least 1")
         if self.keep_runs is not None and self.keep_runs < 1:
             raise ValueError("--keep-runs must be at least 1")
+        if self.sharding.shards is not None and self.sharding.shards > 1:
+            check_shardable(self.options)
 
 
 def build_and_publish(store: ObjectStore, tables: Sequence[pa.Table], settings: IndexSettings, layout: RunLayout,
@@ -76,21 +82,42 @@ def build_and_publish(store: ObjectStore, tables: Sequence[pa.Table], settings: 
     embed query images with exactly that model.
     Raises RecallTooLow and IndexInputError (the run's data is still good) and ArtifactError."""
     table, signature, repeated = combine_embeddings(tables)
+    plan = settings.sharding.plan(table.num_rows, signature.dim)
     staging = tempfile.mkdtemp(prefix="imgsim-index-")
     try:
         if model_dir:
             for name in QUANTIZED_FILES:
                 store.download_to_file(join(model_dir, name), os.path.join(staging, MODEL_DIR, name))
-        manifest = build_artifact(table, signature, staging, settings, run_id=layout.run_id,
-                                  input_description=input_description,
-                                  counts={**counts, "indexed": table.num_rows, "repeated_ids": repeated},
-                                  model=model)
+        details = dict(run_id=layout.run_id, input_description=input_description,
+                       counts={**counts, "indexed": table.num_rows, "repeated_ids": repeated}, model=model)
+        if plan.sharded:
+            try:
+                check_shardable(settings.options)
+            except ShardingRefused as e:
+                raise IndexInputError(str(e)) from None
+            manifest, outcome = build_sharded_artifact(table, signature, staging, settings, plan, **details)
+            if manifest is None:
+                raise RecallTooLow({"count": outcome.count, "recall": outcome.recall,
+                                    "sharding": {"shards": len(outcome.entries),
+                                                 "recall_by_shards_searched": outcome.curve}},
+                                   outcome.refused)
+        else:
+            manifest = build_artifact(table, signature, staging, settings, **details)
         result = publish(store, staging, layout, expected_generation, keep_runs=settings.keep_runs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"published": True, "index": result.index_dir, "count": manifest["count"],
-            "recall": manifest["recall"], "scann": manifest["scann"], "groups": manifest["groups"],
-            "latest_updated": result.latest_updated, "latest": result.latest_detail}
+    return index_report(manifest, result)
+
+
+def index_report(manifest: dict, result) -> dict:
+    """What the summary and the CLI print about a published index."""
+    report = {"published": True, "index": result.index_dir, "count": manifest["count"],
+              "recall": manifest["recall"], "scann": manifest["scann"], "groups": manifest["groups"],
+              "latest_updated": result.latest_updated, "latest": result.latest_detail}
+    if "sharding" in manifest:
+        report["sharding"] = {key: manifest["sharding"][key] for key in
+                              ("shards", "shards_to_search", "recall_by_shards_searched")}
+    return report
 
 
 def combine_embeddings(tables: Sequence[pa.Table]) -> tuple[pa.Table, ModelSignature, int]:
@@ -142,7 +169,7 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
         neighbors = approximate_neighbors(searcher, data, settings.neighbors_k)
         pairs = pairs_from_neighbors(neighbors, settings.duplicate_threshold)
         exact = False
-    groups = connected_groups(n, pairs)
+    groups = connected_groups(pairs)
 
     ids = table.column("id")
     artifact.write_table(table.add_column(0, "row", pa.array(np.arange(n, dtype=np.int64))),
@@ -156,7 +183,7 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
         "model_signature": signature.to_dict(),
         "dimension": signature.dim,
         "count": n,
-        "scann": {**config.to_dict(), "version": _scann_version(),
+        "scann": {**config.to_dict(), "version": scann_version(),
                   "distance": "dot_product"},
         "recall": recall_report,
         "neighbors": {"k": neighbors.rows.shape[1], "exact": exact},
@@ -226,7 +253,7 @@ def _pad(values: np.ndarray, k: int, fill) -> np.ndarray:
     return np.concatenate([values, np.full(k - len(values), fill, dtype=np.asarray(values).dtype if len(values) else float)])
 
 
-def _scann_version() -> str:
+def scann_version() -> str:
     from importlib.metadata import version
 
     return version("scann")

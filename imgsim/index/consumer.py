@@ -9,7 +9,10 @@
 `open` copies the artifact into a local cache (ScaNN loads from a local
 directory), reusing files whose checksum still matches, and verifies every
 file against the manifest, and the manifest against LATEST's pin, before
-loading anything (imgsim.index.artifact says what is trusted). `search_image`
+loading anything (imgsim.index.artifact says what is trusted). A sharded
+index (format 2) is copied and verified file by file as its shards are
+first needed, and a query searches the shards nearest to it
+(imgsim.index.readers). `search_image`
 builds the model the manifest names and refuses weights whose checksum differs.
 """
 from __future__ import annotations
@@ -18,11 +21,10 @@ import dataclasses
 import hashlib
 import os
 import threading
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from imgsim.embed.decode import decode_image
 from imgsim.embed.reproduce import embedder_for  # TensorFlow only when a model is built
@@ -30,13 +32,10 @@ from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.artifact import ArtifactError
 from imgsim.index.latest import read_latest
+from imgsim.index.readers import ShardedReader, SingleReader
 from imgsim.runs.layout import RunLayout
-from imgsim.runs.outputs import vectors
 from imgsim.storage import ObjectStore, is_gcs, join
 from imgsim.storage import cache_dir as imgsim_cache_dir
-
-_NOT_METADATA = ("row", "embedding")
-
 
 @dataclasses.dataclass(frozen=True)
 class Match:
@@ -79,68 +78,87 @@ def local_copy_dir(index_dir: str, cache_dir: Optional[str] = None) -> str:
 
 
 class ImageIndex:
-    def __init__(self, local_dir: str, manifest: dict, source: str, store: ObjectStore):
+    def __init__(self, local_dir: str, manifest: dict, source: str, store: ObjectStore,
+                 shards_to_search: Optional[int] = None):
         self.local_dir = local_dir
         self._store = store
         self.manifest = manifest
         self.source = source
         self.signature = ModelSignature.from_dict(manifest["model_signature"])
-        self._searcher = artifact.load_searcher(local_dir)
-        path = os.path.join(local_dir, "ids.parquet")
-        columns = [c for c in pq.read_schema(path).names if c not in _NOT_METADATA]
-        self._info = pq.read_table(path, columns=columns)
-        self._ids = self._info.column("id").to_pylist()
-        self._row_of = {item: row for row, item in enumerate(self._ids)}
-        self._vectors: Optional[np.ndarray] = None
+        if artifact.is_sharded(manifest):
+            def fetch(files: dict) -> None:
+                artifact.fetch_files(store, source, local_dir, manifest, files)
+
+            self._reader = ShardedReader(local_dir, manifest, fetch, shards_to_search)
+        else:
+            self._reader = SingleReader(local_dir, manifest)
         self._embedder = None
         self._lock = threading.Lock()
 
     @classmethod
     def open(cls, location: str, run_id: Optional[str] = None, cache_dir: Optional[str] = None,
-             store: Optional[ObjectStore] = None) -> "ImageIndex":
-        """Open the index at an output root (LATEST, or run_id) or an index directory, local or gs://."""
+             store: Optional[ObjectStore] = None, shards_to_search: Optional[int] = None) -> "ImageIndex":
+        """Open the index at an output root (LATEST, or run_id) or an index directory, local or gs://.
+
+        shards_to_search: for a sharded index, how many of the nearest shards a query searches
+        (default: the number chosen when it was built, from its recall)."""
         store = store or ObjectStore()
         found = locate_index(store, location, run_id)
         if not is_gcs(found.index_dir) and not os.path.isdir(found.index_dir):
             raise ArtifactError(f"no index at {found.index_dir}")
         local = local_copy_dir(found.index_dir, cache_dir)
         manifest = artifact.fetch_artifact(store, found.index_dir, local, found.manifest_sha256)
-        return cls(local, manifest, found.index_dir, store)
+        return cls(local, manifest, found.index_dir, store, shards_to_search)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._reader.count
 
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
 
     @property
+    def sharded(self) -> bool:
+        return artifact.is_sharded(self.manifest)
+
+    @property
+    def shards_to_search(self) -> Optional[int]:
+        """How many shards a query searches (None: the index has one searcher)."""
+        return getattr(self._reader, "shards_to_search", None)
+
+    @property
     def ids(self) -> list[str]:
         """Every item's id, in the index's row order (the order of `vectors()`)."""
-        return list(self._ids)
+        return self._reader.ids()
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The names under which each Match's metadata holds an item's url, sha256, ... and columns."""
+        return self._reader.columns()
 
     def vectors(self) -> np.ndarray:
         """Every item's unit vector, (count, dim) float32, in row order."""
-        return self._all_vectors()
+        return self._reader.vectors()
 
     def vector(self, item_id: str) -> np.ndarray:
-        return self._all_vectors()[self._row(item_id)]
+        return self._reader.vector(self._row(item_id))
 
     def similar(self, item_id: str, k: int = 10) -> list[Match]:
         """The k items most like item_id, best first; the item itself comes first."""
         return self.search(self.vector(item_id)[None, :], k)[0]
 
-    def search(self, vectors, k: int = 10) -> list[list[Match]]:
-        """The k nearest items for each query vector (normalised here, so raw vectors work too)."""
+    def search(self, vectors, k: int = 10, shards_to_search: Optional[int] = None) -> list[list[Match]]:
+        """The k nearest items for each query vector (normalised here, so raw vectors work too).
+        shards_to_search overrides the index's own for a sharded index."""
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if queries.shape[1] != self.signature.dim:
             raise ValueError(f"query vectors have {queries.shape[1]} dimensions; the index has {self.signature.dim}")
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         queries = queries / np.where(norms > 0, norms, 1.0)
         k = max(1, min(k, len(self)))
-        rows, scores = self._searcher.search_batched(queries, final_num_neighbors=k)
+        found = self._reader.search(queries, k, shards_to_search)
         return [[self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rr, ss), 1) if r >= 0]
-                for rr, ss in zip(np.asarray(rows), np.asarray(scores))]
+                for rr, ss in zip(found.rows, found.scores)]
 
     def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None,
                      backend: Optional[str] = None, max_pixels: Optional[int] = None) -> list[Match]:
@@ -168,38 +186,39 @@ class ImageIndex:
         return self._match(self._row(item_id), 1.0, 1).metadata
 
     def neighbors(self, item_id: str) -> list[Match]:
-        """The precomputed exact neighbours of item_id (neighbors.parquet), itself excluded."""
-        table = pq.read_table(os.path.join(self.local_dir, "neighbors.parquet"),
-                              filters=[("id", "=", item_id)])
-        if not table.num_rows:
+        """The precomputed neighbours of item_id (neighbors.parquet; exact unless the manifest's
+        `neighbors.exact` says otherwise), itself excluded."""
+        row = self._reader.neighbors(item_id, self._row(item_id))
+        if row is None:
             raise KeyError(item_id)
-        row = table.to_pylist()[0]
         return [self._match(self._row(i), s, rank)
                 for rank, (i, s) in enumerate(zip(row["neighbor_ids"], row["scores"]), 1)]
 
     def groups(self) -> pa.Table:
-        return pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
+        return self._reader.groups()
+
+    def batches(self, columns: Optional[list] = None) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """Every item in row order, a few thousand at a time: (table of id and the metadata columns
+        asked for, their unit vectors), holding one batch (and, sharded, one shard's ids) at a time."""
+        return self._reader.batches(columns)
 
     # internals
     def _row(self, item_id: str) -> int:
         try:
-            return self._row_of[item_id]
+            return self._reader.row_of(item_id)
         except KeyError:
             raise KeyError(f"id {item_id!r} is not in the index") from None
 
     def _match(self, row: int, score: float, rank: int) -> Match:
-        info = {k: v for k, v in self._info.slice(row, 1).to_pylist()[0].items() if k != "id"}
-        return Match(self._ids[row], score, rank, info)
-
-    def _all_vectors(self) -> np.ndarray:
-        with self._lock:
-            if self._vectors is None:
-                table = pq.read_table(os.path.join(self.local_dir, "ids.parquet"), columns=["embedding"])
-                self._vectors = vectors(table)
-            return self._vectors
+        item_id, info = self._reader.info(row)
+        return Match(item_id, score, rank, info)
 
     def _model(self, weights: Optional[str], backend: Optional[str] = None):
         with self._lock:
             if self._embedder is None or backend not in (None, self.signature.backend):
+                if self.sharded:  # an int8 run's model (model/) is fetched, like shards, when first needed
+                    model_files = {rel: meta for rel, meta in self.manifest["files"].items()
+                                   if rel.startswith("model/")}
+                    artifact.fetch_files(self._store, self.source, self.local_dir, self.manifest, model_files)
                 self._embedder = embedder_for(self.signature, self._store, weights, self.local_dir, backend)
             return self._embedder

@@ -11,6 +11,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from imgsim.index.fanout import Candidates
+
 _BLOCK_ELEMENTS = 1 << 25  # similarity values per block: 128 MiB of float32
 
 
@@ -31,14 +33,31 @@ def similarity_blocks(vectors: np.ndarray, queries: Optional[np.ndarray] = None
 
 
 def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of each row's k largest entries, best first."""
-    k = min(k, sims.shape[1])
+    """Indices and values of each row's k largest entries, best first (ties: lower index first).
+
+    Wide rows are first cut down to candidates: each row's k-th largest chunk maximum is a lower
+    bound of its k-th largest entry (k chunks hold an entry at least that large), so only entries
+    at or above it can be among the k best. One pass for the chunk maxima and one for the
+    comparison cost far less than selecting over the whole row (argpartition)."""
+    m, n = sims.shape
+    k = min(k, n)
     if k == 0:
-        return np.zeros((len(sims), 0), np.int64), np.zeros((len(sims), 0), np.float32)
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(sims, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(vals, order, axis=1)
+        return np.zeros((m, 0), np.int64), np.zeros((m, 0), np.float32)
+    chunks = min(n, max(4 * k, 256))
+    if n < 8 * chunks or m == 0:
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(sims, part, axis=1)
+        order = np.lexsort((part, -vals), axis=1)
+        return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(vals, order, axis=1)
+    maxima = np.maximum.reduceat(sims, np.linspace(0, n, chunks, endpoint=False).astype(np.int64), axis=1)
+    floor = np.partition(maxima, chunks - k, axis=1)[:, chunks - k]
+    row, col = np.nonzero(sims >= floor[:, None])
+    vals = sims[row, col]
+    order = np.lexsort((col, -vals, row))  # by row, then best first, ties to the lower index
+    row, col, vals = row[order], col[order], vals[order]
+    first = np.searchsorted(row, np.arange(m))
+    take = first[:, None] + np.arange(k)  # every row has at least k candidates
+    return col[take].astype(np.int64), vals[take]
 
 
 def exact_neighbors_and_pairs(vectors: np.ndarray, k: int, pair_threshold: Optional[float] = None
@@ -70,9 +89,15 @@ def pairs_from_neighbors(neighbors: Neighbors, threshold: float) -> np.ndarray:
     return unique
 
 
-def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
-    """Rows joined by pairs into groups (size >= 2), largest first, then by first row."""
-    parent = np.arange(n)
+def connected_groups(pairs: np.ndarray) -> list[list[int]]:
+    """Rows joined by pairs (rows a, b in the first two columns) into groups, largest first, then
+    by first row. The union-find holds only the rows that appear in pairs, never the collection."""
+    if not len(pairs):
+        return []
+    ends = np.asarray(pairs)[:, :2].astype(np.int64)
+    nodes, compact = np.unique(ends, return_inverse=True)
+    compact = compact.reshape(ends.shape)
+    parent = np.arange(len(nodes))
 
     def find(x):
         root = x
@@ -82,14 +107,43 @@ def connected_groups(n: int, pairs: np.ndarray) -> list[list[int]]:
             parent[x], x = root, parent[x]
         return root
 
-    for a, b in pairs[:, :2].astype(np.int64) if len(pairs) else []:
+    for a, b in compact:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     members: dict[int, list[int]] = {}
-    for row in np.unique(pairs[:, :2].astype(np.int64)) if len(pairs) else []:
-        members.setdefault(find(row), []).append(int(row))
-    return sorted((sorted(m) for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+    for i, row in enumerate(nodes):
+        members.setdefault(find(i), []).append(int(row))
+    return sorted((m for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+
+
+def exact_candidates(queries: np.ndarray, query_rows: np.ndarray, targets: np.ndarray, target_offset: int,
+                     k: int, pair_threshold: Optional[float] = None) -> tuple[Candidates, np.ndarray]:
+    """Each query's k nearest targets, exactly, block by block: global rows (target_offset + row),
+    scores; a query never finds its own row. With pair_threshold, also every pair (a < b, score)
+    of a query row and a target row scoring at least that."""
+    out = Candidates.empty(len(queries), k)
+    pairs = []
+    target_rows = target_offset + np.arange(len(targets))
+    for start, sims in similarity_blocks(targets, queries):
+        own = query_rows[start:start + len(sims)]
+        mine = (own >= target_offset) & (own < target_offset + len(targets))
+        sims[np.flatnonzero(mine), own[mine] - target_offset] = -np.inf  # an item is not its own neighbour
+        idx, vals = top_k(sims, k)
+        width = idx.shape[1]
+        out.rows[start:start + len(sims), :width] = np.where(np.isfinite(vals), target_offset + idx, -1)
+        out.scores[start:start + len(sims), :width] = vals
+        if pair_threshold is not None:
+            qi, tj = np.nonzero(sims >= pair_threshold)
+            keep = own[qi] < target_rows[tj]
+            pairs.append(np.stack([own[qi][keep], target_rows[tj][keep], sims[qi[keep], tj[keep]]], axis=1))
+    return out, (np.concatenate(pairs) if pairs else np.zeros((0, 3)))
+
+
+def recall_hits(true_scores: np.ndarray, kth: np.ndarray, valid: np.ndarray, tolerance: float = 1e-3) -> int:
+    """How many approximate neighbours count (ann-benchmarks): a neighbour counts when its true
+    score is within `tolerance` of the k-th exact score of its query (ties are not errors)."""
+    return int(np.sum(valid & (true_scores >= kth.reshape(-1, 1) - tolerance)))
 
 
 def recall_at_k(vectors: np.ndarray, queries: np.ndarray, approx_rows: np.ndarray, k: int,
@@ -109,5 +163,5 @@ def recall_at_k(vectors: np.ndarray, queries: np.ndarray, approx_rows: np.ndarra
         approx = approx_rows[start:stop, :k]
         valid = approx >= 0
         true = np.take_along_axis(sims, np.where(valid, approx, 0), axis=1)
-        hits += int(np.sum(valid & (true >= kth - tolerance)))
+        hits += recall_hits(true, kth, valid, tolerance)
     return hits / (len(queries) * k) if len(queries) else 1.0

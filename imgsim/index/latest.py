@@ -32,11 +32,12 @@ class Latest:
     created: str
     manifest_sha256: str
     generation: int = 0  # the version read (0: not read from storage)
+    format_version: int = FORMAT_VERSION  # the artifact's (2: sharded), for a reader to see at a glance
 
     @classmethod
-    def for_run(cls, run_id: str, manifest_sha256: str) -> "Latest":
+    def for_run(cls, run_id: str, manifest_sha256: str, format_version: int = FORMAT_VERSION) -> "Latest":
         return cls(run_id=run_id, index=RunLayout.relative_index_dir(run_id), created=now(),
-                   manifest_sha256=manifest_sha256)
+                   manifest_sha256=manifest_sha256, format_version=format_version)
 
     @classmethod
     def parse(cls, data: bytes, generation: int = 0, where: str = LATEST) -> "Latest":
@@ -70,7 +71,7 @@ class Latest:
 
     def to_json(self) -> bytes:
         doc = {"run_id": self.run_id, "index": self.index, "created": self.created,
-               "manifest_sha256": self.manifest_sha256, "format_version": FORMAT_VERSION}
+               "manifest_sha256": self.manifest_sha256, "format_version": self.format_version}
         return json.dumps(doc, indent=2).encode()
 
 

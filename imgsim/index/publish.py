@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Callable, Optional
 
-from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, local_files, read_manifest,
-                                   self_query_check, verify_local)
+from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, fetch_files, file_problem, is_sharded,
+                                   local_files, parse_manifest, read_manifest, self_query_check, verify_local)
 from imgsim.index.latest import Latest, latest_path, read_latest, swap_latest
 from imgsim.runs.layout import RunLayout, check_run_id, runs_dir
 from imgsim.storage import ObjectStore, PreconditionFailed, WriterBusy, is_gcs, join
@@ -43,9 +44,29 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
             store.upload_file(os.path.join(staging, *rel.split("/")), join(index_dir, rel))
     store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
-    verify(store, index_dir, manifest_sha)  # what landed is what was staged
+    manifest = verify(store, index_dir, manifest_sha)  # what landed is what was staged
+    return _swap(store, layout, manifest_sha, manifest["format_version"], expected_latest_generation, keep_runs)
+
+
+def publish_manifest(store: ObjectStore, layout: RunLayout, manifest_bytes: bytes, expected_latest_generation: int,
+                     keep_runs: Optional[int] = None) -> PublishResult:
+    """Publish an artifact whose files are already in place, each verified where it landed by the
+    worker that wrote it (a sharded index built by the pipeline): write the manifest, check it as
+    it landed, then compare-and-swap LATEST."""
+    index_dir = layout.index_dir
+    parse_manifest(manifest_bytes, join(index_dir, MANIFEST))
+    store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    _, manifest = read_manifest(store, index_dir, manifest_sha)
+    return _swap(store, layout, manifest_sha, manifest["format_version"], expected_latest_generation, keep_runs)
+
+
+def _swap(store: ObjectStore, layout: RunLayout, manifest_sha: str, format_version: int,
+          expected_latest_generation: int, keep_runs: Optional[int]) -> PublishResult:
+    index_dir = layout.index_dir
     try:
-        swap_latest(store, layout.output, Latest.for_run(layout.run_id, manifest_sha), expected_latest_generation)
+        swap_latest(store, layout.output, Latest.for_run(layout.run_id, manifest_sha, format_version),
+                    expected_latest_generation)
     except WriterBusy as e:
         return PublishResult(index_dir, manifest_sha, False,
                              f"another publisher was replacing LATEST at that moment, so it was left as it is "
@@ -62,9 +83,38 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
     return PublishResult(index_dir, manifest_sha, True, detail)
 
 
+def land_files(store: ObjectStore, staging: str, index_dir: str, files: dict,
+               then: Optional[Callable[[str], None]] = None) -> None:
+    """Upload staged files (artifact path -> {sha256, bytes}) into index_dir and check each as it
+    landed (a gs:// file is read back); ArtifactError when one differs. then(root): a further check
+    of the landed files, given a local directory holding them (index_dir, or the copy read back)."""
+    for rel in files:
+        store.upload_file(os.path.join(staging, *rel.split("/")), join(index_dir, rel))
+    if not is_gcs(index_dir):
+        _check_landed(index_dir, files, then, index_dir)
+        return
+    check_dir = tempfile.mkdtemp(prefix="imgsim-landed-")
+    try:
+        for rel in files:
+            os.makedirs(os.path.dirname(os.path.join(check_dir, *rel.split("/"))), exist_ok=True)
+            store.download_to_file(join(index_dir, rel), os.path.join(check_dir, *rel.split("/")))
+        _check_landed(check_dir, files, then, index_dir)
+    finally:
+        shutil.rmtree(check_dir, ignore_errors=True)
+
+
+def _check_landed(root: str, files: dict, then, index_dir: str) -> None:
+    problem = next((p for p in (file_problem(root, rel, meta) for rel, meta in files.items()) if p), None)
+    if problem:
+        raise ArtifactError(f"{problem} (as uploaded to {index_dir})")
+    if then is not None:
+        then(root)
+
+
 def verify(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = None) -> dict:
     """Check a published artifact as a consumer would: the manifest (against manifest_sha256, LATEST's
-    pin, when given), every file's size and checksum, the ScaNN assets, then load and self-query.
+    pin, when given), every file's size and checksum, the ScaNN assets, then load and self-query
+    (a sharded index shard by shard, one in memory at a time).
 
     A gs:// artifact is read back into a temporary directory; a local one is checked where it is.
     Returns its manifest; raises ArtifactError."""
@@ -72,13 +122,21 @@ def verify(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = 
         check_dir = tempfile.mkdtemp(prefix="imgsim-verify-")
         try:
             manifest = fetch_artifact(store, index_dir, check_dir, manifest_sha256)
-            self_query_check(check_dir)
+            if not is_sharded(manifest):
+                self_query_check(check_dir)
+                return manifest
+            fetch_files(store, index_dir, check_dir, manifest, manifest["files"])
+            for entry in manifest["shards"]:
+                fetch_files(store, index_dir, check_dir, manifest, entry["files"])
+                shard = {**manifest, "shards": [entry]}
+                self_query_check(check_dir, shard)
+                shutil.rmtree(os.path.join(check_dir, *entry["dir"].split("/")), ignore_errors=True)
         finally:
             shutil.rmtree(check_dir, ignore_errors=True)
         return manifest
     _, manifest = read_manifest(store, index_dir, manifest_sha256)
     verify_local(index_dir, manifest)
-    self_query_check(index_dir)
+    self_query_check(index_dir, manifest)
     return manifest
 
 
@@ -93,7 +151,7 @@ def rollback(store: ObjectStore, output: str, run_id: str) -> Latest:
     manifest_bytes, _ = read_manifest(store, index_dir)
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     verify(store, index_dir, manifest_sha)
-    latest = Latest.for_run(run_id, manifest_sha)
+    latest = Latest.for_run(run_id, manifest_sha, json.loads(manifest_bytes)["format_version"])
     swap_latest(store, output, latest, generation)
     return latest
 

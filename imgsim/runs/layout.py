@@ -9,6 +9,7 @@
     OUT/runs/RUN_ID/index/              the index artifact
     OUT/runs/RUN_ID/site/               the explorer (imgsim run --site, imgsim explore)
     OUT/site/index.html                 forwards to the site of the run LATEST points at
+    OUT/runs/RUN_ID/index-work/         a sharded build's rows on their way to their shard (removed when it ends)
 """
 from __future__ import annotations
 
@@ -77,6 +78,10 @@ class RunLayout:
     @property
     def index_dir(self) -> str:
         return join(self.output, self.relative_index_dir(self.run_id))
+
+    @property
+    def index_work_dir(self) -> str:
+        return join(self.run_dir, "index-work")
 
     @staticmethod
     def relative_index_dir(run_id: str) -> str:

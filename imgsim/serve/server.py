@@ -44,7 +44,12 @@ def prepare(settings: ServeSettings, store: Optional[ObjectStore] = None):
 
     store = store or ObjectStore()
     index = ImageIndex.open(settings.index, run_id=settings.run_id, cache_dir=settings.cache_dir, store=store)
-    site = settings.site or _published_site(index) or _cached_site(settings, index, store)
+    site = settings.site or _published_site(index)
+    if site is None and index.sharded:
+        _LOG.warning("no explorer at /: the explorer reads an index of one searcher, and this one is sharded "
+                     "(the HTTP API serves it all)")
+    elif site is None:
+        site = _cached_site(settings, index, store)
     searchable = True
     try:
         index.load_model(settings.weights, settings.backend)  # once, now: the first search does not wait for it

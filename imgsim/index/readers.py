@@ -1,0 +1,243 @@
+"""Reading an artifact's items and searching it: one searcher (format 1) or shards (format 2).
+
+ImageIndex (imgsim.index.consumer) talks to one of these; both number rows
+the same way (format 2: shard after shard) and answer with global rows.
+
+A sharded artifact is read lazily: opening reads only the manifest; the
+centroids, a shard's ids, vectors or searcher, a neighbours part and the
+groups are copied into the cache and checked against the manifest when they
+are first needed (`fetch`), and each shard's searcher is loaded once. A
+query goes to its shards_to_search nearest shards (imgsim.index.fanout) and
+their exact scores are merged.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imgsim.index import artifact
+from imgsim.index.fanout import Candidates, merge, route, scatter
+from imgsim.index.shard_build import IDS, VECTORS, load_vectors
+from imgsim.index.shard_neighbors import BATCH_ROWS, part_name
+from imgsim.runs.outputs import vectors as table_vectors
+
+NOT_METADATA = ("row", "embedding")
+Fetch = Callable[[dict], None]  # copy and check these artifact files (path -> entry) into the local copy
+
+
+class SingleReader:
+    """Format 1: one searcher, ids.parquet with every item's vector and metadata."""
+
+    def __init__(self, local_dir: str, manifest: dict):
+        self.local_dir = local_dir
+        self._searcher = artifact.load_searcher(local_dir)
+        path = os.path.join(local_dir, "ids.parquet")
+        columns = [c for c in pq.read_schema(path).names if c not in NOT_METADATA]
+        self._info = pq.read_table(path, columns=columns)
+        self._ids = self._info.column("id").to_pylist()
+        self._row_of = {item: row for row, item in enumerate(self._ids)}
+        self._vectors: Optional[np.ndarray] = None
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def columns(self) -> list[str]:
+        return [c for c in self._info.column_names if c != "id"]
+
+    def row_of(self, item_id: str) -> int:
+        return self._row_of[item_id]
+
+    def vector(self, row: int) -> np.ndarray:
+        return self.vectors()[row]
+
+    def vectors(self) -> np.ndarray:
+        with self._lock:
+            if self._vectors is None:
+                table = pq.read_table(os.path.join(self.local_dir, "ids.parquet"), columns=["embedding"])
+                self._vectors = table_vectors(table)
+            return self._vectors
+
+    def search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None) -> Candidates:
+        rows, scores = self._searcher.search_batched(queries, final_num_neighbors=k)
+        return scatter(np.asarray(rows), np.asarray(scores), 0, k)
+
+    def info(self, row: int) -> tuple[str, dict]:
+        info = self._info.slice(row, 1).to_pylist()[0]
+        return info.pop("id"), info
+
+    def neighbors(self, item_id: str, row: int) -> Optional[dict]:
+        table = pq.read_table(os.path.join(self.local_dir, "neighbors.parquet"), filters=[("id", "=", item_id)])
+        return table.to_pylist()[0] if table.num_rows else None
+
+    def groups(self) -> pa.Table:
+        return pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
+
+    def batches(self, columns: Optional[list] = None) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        source = pq.ParquetFile(os.path.join(self.local_dir, "ids.parquet"))
+        wanted = ["id", "embedding"] + [c for c in (columns or []) if c not in ("id", "embedding")]
+        for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
+            table = pa.Table.from_batches([batch])
+            yield table.drop_columns(["embedding"]), table_vectors(table)
+
+
+class _Shard:
+    """One shard as far as it has been needed: ids and metadata, vectors, searcher."""
+
+    def __init__(self, entry: dict):
+        self.entry = entry
+        self.info: Optional[pa.Table] = None
+        self.vectors: Optional[np.ndarray] = None  # memory-mapped from the cache
+        self.searcher = None
+
+
+class ShardedReader:
+    """Format 2: shards loaded when first needed; queries fanned out to the nearest shards."""
+
+    def __init__(self, local_dir: str, manifest: dict, fetch: Fetch, shards_to_search: Optional[int] = None):
+        self.local_dir = local_dir
+        self.manifest = manifest
+        self._fetch = fetch
+        self._dim = manifest["model_signature"]["dim"]
+        self._entries = manifest["shards"]
+        self._shards = [_Shard(e) for e in self._entries]
+        self._offsets = np.array([e["offset"] for e in self._entries], np.int64)
+        default = manifest["sharding"]["shards_to_search"]
+        self.shards_to_search = min(len(self._entries), shards_to_search or default)
+        self._lock = threading.RLock()
+        self._centroids: Optional[np.ndarray] = None
+        self._ids: Optional[list] = None
+        self._row_of: Optional[dict] = None
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    # shards, loaded once each -------------------------------------------------------------------
+    def _need(self, *rels: str) -> None:
+        files = artifact.all_files(self.manifest)
+        self._fetch({rel: files[rel] for rel in rels})
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.local_dir, *rel.split("/"))
+
+    def centroids(self) -> np.ndarray:
+        with self._lock:
+            if self._centroids is None:
+                self._need(artifact.CENTROIDS)
+                data = np.load(self._path(artifact.CENTROIDS), allow_pickle=False)
+                if data.dtype != np.float32 or data.shape != (len(self._entries), self._dim):
+                    raise artifact.ArtifactError(f"{artifact.CENTROIDS} holds {data.dtype} {data.shape}, not float32 "
+                                                 f"({len(self._entries)}, {self._dim}); rebuild the index with imgsim")
+                self._centroids = data
+            return self._centroids
+
+    def _shard_info(self, slot: int) -> pa.Table:
+        shard = self._shards[slot]
+        with self._lock:
+            if shard.info is None:
+                rel = f"{shard.entry['dir']}/{IDS}"
+                self._need(rel)
+                path = self._path(rel)
+                columns = [c for c in pq.read_schema(path).names if c not in NOT_METADATA]
+                info = pq.read_table(path, columns=columns)
+                if info.num_rows != shard.entry["count"]:
+                    raise artifact.ArtifactError(f"{rel} has {info.num_rows} rows, the manifest says "
+                                                 f"{shard.entry['count']}; rebuild the index with imgsim")
+                shard.info = info
+            return shard.info
+
+    def _shard_vectors(self, slot: int) -> np.ndarray:
+        shard = self._shards[slot]
+        with self._lock:
+            if shard.vectors is None:
+                rel = f"{shard.entry['dir']}/{VECTORS}"
+                self._need(rel)
+                shard.vectors = load_vectors(self._path(rel), shard.entry["count"], self._dim, mmap=True)
+            return shard.vectors
+
+    def _searcher(self, slot: int):
+        shard = self._shards[slot]
+        with self._lock:
+            if shard.searcher is None:
+                scann_dir = f"{shard.entry['dir']}/{artifact.SCANN_DIR}"
+                self._need(*[rel for rel in shard.entry["files"] if rel.startswith(scann_dir + "/")])
+                shard.searcher = artifact.load_searcher(self.local_dir, scann_dir)
+            return shard.searcher
+
+    def _slot_of_row(self, row: int) -> int:
+        return int(np.searchsorted(self._offsets, row, side="right") - 1)
+
+    # the reader interface -----------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        with self._lock:
+            if self._ids is None:
+                self._ids = [i for slot in range(len(self._shards))
+                             for i in self._shard_info(slot).column("id").to_pylist()]
+            return list(self._ids)
+
+    def columns(self) -> list[str]:
+        return [c for c in self._shard_info(0).column_names if c != "id"]
+
+    def row_of(self, item_id: str) -> int:
+        with self._lock:
+            if self._row_of is None:
+                self._row_of = {item: row for row, item in enumerate(self.ids())}
+            return self._row_of[item_id]
+
+    def vector(self, row: int) -> np.ndarray:
+        slot = self._slot_of_row(row)
+        return np.array(self._shard_vectors(slot)[row - self._offsets[slot]])
+
+    def vectors(self) -> np.ndarray:
+        return np.concatenate([self._shard_vectors(slot) for slot in range(len(self._shards))])
+
+    def search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None) -> Candidates:
+        searched = min(len(self._shards), shards_to_search or self.shards_to_search)
+        routes = route(queries, self.centroids(), searched)
+        parts = [Candidates.empty(len(queries), k) for _ in range(searched)]
+        for slot in np.unique(routes).tolist():
+            asked, position = np.nonzero(routes == slot)
+            entry = self._entries[slot]
+            found, scores = self._searcher(slot).search_batched(queries[asked],
+                                                                final_num_neighbors=min(k, entry["count"]))
+            answered = scatter(np.asarray(found), np.asarray(scores), entry["offset"], k)
+            for j in range(searched):
+                at = position == j
+                parts[j].rows[asked[at]], parts[j].scores[asked[at]] = answered.rows[at], answered.scores[at]
+        return merge(parts, k)
+
+    def info(self, row: int) -> tuple[str, dict]:
+        slot = self._slot_of_row(row)
+        info = self._shard_info(slot).slice(int(row - self._offsets[slot]), 1).to_pylist()[0]
+        return info.pop("id"), info
+
+    def neighbors(self, item_id: str, row: int) -> Optional[dict]:
+        slot = self._slot_of_row(row)
+        rel = part_name(self._entries[slot]["shard"], int(row - self._offsets[slot]) // BATCH_ROWS)
+        with self._lock:
+            self._need(rel)
+        table = pq.read_table(self._path(rel), filters=[("id", "=", item_id)])
+        return table.to_pylist()[0] if table.num_rows else None
+
+    def groups(self) -> pa.Table:
+        with self._lock:
+            self._need("groups.parquet")
+        return pq.read_table(self._path("groups.parquet"))
+
+    def batches(self, columns: Optional[list] = None) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        for slot in range(len(self._shards)):
+            info = self._shard_info(slot)
+            wanted = ["id"] + [c for c in (columns or []) if c != "id"]
+            vectors = self._shard_vectors(slot)
+            for start in range(0, info.num_rows, BATCH_ROWS):
+                yield info.select(wanted).slice(start, BATCH_ROWS), np.array(vectors[start:start + BATCH_ROWS])

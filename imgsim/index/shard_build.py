@@ -1,0 +1,123 @@
+"""Building one shard of a sharded index, on whichever worker holds the shard's rows.
+
+    shards/NNNNN/scann/...        the shard's own ScaNN searcher (relative paths)
+    shards/NNNNN/ids.parquet      row, id, url, sha256, width, height, metadata (no vectors), in row
+                                  groups of BATCH_ROWS: one neighbours part's rows
+    shards/NNNNN/vectors.npy      float32 (count, dim), in row order
+
+Rows are ordered by id, so a shard's content does not depend on the order in
+which its rows arrived. Shards re-order with float32 vectors (or score by
+brute force): their scores are exact dot products, so a query's answers from
+different shards compare and merge by score. While the searcher is in memory
+the shard also answers the recall queries, exactly and through the searcher
+(imgsim.index.sharding.RecallPartial), so recall over the whole index needs
+no step that holds every vector.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from imgsim.index import artifact
+from imgsim.index.exact import exact_candidates
+from imgsim.index.searcher import IndexOptions
+from imgsim.index.shard_neighbors import BATCH_ROWS
+from imgsim.index.sharding import SHARD_KEY_BITS, RecallPartial, RecallQueries
+from imgsim.runs.outputs import vectors as table_vectors
+from imgsim.storage import sha256_file
+
+IDS = "ids.parquet"
+VECTORS = "vectors.npy"
+
+
+class ShardingRefused(ValueError):
+    """The index cannot be sharded as configured (a one-line reason)."""
+
+
+def shard_dir(number: int) -> str:
+    """A shard's directory inside the artifact: shards/00000, shards/00001, ..."""
+    return f"shards/{number:05d}"
+
+
+def check_shardable(options: IndexOptions) -> None:
+    """Shards merge by score, so their scores must be exact: float32 re-ordering (or brute force)."""
+    if options.mode != "brute_force" and options.reorder_type != "float32":
+        raise ShardingRefused(f"--index-reorder-type {options.reorder_type} cannot be used with a sharded index: "
+                              "shards merge by exact scores, so they re-order in float32 (or set --index-shards 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedShard:
+    number: int
+    count: int
+    config: dict  # the shard's ScaNN configuration
+    files: dict  # artifact path -> {"sha256", "bytes"}
+    recall: RecallPartial
+
+
+def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: RecallQueries, recall_k: int,
+                staging: str) -> StagedShard:
+    """Build shard `number` from its rows (an embeddings table) into staging/shards/NNNNN."""
+    check_shardable(options)
+    table = table.sort_by("id")
+    data = table_vectors(table)
+    table = table.drop_columns(["embedding"])
+    count = len(data)
+    config = options.resolve(count, k=recall_k)
+    searcher = config.build(data)
+    rel = shard_dir(number)
+    directory = os.path.join(staging, *rel.split("/"))
+    os.makedirs(os.path.join(directory, artifact.SCANN_DIR), exist_ok=True)
+    searcher.serialize(os.path.join(directory, artifact.SCANN_DIR), relative_path=True)
+    np.save(os.path.join(directory, VECTORS), np.ascontiguousarray(data), allow_pickle=False)
+    artifact.write_table(table.add_column(0, "row", pa.array(np.arange(count, dtype=np.int64))),
+                         os.path.join(directory, IDS), row_group_rows=BATCH_ROWS)  # a neighbours part's ids
+    recall = recall_partial(number, searcher, data, table.column("id").to_numpy(zero_copy_only=False),
+                            queries, recall_k)
+    files = {}
+    for name in artifact.local_files(directory):
+        path = os.path.join(directory, *name.split("/"))
+        files[f"{rel}/{name}"] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+    return StagedShard(number, count, {**config.to_dict(), "count": count}, files, recall)
+
+
+def recall_partial(number: int, searcher, data: np.ndarray, ids: np.ndarray, queries: RecallQueries,
+                   k: int) -> RecallPartial:
+    """This shard's exact and searched answers to the recall queries (ids sorted: own rows by search)."""
+    q = len(queries)
+    if not q:
+        empty = np.zeros((0, k), np.float32)
+        return RecallPartial(number, empty, np.zeros((0, k), np.int64), empty, empty)
+    query_ids = np.asarray(queries.ids, dtype=object)
+    at = np.minimum(np.searchsorted(ids, query_ids), len(ids) - 1)
+    own = np.where(ids[at] == query_ids, at, -1).astype(np.int64)
+    exact, _ = exact_candidates(queries.vectors, own, data, 0, k)
+    found, scores = searcher.search_batched(queries.vectors, final_num_neighbors=min(k + 1, len(data)))
+    found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
+    keys = np.full((q, k), -1, np.int64)
+    got = np.full((q, k), -np.inf, np.float32)
+    for i in range(q):
+        keep = (found[i] >= 0) & (found[i] != own[i])
+        rows = found[i][keep][:k]
+        keys[i, :len(rows)] = (number << SHARD_KEY_BITS) | rows
+        got[i, :len(rows)] = scores[i][keep][:k]
+    local = np.where(keys >= 0, keys & ((1 << SHARD_KEY_BITS) - 1), 0)
+    true = np.empty((q, k), np.float32)
+    for j in range(k):  # column by column: (q, dim) at a time, never (q, k, dim)
+        true[:, j] = np.einsum("qd,qd->q", queries.vectors, data[local[:, j]])
+    return RecallPartial(number, exact.scores, keys, got, np.where(keys >= 0, true, -np.inf).astype(np.float32))
+
+
+def load_vectors(path_or_file, count: int, dim: int, mmap: bool = False) -> np.ndarray:
+    """A shard's vectors.npy, refused unless it is float32 (count, dim) in C order."""
+    try:
+        data = np.load(path_or_file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise artifact.ArtifactError(f"{VECTORS} cannot be read ({e}); rebuild the index with imgsim") from None
+    if data.dtype != np.float32 or data.shape != (count, dim) or not data.flags.c_contiguous:
+        raise artifact.ArtifactError(f"{VECTORS} holds {data.dtype} {data.shape}, not float32 ({count}, {dim}); "
+                                     "rebuild the index with imgsim")
+    return data

@@ -1,0 +1,200 @@
+"""The neighbours table and near-duplicate pairs of a sharded index, in units a worker can hold.
+
+Rows are numbered globally shard after shard (shard offset + row in shard).
+neighbors/part-QQQQQ-BBBBB.parquet holds the rows of shard Q from
+BBBBB * BATCH_ROWS on, so a consumer finds an item's part from its row. Two
+ways to fill them, each unit holding at most two shards' vectors:
+
+- exact (collections up to --exact-neighbors-max): unit (Q, T) scores shard Q
+  against shard T block by block and offers each row of Q its best k in T,
+  plus every pair at or above the duplicate threshold; the k best over all
+  T are the exact neighbours (fanout.merge, a top-k combiner).
+- from the index: unit T loads shard T's searcher and answers, for every
+  shard Q, the rows of Q that route to T (its shards_to_search nearest
+  centroids); merging gives what a consumer's query would; pairs come from
+  those lists, as for a single large index.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from imgsim.index.exact import exact_candidates
+from imgsim.index.fanout import Candidates, merge, route, scatter
+
+BATCH_ROWS = 8192
+
+
+def part_name(shard: int, batch: int) -> str:
+    return f"neighbors/part-{shard:05d}-{batch:05d}.parquet"
+
+
+def part_names(counts: Sequence[tuple[int, int]]) -> list[str]:
+    """Every part of shards given as (number, count)."""
+    return [part_name(number, b) for number, count in counts for b in range(math.ceil(count / BATCH_ROWS))]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardData:
+    """What a unit holds of one shard: its number, global offset, row count and vectors."""
+
+    number: int
+    offset: int
+    count: int
+    vectors: np.ndarray  # float32 (count, dim); may be empty when only the shard's searcher is needed
+
+    def batches(self) -> Iterator[tuple[int, slice]]:
+        for b in range(math.ceil(self.count / BATCH_ROWS)):
+            yield b, slice(b * BATCH_ROWS, min(self.count, (b + 1) * BATCH_ROWS))
+
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """What one unit offers one batch of query rows: candidates (global rows and exact scores, no
+    ids: they are looked up once, when the batch's part is written) for some of its rows
+    (positions in the batch; on the index path only the rows routed to the unit's shard)."""
+
+    size: int  # rows in the batch
+    rows: np.ndarray  # int64 (m,): positions in the batch
+    found: Candidates  # (m, k)
+
+
+def merge_offers(offers: Iterable[Offer]) -> Candidates:
+    """The top-k combiner: each row's k best over every offer, holding one batch and one offer."""
+    best = None
+    for offer in offers:
+        if best is None:
+            best = Candidates.empty(offer.size, offer.found.rows.shape[1])
+        k = best.rows.shape[1]
+        merged = merge([Candidates(best.rows[offer.rows], best.scores[offer.rows]), offer.found], k)
+        best.rows[offer.rows], best.scores[offer.rows] = merged.rows, merged.scores
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """Near-duplicate pairs: global rows (a < b) and their cosine."""
+
+    rows: np.ndarray  # int64 (p, 2)
+    scores: np.ndarray  # float32 (p,)
+
+    @classmethod
+    def empty(cls) -> "Pairs":
+        return cls(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+
+    @classmethod
+    def concat(cls, parts: Sequence["Pairs"]) -> "Pairs":
+        parts = [p for p in parts if len(p.rows)]
+        if not parts:
+            return cls.empty()
+        rows = np.concatenate([p.rows for p in parts])
+        _, first = np.unique(rows, axis=0, return_index=True)
+        first = np.sort(first)
+        return cls(rows[first], np.concatenate([p.scores for p in parts])[first])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def exact_unit(query: ShardData, target: ShardData, k: int, threshold: float
+               ) -> Iterator[tuple[int, Offer, Pairs]]:
+    """For each batch of query rows: their k best rows of target, exactly, and their pairs."""
+    for b, rows in query.batches():
+        global_rows = query.offset + np.arange(rows.start, rows.stop)
+        found, pairs = exact_candidates(query.vectors[rows], global_rows, target.vectors, target.offset, k,
+                                        pair_threshold=threshold)
+        size = rows.stop - rows.start
+        yield b, Offer(size, np.arange(size), found), Pairs(pairs[:, :2].astype(np.int64),
+                                                            pairs[:, 2].astype(np.float32))
+
+
+def searcher_unit(searcher, target: ShardData, centroids: np.ndarray, target_slot: int, query: ShardData,
+                  shards_to_search: int, k: int) -> Iterator[tuple[int, Offer]]:
+    """For each batch of query rows with rows that route to target (centroids in shard order;
+    target_slot is target's position there): target's k best for those rows, by its own searcher."""
+    for b, rows in query.batches():
+        routed = np.any(route(query.vectors[rows], centroids, shards_to_search) == target_slot, axis=1)
+        picked = np.flatnonzero(routed)
+        if not len(picked):
+            continue
+        found, scores = searcher.search_batched(query.vectors[rows][picked],
+                                                final_num_neighbors=min(k + 1, target.count))
+        found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
+        own = query.offset + rows.start + picked - target.offset  # the query's row in target, if it is there
+        keep = (found >= 0) & (found != own[:, None])
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept answers first, in score order
+        found = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
+        answered = scatter(found, np.take_along_axis(scores, order, 1), target.offset, k)
+        yield b, Offer(rows.stop - rows.start, picked.astype(np.int64), answered)
+
+
+def pairs_from_candidates(first_row: int, found: Candidates, threshold: float) -> Pairs:
+    """Pairs at or above threshold among a batch's neighbour lists (the approximate path); the
+    batch's rows are first_row, first_row + 1, ..."""
+    i, col = np.nonzero(found.valid & (found.scores >= threshold))
+    if not len(i):
+        return Pairs.empty()
+    a, b = first_row + i, found.rows[i, col]
+    return Pairs.concat([Pairs(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1),
+                               found.scores[i, col].astype(np.float32))])
+
+
+IdsOf = Callable[[np.ndarray], np.ndarray]  # global rows -> their ids (object array)
+
+
+def part_table(query_ids: Sequence[str], found: Candidates, ids_of: IdsOf) -> pa.Table:
+    """One part of neighbors.parquet's schema: id, neighbor_ids, scores (best first)."""
+    valid = found.valid
+    names = np.full(found.rows.shape, None, object)
+    names[valid] = ids_of(found.rows[valid])
+    neighbor_ids = [list(n[v]) for n, v in zip(names, valid)]
+    scores = [s[v].astype(np.float32) for s, v in zip(found.scores, valid)]
+    return pa.table({"id": pa.array(list(query_ids), pa.string()),
+                     "neighbor_ids": pa.array(neighbor_ids, pa.list_(pa.string())),
+                     "scores": pa.array(scores, pa.list_(pa.float32()))})
+
+
+def groups_table(groups: list[list[int]], ids_of: IdsOf) -> pa.Table:
+    """groups.parquet (group, id, group_size) from connected groups of global rows."""
+    members = [row for rows in groups for row in rows]
+    names = ids_of(np.asarray(members, np.int64)).tolist() if members else []
+    group = [number for number, rows in enumerate(groups) for _ in rows]
+    sizes = [len(rows) for rows in groups for _ in rows]
+    return pa.table({"group": pa.array(group, pa.int64()), "id": pa.array(names, pa.string()),
+                     "group_size": pa.array(sizes, pa.int64())})
+
+
+class RowIds:
+    """Global rows -> ids, reading one shard's ids.parquet row group at a time (row groups of
+    BATCH_ROWS) and keeping the last few: a part's neighbours mostly live in a few shards."""
+
+    def __init__(self, entries: Sequence[dict], read_row_group: Callable[[dict, int], list], keep: int = 64):
+        self._entries = list(entries)
+        self._offsets = np.array([e["offset"] for e in self._entries], np.int64)
+        self._read = read_row_group
+        self._keep = keep
+        self._cache: dict = {}
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        out = np.empty(len(rows), object)
+        slots = np.searchsorted(self._offsets, rows, side="right") - 1
+        local = rows - self._offsets[slots]
+        groups = local // BATCH_ROWS
+        for slot, group in set(zip(slots.tolist(), groups.tolist())):
+            ids = self._group(slot, group)
+            at = (slots == slot) & (groups == group)
+            out[at] = np.asarray(ids, object)[local[at] - group * BATCH_ROWS]
+        return out
+
+    def _group(self, slot: int, group: int) -> list:
+        key = (slot, group)
+        if key not in self._cache:
+            if len(self._cache) >= self._keep:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self._read(self._entries[slot], group)
+        return self._cache[key]

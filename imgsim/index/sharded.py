@@ -1,0 +1,251 @@
+"""Assembling a sharded index: partitions, shards, the recall gate, neighbours, groups, manifest.
+
+    sample -> train_partitions (one worker: k-means, split oversized partitions, recall queries)
+    rows -> nearest centroid -> shard_build.stage_shard per shard (its worker), answering the recall queries
+    finish_shards: offsets, the recall curve over the whole index, shards_to_search, or RecallTooLow
+    shard_neighbors units -> merge -> neighbors/part-*.parquet; pairs -> connected groups -> groups.parquet
+    sharded_fields -> manifest (format 2)
+
+The pipeline (transforms/sharded_index.py) runs each step on workers, and no
+step holds every vector; `build_sharded_artifact` runs the same functions one
+after another in this process, for `imgsim.build_index` on in-memory vectors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from imgsim.embed.signature import ModelSignature
+from imgsim.index import artifact
+from imgsim.index.exact import connected_groups
+from imgsim.index.fanout import Candidates
+from imgsim.index.kmeans import assign, split_oversized, train_centroids
+from imgsim.index.shard_build import IDS, VECTORS, StagedShard, load_vectors, stage_shard
+from imgsim.index.shard_neighbors import (BATCH_ROWS, IdsOf, Offer, Pairs, RowIds, ShardData, exact_unit,
+                                          groups_table, merge_offers, pairs_from_candidates, part_name, part_table,
+                                          searcher_unit)
+from imgsim.index.sharding import RecallQueries, ShardPlan, choose_shards_to_search, recall_curve
+from imgsim.runs.outputs import vectors as table_vectors
+
+CENTROIDS = artifact.CENTROIDS
+PARTITIONING = "spherical k-means on a uniform sample; partitions too large for --index-memory-mb split in two"
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitions:
+    """The trained centroids (row = partition number) and the recall queries drawn with them."""
+
+    centroids: np.ndarray  # float32 (partitions, dim)
+    queries: RecallQueries
+    sample_size: int
+
+
+def train_partitions(ids: Sequence[str], sample: np.ndarray, plan: ShardPlan, recall_queries: int,
+                     seed: int = 0) -> Partitions:
+    """Centroids from a sample of (id, vector), whatever order it arrived in (at most
+    plan.sample_size of it is used, chosen by seed among the ids in id order); recall_queries of
+    them, chosen by seed too, become the recall queries."""
+    by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    order = by_id[np.sort(np.random.default_rng(seed).permutation(len(by_id))[:plan.sample_size])]
+    ids = [ids[i] for i in order]
+    sample = np.asarray(sample, np.float32)[order]
+    shuffled = np.random.default_rng(seed + 1).permutation(len(ids))  # recall queries: a random subset
+    centroids = train_centroids(sample, plan.shards, seed=seed)
+    centroids = split_oversized(sample, centroids, plan.max_share, seed=seed)
+    pick = shuffled[:min(recall_queries, len(ids))]
+    return Partitions(centroids, RecallQueries(tuple(ids[i] for i in pick), sample[pick]), len(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedOutcome:
+    """The shards as built and what the recall gate decided."""
+
+    entries: list  # manifest shard entries (without centroid rows' vectors), in shard order
+    centroids: np.ndarray  # float32 (len(entries), dim): the entries' centroids, same order
+    count: int
+    shards_to_search: int
+    curve: list  # recall@k when searching 1, 2, ... shards
+    recall: dict  # the manifest's recall report
+    refused: Optional[str] = None  # why the index is not published (recall below --min-recall)
+
+    def shard_data(self, number: int, vectors: np.ndarray) -> ShardData:
+        entry = self.entry(number)
+        return ShardData(number, entry["offset"], entry["count"], vectors)
+
+    def entry(self, number: int) -> dict:
+        return next(e for e in self.entries if e["shard"] == number)
+
+    def slot(self, number: int) -> int:
+        return next(i for i, e in enumerate(self.entries) if e["shard"] == number)
+
+
+def recall_k(settings, count: int) -> int:
+    return max(1, min(settings.recall_k, count - 1))
+
+
+def neighbors_k(settings, count: int) -> int:
+    return max(1, min(settings.neighbors_k, count - 1))
+
+
+def finish_shards(staged: Sequence[StagedShard], partitions: Partitions, settings) -> ShardedOutcome:
+    """Offsets, the recall curve over all vectors, shards_to_search, and the gate (--min-recall)."""
+    staged = sorted(staged, key=lambda s: s.number)
+    count = sum(s.count for s in staged)
+    centroids = partitions.centroids[[s.number for s in staged]]
+    k = recall_k(settings, count)
+    curve = recall_curve([s.recall for s in staged], centroids, partitions.queries, k)
+    searched = choose_shards_to_search(curve, settings.min_recall, settings.sharding.shards_to_search)
+    entries, offset = [], 0
+    for row, shard in enumerate(staged):
+        entries.append({"shard": shard.number, "dir": f"shards/{shard.number:05d}", "count": shard.count,
+                        "offset": offset, "centroid": row, "scann": shard.config, "files": shard.files})
+        offset += shard.count
+    value = curve[searched - 1]
+    recall = {"k": k, "value": round(value, 5), "queries": len(partitions.queries), "min": settings.min_recall,
+              "tolerance": 1e-3, "shards_searched": searched,
+              "against": "exact brute force over every vector, shard by shard"}
+    refused = None
+    if value < settings.min_recall:
+        refused = (f"recall@{k} {value:.4f} (searching {searched} of {len(entries)} shards) is below --min-recall "
+                   f"{settings.min_recall}: the index was not published")
+    return ShardedOutcome(entries, centroids, offset, searched, [round(c, 5) for c in curve], recall, refused)
+
+
+def uses_exact_neighbors(settings, count: int) -> bool:
+    return count <= settings.exact_neighbors_max
+
+
+def groups_result(pairs: Pairs, threshold: float, ids_of: IdsOf) -> tuple[pa.Table, dict]:
+    """groups.parquet and the manifest's groups report, from the pairs alone (and the ids of
+    the rows in groups)."""
+    groups = connected_groups(pairs.rows)
+    return groups_table(groups, ids_of), {"threshold": threshold, "count": len(groups),
+                                          "items": int(sum(len(g) for g in groups))}
+
+
+def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings, plan: ShardPlan,
+                   partitions: Partitions, *, run_id: str, input_description: dict, counts: dict,
+                   groups: dict, model: Optional[dict] = None) -> dict:
+    """The manifest's fields (format 2) besides shards and files."""
+    from imgsim.index.build import scann_version
+
+    return {
+        "run_id": run_id,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_signature": signature.to_dict(),
+        "dimension": signature.dim,
+        "count": outcome.count,
+        "scann": {"version": scann_version(), "distance": "dot_product",
+                  "modes": sorted({e["scann"]["mode"] for e in outcome.entries})},
+        "sharding": {"shards": len(outcome.entries), "requested_shards": settings.sharding.shards,
+                     "memory_mb": settings.sharding.memory_mb, "max_shard_items": plan.max_shard_items,
+                     "partitioning": PARTITIONING, "sample": partitions.sample_size, "seed": 0,
+                     "shards_to_search": outcome.shards_to_search,
+                     "shards_to_search_from": ("--index-shards-to-search" if settings.sharding.shards_to_search
+                                               else "the recall curve"),
+                     "recall_by_shards_searched": outcome.curve},
+        "recall": outcome.recall,
+        "neighbors": {"k": neighbors_k(settings, outcome.count),
+                      "exact": uses_exact_neighbors(settings, outcome.count), "batch_rows": BATCH_ROWS},
+        "groups": groups,
+        "input": input_description,
+        "counts": counts,
+        **({"model": model} if model else {}),
+    }
+
+
+def write_centroids(path: str, centroids: np.ndarray) -> None:
+    np.save(path, np.ascontiguousarray(centroids, np.float32), allow_pickle=False)
+
+
+def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: str, settings, plan: ShardPlan, *,
+                           run_id: str, input_description: dict, counts: dict, model: Optional[dict] = None,
+                           seed: int = 0):
+    """Stage a complete sharded artifact in `staging`, in this process, shard by shard; returns
+    (manifest, None), or (None, outcome) when the recall gate refuses it."""
+    data = table_vectors(table)
+    ids = table.column("id").to_pylist()
+    pick = np.sort(np.random.default_rng(seed).choice(len(data), size=plan.sample_size, replace=False))
+    partitions = train_partitions([ids[i] for i in pick], data[pick], plan, settings.recall_queries, seed)
+    labels = assign(data, partitions.centroids)
+    del data
+    staged = [stage_shard(table.take(np.flatnonzero(labels == number)), number, settings.options,
+                          partitions.queries, recall_k(settings, len(ids)), staging)
+              for number in np.unique(labels).tolist()]
+    outcome = finish_shards(staged, partitions, settings)
+    if outcome.refused:
+        return None, outcome
+    shards = [read_shard(staging, outcome, e, plan.dim) for e in outcome.entries]
+    ids_of = RowIds(outcome.entries, lambda entry, group: read_id_group(staging, entry, group))
+    parts: dict[tuple, list] = {}
+    pairs = []
+    for target in shards:
+        searcher = None if uses_exact_neighbors(settings, outcome.count) else artifact.load_searcher(
+            staging, f"{outcome.entry(target.number)['dir']}/{artifact.SCANN_DIR}")
+        for q, b, offer, more in target_answers(outcome, settings, target, shards, searcher):
+            parts.setdefault((q, b), []).append(offer)
+            pairs.append(more)
+    for query in shards:
+        for b, batch in query.batches():
+            merged = merge_offers(parts.pop((query.number, b)))
+            pairs.append(part_pairs(outcome, settings, query.offset + batch.start, merged))
+            write_part(staging, query.number, b, ids_of(query.offset + np.arange(batch.start, batch.stop)), merged,
+                       ids_of)
+    table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold, ids_of)
+    artifact.write_table(table_, os.path.join(staging, "groups.parquet"))
+    write_centroids(os.path.join(staging, CENTROIDS), outcome.centroids)
+    fields = sharded_fields(outcome, signature, settings, plan, partitions, run_id=run_id,
+                            input_description=input_description, counts=counts, groups=report, model=model)
+    return artifact.write_manifest(staging, fields, shards=outcome.entries), None
+
+
+def target_answers(outcome: ShardedOutcome, settings, target: ShardData, queries: Iterable[ShardData],
+                   searcher=None) -> Iterator[tuple[int, int, Offer, Pairs]]:
+    """(query shard, batch, offer, pairs): what target offers each batch of every query shard,
+    exactly (with the pairs at the duplicate threshold) or, given target's searcher, for the rows
+    routed to target."""
+    k = neighbors_k(settings, outcome.count)
+    for query in queries:
+        if searcher is None:
+            for b, found, pairs in exact_unit(query, target, k, settings.duplicate_threshold):
+                yield query.number, b, found, pairs
+        else:
+            for b, found in searcher_unit(searcher, target, outcome.centroids, outcome.slot(target.number), query,
+                                          outcome.shards_to_search, k):
+                yield query.number, b, found, Pairs.empty()
+
+
+def part_pairs(outcome: ShardedOutcome, settings, first_row: int, merged: Candidates) -> Pairs:
+    """The pairs a merged neighbours batch (rows first_row, ...) adds: none on the exact path (its
+    units found every pair), those among the lists otherwise."""
+    if uses_exact_neighbors(settings, outcome.count):
+        return Pairs.empty()
+    return pairs_from_candidates(first_row, merged, settings.duplicate_threshold)
+
+
+def read_shard(root: str, outcome: ShardedOutcome, entry: dict, dim: int, with_vectors: bool = True) -> ShardData:
+    """A built shard's vectors, read back from root (a local directory)."""
+    vectors = (load_vectors(os.path.join(root, *entry["dir"].split("/"), VECTORS), entry["count"], dim)
+               if with_vectors else np.zeros((0, dim), np.float32))
+    return outcome.shard_data(entry["shard"], vectors)
+
+
+def read_id_group(root: str, entry: dict, group: int) -> list:
+    """Ids of one row group (BATCH_ROWS rows) of a built shard's ids.parquet under root."""
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(os.path.join(root, *entry["dir"].split("/"), IDS))
+    return source.read_row_group(group, columns=["id"]).column("id").to_pylist()
+
+
+def write_part(root: str, shard: int, batch: int, query_ids, found: Candidates, ids_of: IdsOf) -> str:
+    rel = part_name(shard, batch)
+    path = os.path.join(root, *rel.split("/"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    artifact.write_table(part_table(query_ids, found, ids_of), path)
+    return rel

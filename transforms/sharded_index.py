@@ -1,0 +1,497 @@
+"""A sharded index built by the workers: no step holds every vector.
+
+    FileInfo ─► ReadRowGroups(id, embedding) ─► Bernoulli sample per row group ─► SampleCombineFn ─► TrainPartitions
+                                          └──► ids by hash bucket ─► GroupByKey ─► repeated ids (all but the first row)
+    FileInfo ─► ReadRowGroups ─► Assign (nearest centroid; each shard's rows of the row group to an Arrow file
+                 in OUT/runs/RUN_ID/index-work) ─► GroupByKey(shard: file names) ─► BuildShard (read its files, stage,
+                 upload, check as landed, answer the recall queries)
+    shards ─► Finish (offsets, recall curve over all vectors, shards_to_search, --min-recall)
+    Finish ─► one unit per target shard: exact blocks, or its searcher ─► GroupByKey(batch) + top-k merge ─► parts
+    pairs ─► CombineGlobally ─► groups.parquet (union-find over the pairs only)
+    Publish: centroids.npy, manifest (format 2), compare-and-swap LATEST
+
+The rows travel to their shard through files, and only their names through
+the shuffle: a worker then receives one shard's rows when it builds it, never
+a runner's buffer of several shards (DirectRunner buffers up to 100 MB per
+worker and holds all of a shuffle in the launching process; Dataflow's
+shuffle would carry them as well, but files keep the two alike). Everything keys on the plan (imgsim.index.sources.IndexPlan): when it says one
+searcher, every step here passes nothing and BuildIndex's one-worker step
+builds the index instead. Metrics (namespace imgsim): the workers' peak resident
+memory (VmHWM) in the distribution index_worker_peak_rss_mb, each shard's build
+time in index_shard_build_ms, and when the shards were all built and when the
+index was published (gauges index_shards_built_at_ms, index_published_at_ms).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from imgsim.embed.openvino_backend import IR_FILES as QUANTIZED_FILES
+from imgsim.index import artifact
+from imgsim.index.build import MODEL_DIR, index_report
+from imgsim.index.kmeans import assign
+from imgsim.index.publish import land_files, publish_manifest
+from imgsim.index.shard_build import IDS, VECTORS, stage_shard
+from imgsim.index.shard_neighbors import BATCH_ROWS, Pairs, RowIds, merge_offers
+from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, part_pairs, read_shard, recall_k,
+                                  sharded_fields, target_answers, train_partitions, uses_exact_neighbors,
+                                  write_centroids, write_part)
+from imgsim.index.sharding import MAX_SAMPLE_BLOCKS
+from imgsim.runs.outputs import vectors as table_vectors
+from imgsim.storage import ObjectStore, is_gcs, join, sha256_file
+from imgsim.transforms.read_embeddings import ReadRowGroups
+
+_LOG = logging.getLogger("imgsim.index")
+IDS_TAG = "ids"
+PAIRS = "pairs"
+SAMPLE_OVERSHOOT = 1.2  # the Bernoulli pre-sample aims this much above the plan's sample size
+ID_BUCKETS_PER_MILLION = 1
+MIN_ID_BUCKETS = 16
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident set size (VmHWM), in MiB; 0 where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def _release_arrow_memory():
+    """Hand Arrow's freed buffers back to the system: its allocator keeps them for reuse otherwise,
+    and a worker streaming many row groups would look as if it held them all."""
+    pa.default_memory_pool().release_unused()
+
+
+def _report_memory():
+    Metrics.distribution("imgsim", "index_worker_peak_rss_mb").update(int(peak_memory_mb()))
+
+
+class BuildShardedIndex(beam.PTransform):
+    """{"infos": FileInfo, "plan": IndexPlan (one), "counts": dict (one)} -> the index report, when sharded."""
+
+    def __init__(self, layout, settings, input_description: dict, expected_latest_generation: int,
+                 model: Optional[dict] = None, model_dir: Optional[str] = None):
+        super().__init__()
+        self._model = model
+        self._model_dir = model_dir
+        self._layout = layout
+        self._settings = settings
+        self._input_description = input_description
+        self._generation = expected_latest_generation
+
+    def expand(self, pcolls):
+        infos, plan_pc = pcolls["infos"], pcolls["plan"]
+        p = plan_pc.pipeline
+        plan = beam.pvalue.AsSingleton(plan_pc)
+        settings, layout = self._settings, self._layout
+
+        light = (infos | "ReadIdsAndVectors" >> ReadRowGroups(plan_pc, ["id", "embedding"])
+                 | "SampleAndIds" >> beam.ParDo(_SampleAndBucketIds(), plan=plan).with_outputs(IDS_TAG, main="sample"))
+        # Global combines go without defaults (or straight to a side input): a default would be
+        # injected by a step that reads the whole combined value as a side input, on some worker.
+        partitions = (light.sample
+                      | "Sample" >> beam.CombineGlobally(
+                          beam.combiners.SampleCombineFn(MAX_SAMPLE_BLOCKS)).without_defaults()
+                      | "TrainPartitions" >> beam.Map(_train, plan=plan, settings=settings))
+        repeats = (light[IDS_TAG]
+                   | "IdsByBucket" >> beam.GroupByKey()
+                   | "RepeatedRows" >> beam.FlatMap(_repeated_rows)
+                   | "AllRepeatedRows" >> beam.CombineGlobally(_RowSet()).as_singleton_view())
+        partitions_side = beam.pvalue.AsSingleton(partitions, default_value=None)
+
+        staged = (infos
+                  | "ReadRows" >> ReadRowGroups(plan_pc)
+                  | "Assign" >> beam.ParDo(_Assign(layout.index_work_dir), partitions=partitions_side,
+                                           repeats=repeats)
+                  | "ByShard" >> beam.GroupByKey()
+                  | "BuildShard" >> beam.ParDo(_BuildShard(layout, settings), plan=plan, partitions=partitions_side))
+        outcome = (staged
+                   | "AllShards" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+                   | "Finish" >> beam.Map(_finish, partitions=partitions_side, settings=settings))
+        outcome_side = beam.pvalue.AsSingleton(outcome, default_value=None)
+
+        answers = (p
+                   | "OnceNeighbors" >> beam.Create([None])
+                   | "Targets" >> beam.FlatMap(_targets, outcome=outcome_side)
+                   | "SpreadTargets" >> beam.Reshuffle()
+                   | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side).with_outputs(
+                       PAIRS, main="answers"))
+        written = (answers.answers
+                   | "ByBatch" >> beam.GroupByKey()  # not CombinePerKey: a lifted combiner would hold every batch
+                   | "MergeOffers" >> beam.MapTuple(lambda batch, offers: (batch, merge_offers(offers)))
+                   | "WriteParts" >> beam.ParDo(_WritePart(layout, settings), outcome=outcome_side).with_outputs(
+                       PAIRS, main="files"))
+        pairs = ((answers[PAIRS], written[PAIRS])
+                 | "PairsFromBoth" >> beam.Flatten()
+                 | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view())
+        groups = (p
+                  | "OnceGroups" >> beam.Create([None])
+                  | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), pairs=pairs, outcome=outcome_side))
+        return (p
+                | "OncePublish" >> beam.Create([None])
+                | "Publish" >> beam.ParDo(
+                    _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
+                    plan=plan, partitions=partitions_side, outcome=outcome_side,
+                    parts=beam.pvalue.AsList(written.files), groups=beam.pvalue.AsList(groups),
+                    counts=beam.pvalue.AsSingleton(pcolls["counts"]), repeats=repeats))
+
+
+# partitions and repeated ids --------------------------------------------------------------------
+
+class _SampleAndBucketIds(beam.DoFn):
+    """A uniform Bernoulli sample of the row group's (id, vector), seeded by the row group, as one
+    block (SampleCombineFn, the combine of Sample.FixedSizeGlobally, then draws among blocks, each
+    row equally likely); and every id with its row, by hash bucket, to find ids that repeat."""
+
+    def process(self, element, plan):
+        number, first, table = element
+        _report_memory()
+        ids = table.column("id").to_pylist()
+        share = min(1.0, SAMPLE_OVERSHOOT * plan.shards.sample_size / max(1, plan.count))
+        picked = np.flatnonzero(np.random.default_rng([number, first]).random(len(ids)) < share)
+        if len(picked):
+            yield tuple(ids[row] for row in picked.tolist()), table_vectors(table.select(["embedding"]).take(picked))
+        buckets = max(MIN_ID_BUCKETS, ID_BUCKETS_PER_MILLION * plan.count // 1_000_000)
+        bucket_of = np.array([zlib.crc32(i.encode("utf-8", "surrogatepass")) % buckets for i in ids])
+        for bucket in np.unique(bucket_of).tolist():
+            rows = np.flatnonzero(bucket_of == bucket)
+            yield beam.pvalue.TaggedOutput(IDS_TAG, (bucket, (number, first + rows, [ids[r] for r in rows])))
+
+
+def _train(blocks, plan, settings):
+    if not plan.sharded or not blocks:
+        return None
+    ids = [item for block_ids, _ in blocks for item in block_ids]
+    vectors = np.concatenate([block for _, block in blocks])
+    del blocks[:]
+    out = train_partitions(ids, vectors, plan.shards, settings.recall_queries)
+    _report_memory()
+    return out
+
+
+def _repeated_rows(bucket):
+    """(file number, row) of every row whose id an earlier row (file number, then row) already has."""
+    _, parts = bucket
+    parts = list(parts)
+    numbers = np.concatenate([np.full(len(rows), number) for number, rows, _ in parts])
+    rows = np.concatenate([rows for _, rows, _ in parts])
+    ids = np.asarray([i for _, _, chunk in parts for i in chunk], dtype=object)
+    order = np.lexsort((rows, numbers))
+    _, first = np.unique(ids[order], return_index=True)
+    later = np.setdiff1d(np.arange(len(order)), first)
+    for position in order[later].tolist():
+        yield int(numbers[position]), int(rows[position])
+
+
+class _RowSet(beam.CombineFn):
+    def create_accumulator(self):
+        return set()
+
+    def add_input(self, rows, row):
+        rows.add(row)
+        return rows
+
+    def merge_accumulators(self, accumulators):
+        out = set()
+        for rows in accumulators:
+            out |= rows
+        return out
+
+    def extract_output(self, rows):
+        return frozenset(rows)
+
+
+# shards -----------------------------------------------------------------------------------------
+
+class _Assign(beam.DoFn):
+    """Each row (but repeats) to its nearest centroid; each shard's rows of the row group to a file of
+    their own, named by shard, file number and first row (a retried bundle writes the same names)."""
+
+    def __init__(self, work_dir: str):
+        self._work_dir = work_dir
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, element, partitions, repeats):
+        if partitions is None:
+            return
+        number, first, table = element
+        if repeats:
+            keep = [i for i in range(table.num_rows) if (number, first + i) not in repeats]
+            table = table.take(pa.array(keep, pa.int64()))
+        if not table.num_rows:
+            return
+        _report_memory()
+        labels = assign(table_vectors(table), partitions.centroids)
+        for shard in np.unique(labels).tolist():
+            path = join(self._work_dir, f"shard-{shard:05d}", f"{number:06d}-{first:012d}.arrow")
+            rows = table.take(np.flatnonzero(labels == shard))
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, rows.schema) as stream:  # Arrow's own format: no encoding to undo
+                stream.write_table(rows)
+            self._store.write_bytes(path, sink.getvalue().to_pybytes())
+            yield shard, path
+        _release_arrow_memory()
+
+
+class _BuildShard(beam.DoFn):
+    def __init__(self, layout, settings):
+        self._layout = layout
+        self._settings = settings
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, element, plan, partitions):
+        started = time.monotonic()
+        number, paths = element
+        tables = []
+        for path in sorted(set(paths)):
+            tables.append(pa.ipc.open_stream(self._store.read_bytes(path)).read_all())
+        table = pa.concat_tables(tables, promote_options="default")
+        del tables
+        staging = tempfile.mkdtemp(prefix="imgsim-shard-")
+        try:
+            staged = stage_shard(table, number, self._settings.options, partitions.queries,
+                                 recall_k(self._settings, plan.count), staging)
+            del table
+            entry = {"shard": number, "dir": f"shards/{number:05d}", "count": staged.count}
+            landed = {"format_version": artifact.SHARDED_FORMAT_VERSION, "shards": [entry],
+                      "model_signature": {"dim": plan.signature.dim}}
+            land_files(self._store, staging, self._layout.index_dir, staged.files,
+                       then=lambda root: artifact.self_query_check(root, landed))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _release_arrow_memory()
+        Metrics.distribution("imgsim", "index_shard_build_ms").update(int((time.monotonic() - started) * 1000))
+        _LOG.info("index: shard %d built: %d items", number, staged.count)
+        _report_memory()
+        yield staged
+
+
+def _finish(staged, partitions, settings):
+    if partitions is None or not staged:
+        return None
+    Metrics.gauge("imgsim", "index_shards_built_at_ms").set(int(time.time() * 1000))
+    return finish_shards(staged, partitions, settings)
+
+
+# neighbours and groups --------------------------------------------------------------------------
+
+def _targets(_, outcome):
+    if outcome is None or outcome.refused:
+        return
+    for entry in outcome.entries:
+        yield entry["shard"]
+
+
+class _ShardReader:
+    """A worker's reads of built shards: in place for a local index, else copied into a temporary
+    directory and checked against their checksums first."""
+
+    def __init__(self, store, index_dir: str, outcome):
+        self._store = store
+        self._index_dir = index_dir
+        self._outcome = outcome
+        self._manifest = {"format_version": artifact.SHARDED_FORMAT_VERSION, "files": {},
+                          "shards": outcome.entries}
+
+    def root(self, entry: dict, names, scratch: str) -> str:
+        if not is_gcs(self._index_dir):
+            return self._index_dir
+        wanted = {rel: meta for rel, meta in entry["files"].items()
+                  if any(rel == f"{entry['dir']}/{n}" or rel.startswith(f"{entry['dir']}/{n}/") for n in names)}
+        artifact.fetch_files(self._store, self._index_dir, scratch, self._manifest, wanted)
+        return scratch
+
+    def shard(self, entry: dict, with_vectors: bool, scratch: str):
+        root = self.root(entry, [VECTORS], scratch) if with_vectors else scratch
+        return read_shard(root, self._outcome, entry, self._outcome.centroids.shape[1], with_vectors)
+
+
+class _AnswerTarget(beam.DoFn):
+    """One target shard: what it offers every batch of every shard (one query shard in memory at a time)."""
+
+    def __init__(self, layout, settings):
+        self._layout = layout
+        self._settings = settings
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, number, outcome):
+        reader = _ShardReader(self._store, self._layout.index_dir, outcome)
+        exact = uses_exact_neighbors(self._settings, outcome.count)
+        entry = outcome.entry(number)
+        scratch = tempfile.mkdtemp(prefix="imgsim-answer-")
+        try:
+            target = reader.shard(entry, exact, os.path.join(scratch, "target"))
+            searcher = None
+            if not exact:
+                root = reader.root(entry, [artifact.SCANN_DIR], os.path.join(scratch, "target"))
+                searcher = artifact.load_searcher(root, f"{entry['dir']}/{artifact.SCANN_DIR}")
+
+            def queries():
+                for other in outcome.entries:
+                    place = os.path.join(scratch, "query")
+                    yield target if other["shard"] == number and exact else reader.shard(other, True, place)
+                    shutil.rmtree(place, ignore_errors=True)
+
+            for q, b, offer, pairs in target_answers(outcome, self._settings, target, queries(), searcher):
+                yield (q, b), offer
+                if len(pairs):
+                    yield beam.pvalue.TaggedOutput(PAIRS, pairs)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        _report_memory()
+
+
+class _WritePart(beam.DoFn):
+    """One neighbours part: its merged lists, with the ids of their rows read from the shards'
+    ids.parquet a row group at a time (the shuffle carried rows and scores only)."""
+
+    def __init__(self, layout, settings):
+        self._layout = layout
+        self._settings = settings
+
+    def setup(self):
+        self._store = ObjectStore()
+        self._ids = None
+
+    def _ids_of(self, outcome):
+        if self._ids is None or self._ids[0] is not outcome:
+            self._ids = (outcome, RowIds(outcome.entries, self._read_group))
+        return self._ids[1]
+
+    def _read_group(self, entry: dict, group: int) -> list:
+        with self._store.open_read(join(self._layout.index_dir, entry["dir"], IDS)) as f:
+            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
+
+    def process(self, element, outcome):
+        (number, batch), found = element
+        first_row = outcome.entry(number)["offset"] + batch * BATCH_ROWS
+        ids_of = self._ids_of(outcome)
+        staging = tempfile.mkdtemp(prefix="imgsim-part-")
+        try:
+            rel = write_part(staging, number, batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
+            path = os.path.join(staging, *rel.split("/"))
+            meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+            land_files(self._store, staging, self._layout.index_dir, {rel: meta})
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        yield rel, meta
+        pairs = part_pairs(outcome, self._settings, first_row, found)
+        if len(pairs):
+            yield beam.pvalue.TaggedOutput(PAIRS, pairs)
+
+
+class _ConcatPairs(beam.CombineFn):
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, parts, pairs):
+        parts.append(pairs)
+        return parts
+
+    def merge_accumulators(self, accumulators):
+        return [Pairs.concat([p for parts in accumulators for p in parts])]
+
+    def extract_output(self, parts):
+        return Pairs.concat(parts)
+
+
+class _WriteGroups(beam.DoFn):
+    def __init__(self, layout, settings):
+        self._layout = layout
+        self._settings = settings
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def _read_group(self, entry: dict, group: int) -> list:
+        with self._store.open_read(join(self._layout.index_dir, entry["dir"], IDS)) as f:
+            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
+
+    def process(self, _, pairs, outcome):
+        if outcome is None or outcome.refused:
+            return
+        table, report = groups_result(pairs, self._settings.duplicate_threshold,
+                                      RowIds(outcome.entries, self._read_group))
+        yield {"file": _land_one(self._store, self._layout.index_dir, "groups.parquet",
+                                 lambda path: artifact.write_table(table, path)), "report": report}
+        _report_memory()
+
+
+def _land_one(store, index_dir: str, rel: str, write) -> tuple[str, dict]:
+    staging = tempfile.mkdtemp(prefix="imgsim-file-")
+    try:
+        path = os.path.join(staging, *rel.split("/"))
+        write(path)
+        meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+        land_files(store, staging, index_dir, {rel: meta})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rel, meta
+
+
+# publishing -------------------------------------------------------------------------------------
+
+class _Publish(beam.DoFn):
+    def __init__(self, layout, settings, input_description, generation, model, model_dir):
+        self._model = model
+        self._model_dir = model_dir
+        self._layout = layout
+        self._settings = settings
+        self._input_description = input_description
+        self._generation = generation
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, _, plan, partitions, outcome, parts, groups, counts, repeats):
+        if outcome is None:
+            return
+        self._store.delete_prefix(self._layout.index_work_dir)  # the shards are built
+        if outcome.refused:
+            self._store.delete_prefix(self._layout.index_dir)
+            yield {"published": False, "reason": outcome.refused, "refused": "recall", "count": outcome.count,
+                   "recall": outcome.recall, "sharding": {"shards": len(outcome.entries),
+                                                          "recall_by_shards_searched": outcome.curve}}
+            return
+        files = dict(parts)
+        rel, meta = groups[0]["file"]
+        files[rel] = meta
+        rel, meta = _land_one(self._store, self._layout.index_dir, CENTROIDS,
+                              lambda path: write_centroids(path, outcome.centroids))
+        files[rel] = meta
+        for name in (QUANTIZED_FILES if self._model_dir else ()):  # an int8 run's model, as in one worker's build
+            rel, meta = _land_one(self._store, self._layout.index_dir, f"{MODEL_DIR}/{name}",
+                                  lambda path: self._store.download_to_file(join(self._model_dir, name), path))
+            files[rel] = meta
+        fields = sharded_fields(outcome, plan.signature, self._settings, plan.shards, partitions,
+                                run_id=self._layout.run_id, input_description=self._input_description,
+                                counts={**counts, "indexed": outcome.count, "repeated_ids": len(repeats)},
+                                groups=groups[0]["report"], model=self._model)
+        manifest = artifact.manifest_document(fields, files, outcome.entries)
+        result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,
+                                  keep_runs=self._settings.keep_runs)
+        report = index_report(manifest, result)
+        Metrics.gauge("imgsim", "index_published_at_ms").set(int(time.time() * 1000))
+        _LOG.info("index: %d shards, recall@%d %.4f searching %d: %s", len(outcome.entries), outcome.recall["k"],
+                  outcome.recall["value"], outcome.shards_to_search, result.latest_detail)
+        yield report
+
