@@ -462,10 +462,10 @@ def verify_local(local_dir: str, manifest: dict) -> None:
 
 
 def load_searcher(local_dir: str, scann_dir: str = SCANN_DIR):
-    from scann.scann_ops.py import scann_ops_pybind
+    from imgsim.index.scann_import import scann_ops_pybind
 
     try:
-        return scann_ops_pybind.load_searcher(os.path.join(local_dir, *scann_dir.split("/")))
+        return scann_ops_pybind().load_searcher(os.path.join(local_dir, *scann_dir.split("/")))
     except (RuntimeError, ValueError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ArtifactError(f"ScaNN cannot load the searcher in {os.path.join(local_dir, scann_dir)} ({reason}); "

@@ -81,17 +81,15 @@ class IndexConfig:
 
     def build(self, vectors, training_threads: int = 0):
         """A ScaNN searcher over vectors (float32, unit rows)."""
-        from scann.scann_ops.py import scann_ops_pybind
-        from scann.scann_ops.py.scann_builder import ReorderType
+        from imgsim.index.scann_import import reorder_types, scann_ops_pybind
 
-        builder = scann_ops_pybind.builder(vectors, self.k, "dot_product")
+        builder = scann_ops_pybind().builder(vectors, self.k, "dot_product")
         builder.set_n_training_threads(training_threads)
         if self.mode == "brute_force":
             return builder.score_brute_force().build()
         if self.mode == "tree_ah":
             builder = builder.tree(num_leaves=self.num_leaves, num_leaves_to_search=self.leaves_to_search,
                                    training_sample_size=self.training_sample_size)
-        quantize = {"float32": ReorderType.FLOAT32, "bfloat16": ReorderType.BFLOAT16,
-                    "int8": ReorderType.INT8}[self.reorder_type]
+        quantize = reorder_types()[self.reorder_type]
         return (builder.score_ah(self.dims_per_block, anisotropic_quantization_threshold=self.anisotropic_threshold)
                 .reorder(self.reorder, quantize=quantize).build())
