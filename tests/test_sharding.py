@@ -193,3 +193,12 @@ def test_build_index_shards_in_memory_vectors_without_beam(tmp_path):
                                        "ids.parquet"))
     assert "embedding" not in table.column_names and table.column("id").to_pylist() == sorted(
         table.column("id").to_pylist())
+
+
+def test_a_shards_tree_partitions_spherically_and_a_whole_collections_does_not():
+    """A k-means shard lies in one cone: leaves must be ranked by direction alone (see IndexConfig)."""
+    from imgsim.index.searcher import IndexOptions
+
+    assert IndexOptions().resolve(300_000, k=10, shard=True).to_dict()["spherical"] is True
+    assert "spherical" not in IndexOptions().resolve(300_000, k=10).to_dict()
+    assert "spherical" not in IndexOptions().resolve(50_000, k=10, shard=True).to_dict()  # no tree below 100k

@@ -44,7 +44,8 @@ class IndexOptions:
             if value is not None and value < 1:
                 raise ValueError(f"--index-{name.replace('_', '-')} must be at least 1")
 
-    def resolve(self, n: int, k: int) -> "IndexConfig":
+    def resolve(self, n: int, k: int, shard: bool = False) -> "IndexConfig":
+        """The configuration for n vectors; shard: they are one k-means shard of a sharded index."""
         mode = self.mode
         if mode == "auto":
             mode = "brute_force" if n < BRUTE_FORCE_BELOW else ("ah" if n < TREE_FROM else "tree_ah")
@@ -61,7 +62,7 @@ class IndexOptions:
                            dims_per_block=self.dims_per_block,
                            anisotropic_threshold=self.anisotropic_threshold, num_leaves=leaves,
                            leaves_to_search=min(search, leaves),
-                           training_sample_size=min(n, self.training_sample_size), spherical=True)
+                           training_sample_size=min(n, self.training_sample_size), spherical=shard or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +76,11 @@ class IndexConfig:
     num_leaves: Optional[int] = None
     leaves_to_search: Optional[int] = None
     training_sample_size: Optional[int] = None
-    # Spherical partitions (unit centroids): the vectors are unit rows, and a shard's rows lie in one
-    # cone, where centroids of unequal norms rank leaves by norm as much as by direction (a query from
-    # outside the cone then searched the wrong leaves: recall@10 0.886 over 8 k-means shards of 1M x
-    # 512 vectors, 0.992 with spherical partitions; benchmarks/sharded_speed.py).
+    # Spherical partitions (unit centroids) for a shard's tree: a k-means shard's rows lie in one cone,
+    # where centroids of unequal norms rank leaves by norm as much as by direction, so a query from
+    # outside the cone searched the wrong leaves (recall@10 over 8 k-means shards of 1M x 512
+    # vectors: 0.886, spherical 0.992). A whole collection keeps ScaNN's default: at 2M x 512,
+    # spherical lost recall (0.977 against 0.990) and speed (BENCHMARKS.md).
     spherical: Optional[bool] = None
 
     def to_dict(self) -> dict:

@@ -66,7 +66,7 @@ def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: Re
     data = table_vectors(table)
     table = table.drop_columns(["embedding"])
     count = len(data)
-    config = options.resolve(count, k=recall_k)
+    config = options.resolve(count, k=recall_k, shard=True)
     searcher = config.build(data)
     rel = shard_dir(number)
     directory = os.path.join(staging, *rel.split("/"))
