@@ -37,9 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from imgsim.embed.openvino_backend import IR_FILES as QUANTIZED_FILES
 from imgsim.index import artifact
-from imgsim.index.build import MODEL_DIR, index_report
+from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
 from imgsim.index.shard_build import IDS, VECTORS, stage_shard
@@ -478,9 +477,9 @@ class _Publish(beam.DoFn):
         rel, meta = _land_one(self._store, self._layout.index_dir, CENTROIDS,
                               lambda path: write_centroids(path, outcome.centroids))
         files[rel] = meta
-        for name in (QUANTIZED_FILES if self._model_dir else ()):  # an int8 run's model, as in one worker's build
-            rel, meta = _land_one(self._store, self._layout.index_dir, f"{MODEL_DIR}/{name}",
-                                  lambda path: self._store.download_to_file(join(self._model_dir, name), path))
+        for rel, source in model_files(self._model_dir).items():  # an int8 run's model, as in one worker's build
+            rel, meta = _land_one(self._store, self._layout.index_dir, rel,
+                                  lambda path: self._store.download_to_file(source, path))
             files[rel] = meta
         fields = sharded_fields(outcome, plan.signature, self._settings, plan.shards, partitions,
                                 run_id=self._layout.run_id, input_description=self._input_description,

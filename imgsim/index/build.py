@@ -40,6 +40,11 @@ from imgsim.storage import ObjectStore, join
 MODEL_DIR = "model"
 
 
+def model_files(model_dir: Optional[str]) -> dict[str, str]:
+    """An int8 run's model files as the artifact holds them: artifact path -> where the run wrote it."""
+    return {f"{MODEL_DIR}/{name}": join(model_dir, name) for name in QUANTIZED_FILES} if model_dir else {}
+
+
 class RecallTooLow(Exception):
     def __init__(self, report: dict, message: Optional[str] = None):
         super().__init__(message or f"recall@{report['recall']['k']} {report['recall']['value']:.4f} is below "
@@ -85,9 +90,8 @@ def build_and_publish(store: ObjectStore, tables: Sequence[pa.Table], settings: 
     plan = settings.sharding.plan(table.num_rows, signature.dim)
     staging = tempfile.mkdtemp(prefix="imgsim-index-")
     try:
-        if model_dir:
-            for name in QUANTIZED_FILES:
-                store.download_to_file(join(model_dir, name), os.path.join(staging, MODEL_DIR, name))
+        for rel, source in model_files(model_dir).items():
+            store.download_to_file(source, os.path.join(staging, *rel.split("/")))
         details = dict(run_id=layout.run_id, input_description=input_description,
                        counts={**counts, "indexed": table.num_rows, "repeated_ids": repeated}, model=model)
         if plan.sharded:
