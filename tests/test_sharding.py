@@ -19,7 +19,7 @@ from imgsim.index.fanout import Candidates, merge
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
 from imgsim.index.latest import read_latest
 from imgsim.index.searcher import IndexOptions
-from imgsim.index.shard_neighbors import BATCH_ROWS
+from imgsim.index.shard_neighbors import BATCH_ROWS, Offer, merged_batches, pack_offers
 from imgsim.index.sharding import ShardingOptions
 from imgsim.storage import ObjectStore, sha256_file
 from test_index import clustered, embeddings_table, publish_table
@@ -67,6 +67,24 @@ def test_the_merge_keeps_the_best_scores_ties_to_the_lower_row():
     assert merged.rows.tolist() == [[2, 5, 7, 9]]
     assert merged.scores[0].tolist() == pytest.approx([0.9, 0.9, 0.8, 0.5])
     assert merge([a], 4).rows.tolist() == [[5, 9, -1, -1]]  # padded, never invented
+
+
+def test_offers_packed_per_query_shard_merge_into_each_batchs_best():
+    """Offers travel as one file per (unit, query shard); the merge takes each row's best over
+    every file, keeps rows of a later batch apart, and leaves a row nobody answered empty."""
+    count, k = BATCH_ROWS + 3, 2
+    first = Offer(BATCH_ROWS, np.array([0, 1]), Candidates(np.array([[10, 11], [12, -1]]),
+                                                          np.array([[0.9, 0.5], [0.8, -np.inf]], np.float32)))
+    later = Offer(3, np.array([2]), Candidates(np.array([[20, 21]]), np.array([[0.7, 0.6]], np.float32)))
+    other = Offer(BATCH_ROWS, np.array([0]), Candidates(np.array([[30, 31]]), np.array([[0.95, 0.1]], np.float32)))
+    packs = [pack_offers([(0, first), (1, later)]), pack_offers([(0, other)]), pack_offers([])]
+    batches = list(merged_batches(count, k, packs))
+    assert [(b, rows.start, rows.stop) for b, rows, _ in batches] == [(0, 0, BATCH_ROWS), (1, BATCH_ROWS, count)]
+    zero, one = batches[0][2], batches[1][2]
+    assert zero.rows[0].tolist() == [30, 10] and zero.rows[1].tolist() == [12, -1]
+    assert zero.rows[2].tolist() == [-1, -1] and not zero.valid[2:].any()
+    assert one.rows.tolist() == [[-1, -1], [-1, -1], [20, 21]]
+    np.testing.assert_allclose(one.scores[2], [0.7, 0.6])
 
 
 def test_shards_are_planned_from_the_memory_budget_or_asked_for():

@@ -6,12 +6,13 @@
                  in OUT/runs/RUN_ID/index-work) ─► GroupByKey(shard: file names) ─► BuildShard (read its files, stage,
                  upload, check as landed, answer the recall queries)
     shards ─► Finish (offsets, recall curve over all vectors, shards_to_search, --min-recall)
-    Finish ─► one unit per target shard: exact blocks, or its searcher ─► GroupByKey(batch) + top-k merge ─► parts
+    Finish ─► one unit per target shard: exact blocks, or its searcher; its offers to each query shard to one
+                 .npz file in index-work ─► GroupByKey(query shard: file names) ─► top-k merge per batch ─► parts
     pairs ─► CombineGlobally ─► groups.parquet (union-find over the pairs only)
     Publish: centroids.npy, manifest (format 2), compare-and-swap LATEST
 
 The rows travel to their shard through files, and only their names through
-the shuffle: a worker then receives one shard's rows when it builds it, never
+the shuffle (as do the neighbour offers): a worker then receives one shard's rows when it builds it, never
 a runner's buffer of several shards (DirectRunner buffers up to 100 MB per
 worker and holds all of a shuffle in the launching process; Dataflow's
 shuffle would carry them as well, but files keep the two alike). Everything keys on the plan (imgsim.index.sources.IndexPlan): when it says one
@@ -42,10 +43,10 @@ from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
 from imgsim.index.shard_build import IDS, VECTORS, stage_shard
-from imgsim.index.shard_neighbors import BATCH_ROWS, Pairs, RowIds, merge_offers
-from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, part_pairs, read_shard, recall_k,
-                                  sharded_fields, target_answers, train_partitions, uses_exact_neighbors,
-                                  write_centroids, write_part)
+from imgsim.index.shard_neighbors import Pairs, RowIds, merged_batches, pack_offers
+from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, neighbors_k, offers_by_query_shard,
+                                  part_pairs, read_shard, recall_k, sharded_fields, target_answers,
+                                  train_partitions, uses_exact_neighbors, write_centroids, write_part)
 from imgsim.index.sharding import MAX_SAMPLE_BLOCKS
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.storage import ObjectStore, is_gcs, join, sha256_file
@@ -129,9 +130,8 @@ class BuildShardedIndex(beam.PTransform):
                    | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side).with_outputs(
                        PAIRS, main="answers"))
         written = (answers.answers
-                   | "ByBatch" >> beam.GroupByKey()  # not CombinePerKey: a lifted combiner would hold every batch
-                   | "MergeOffers" >> beam.MapTuple(lambda batch, offers: (batch, merge_offers(offers)))
-                   | "WriteParts" >> beam.ParDo(_WritePart(layout, settings), outcome=outcome_side).with_outputs(
+                   | "OffersByShard" >> beam.GroupByKey()  # file names only: the offers wait in index-work
+                   | "WriteParts" >> beam.ParDo(_WriteParts(layout, settings), outcome=outcome_side).with_outputs(
                        PAIRS, main="files"))
         pairs = ((answers[PAIRS], written[PAIRS])
                  | "PairsFromBoth" >> beam.Flatten()
@@ -350,18 +350,22 @@ class _AnswerTarget(beam.DoFn):
                     yield target if other["shard"] == number and exact else reader.shard(other, True, place)
                     shutil.rmtree(place, ignore_errors=True)
 
-            for q, b, offer, pairs in target_answers(outcome, self._settings, target, queries(), searcher):
-                yield (q, b), offer
-                if len(pairs):
-                    yield beam.pvalue.TaggedOutput(PAIRS, pairs)
+            answers = target_answers(outcome, self._settings, target, queries(), searcher)
+            for q, offers, pairs in offers_by_query_shard(answers):
+                path = join(self._layout.index_work_dir, "offers", f"shard-{q:05d}", f"from-{number:05d}.npz")
+                self._store.write_bytes(path, pack_offers(offers))  # a retried unit writes the same name
+                yield q, path
+                for found in pairs:
+                    yield beam.pvalue.TaggedOutput(PAIRS, found)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         _report_memory()
 
 
-class _WritePart(beam.DoFn):
-    """One neighbours part: its merged lists, with the ids of their rows read from the shards'
-    ids.parquet a row group at a time (the shuffle carried rows and scores only)."""
+class _WriteParts(beam.DoFn):
+    """One query shard's neighbours parts: every unit's offers to it merged batch by batch, with the
+    ids of their rows read from the shards' ids.parquet a row group at a time (the offers carry
+    rows and scores only)."""
 
     def __init__(self, layout, settings):
         self._layout = layout
@@ -381,21 +385,26 @@ class _WritePart(beam.DoFn):
             return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
 
     def process(self, element, outcome):
-        (number, batch), found = element
-        first_row = outcome.entry(number)["offset"] + batch * BATCH_ROWS
+        number, paths = element
+        entry = outcome.entry(number)
+        k = neighbors_k(self._settings, outcome.count)
         ids_of = self._ids_of(outcome)
-        staging = tempfile.mkdtemp(prefix="imgsim-part-")
-        try:
-            rel = write_part(staging, number, batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
-            path = os.path.join(staging, *rel.split("/"))
-            meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
-            land_files(self._store, staging, self._layout.index_dir, {rel: meta})
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        yield rel, meta
-        pairs = part_pairs(outcome, self._settings, first_row, found)
-        if len(pairs):
-            yield beam.pvalue.TaggedOutput(PAIRS, pairs)
+        packs = [self._store.read_bytes(path) for path in sorted(set(paths))]
+        for batch, rows, found in merged_batches(entry["count"], k, packs):
+            first_row = entry["offset"] + rows.start
+            staging = tempfile.mkdtemp(prefix="imgsim-part-")
+            try:
+                rel = write_part(staging, number, batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
+                path = os.path.join(staging, *rel.split("/"))
+                meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+                land_files(self._store, staging, self._layout.index_dir, {rel: meta})
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            yield rel, meta
+            pairs = part_pairs(outcome, self._settings, first_row, found)
+            if len(pairs):
+                yield beam.pvalue.TaggedOutput(PAIRS, pairs)
+        _report_memory()
 
 
 class _ConcatPairs(beam.CombineFn):

@@ -17,6 +17,7 @@ ways to fill them, each unit holding at most two shards' vectors:
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -73,6 +74,45 @@ def merge_offers(offers: Iterable[Offer]) -> Candidates:
         merged = merge([Candidates(best.rows[offer.rows], best.scores[offer.rows]), offer.found], k)
         best.rows[offer.rows], best.scores[offer.rows] = merged.rows, merged.scores
     return best
+
+
+def pack_offers(offers: Iterable[tuple[int, Offer]]) -> bytes:
+    """One unit's offers to every batch of one query shard, as the bytes of one .npz file (batch,
+    position in batch, rows, scores): what travels between the unit and the merge, through the
+    work directory, so that no runner's shuffle holds every offer of every shard."""
+    offers = list(offers)
+    k = offers[0][1].found.rows.shape[1] if offers else 0
+    arrays = {
+        "batch": np.concatenate([np.full(len(o.rows), b, np.int64) for b, o in offers] or [np.zeros(0, np.int64)]),
+        "position": np.concatenate([o.rows for _, o in offers] or [np.zeros(0, np.int64)]).astype(np.int64),
+        "rows": np.concatenate([o.found.rows for _, o in offers] or [np.zeros((0, k), np.int64)]),
+        "scores": np.concatenate([o.found.scores for _, o in offers] or [np.zeros((0, k), np.float32)]),
+    }
+    sink = io.BytesIO()
+    np.savez(sink, **arrays)
+    return sink.getvalue()
+
+
+def merged_batches(count: int, k: int, packs: Iterable[bytes]) -> Iterator[tuple[int, slice, Candidates]]:
+    """Every batch of a query shard of `count` rows with its rows' k best over all packed offers
+    (rows no unit answered keep no candidates); holds the packs of one shard, batch order."""
+    blocks = []
+    for data in packs:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            block = {name: f[name] for name in ("batch", "position", "rows", "scores")}
+        if len(block["batch"]):
+            order = np.argsort(block["batch"], kind="stable")
+            blocks.append({name: value[order] for name, value in block.items()})
+    for b in range(math.ceil(count / BATCH_ROWS)):
+        rows = slice(b * BATCH_ROWS, min(count, (b + 1) * BATCH_ROWS))
+        size = rows.stop - rows.start
+        offers = [Offer(size, np.arange(size), Candidates.empty(size, k))]
+        for block in blocks:
+            lo, hi = np.searchsorted(block["batch"], [b, b + 1])
+            if hi > lo:
+                offers.append(Offer(size, block["position"][lo:hi],
+                                    Candidates(block["rows"][lo:hi], block["scores"][lo:hi])))
+        yield b, rows, merge_offers(offers)
 
 
 @dataclasses.dataclass(frozen=True)

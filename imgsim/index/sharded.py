@@ -3,7 +3,7 @@
     sample -> train_partitions (one worker: k-means, split oversized partitions, recall queries)
     rows -> nearest centroid -> shard_build.stage_shard per shard (its worker), answering the recall queries
     finish_shards: offsets, the recall curve over the whole index, shards_to_search, or RecallTooLow
-    shard_neighbors units -> merge -> neighbors/part-*.parquet; pairs -> connected groups -> groups.parquet
+    shard_neighbors units -> packed offers per query shard -> merge -> neighbors/part-*.parquet; pairs -> connected groups -> groups.parquet
     sharded_fields -> manifest (format 2)
 
 The pipeline (transforms/sharded_index.py) runs each step on workers, and no
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import os
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -27,8 +28,8 @@ from imgsim.index.fanout import Candidates
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
 from imgsim.index.shard_build import IDS, VECTORS, StagedShard, load_vectors, stage_shard
 from imgsim.index.shard_neighbors import (BATCH_ROWS, IdsOf, Offer, Pairs, RowIds, ShardData, exact_unit,
-                                          groups_table, merge_offers, pairs_from_candidates, part_name, part_table,
-                                          searcher_unit)
+                                          groups_table, merged_batches, pack_offers, pairs_from_candidates,
+                                          part_name, part_table, searcher_unit)
 from imgsim.index.sharding import RecallQueries, ShardPlan, choose_shards_to_search, recall_curve
 from imgsim.runs.outputs import vectors as table_vectors
 
@@ -182,17 +183,17 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
         return None, outcome
     shards = [read_shard(staging, outcome, e, plan.dim) for e in outcome.entries]
     ids_of = RowIds(outcome.entries, lambda entry, group: read_id_group(staging, entry, group))
-    parts: dict[tuple, list] = {}
+    packs: dict[int, list] = {}
     pairs = []
     for target in shards:
         searcher = None if uses_exact_neighbors(settings, outcome.count) else artifact.load_searcher(
             staging, f"{outcome.entry(target.number)['dir']}/{artifact.SCANN_DIR}")
-        for q, b, offer, more in target_answers(outcome, settings, target, shards, searcher):
-            parts.setdefault((q, b), []).append(offer)
-            pairs.append(more)
+        for q, offers, more in offers_by_query_shard(target_answers(outcome, settings, target, shards, searcher)):
+            packs.setdefault(q, []).append(pack_offers(offers))
+            pairs.extend(more)
+    k = neighbors_k(settings, outcome.count)
     for query in shards:
-        for b, batch in query.batches():
-            merged = merge_offers(parts.pop((query.number, b)))
+        for b, batch, merged in merged_batches(query.count, k, packs.pop(query.number)):
             pairs.append(part_pairs(outcome, settings, query.offset + batch.start, merged))
             write_part(staging, query.number, b, ids_of(query.offset + np.arange(batch.start, batch.stop)), merged,
                        ids_of)
@@ -218,6 +219,15 @@ def target_answers(outcome: ShardedOutcome, settings, target: ShardData, queries
             for b, found in searcher_unit(searcher, target, outcome.centroids, outcome.slot(target.number), query,
                                           outcome.shards_to_search, k):
                 yield query.number, b, found, Pairs.empty()
+
+
+def offers_by_query_shard(answers: Iterable[tuple[int, int, Offer, Pairs]]
+                          ) -> Iterator[tuple[int, list[tuple[int, Offer]], list[Pairs]]]:
+    """target_answers grouped by query shard (they come shard after shard): (query shard, its
+    (batch, offer) list, its pairs), one query shard at a time."""
+    for q, group in itertools.groupby(answers, key=lambda answer: answer[0]):
+        group = list(group)
+        yield q, [(b, offer) for _, b, offer, _ in group], [p for *_, p in group if len(p)]
 
 
 def part_pairs(outcome: ShardedOutcome, settings, first_row: int, merged: Candidates) -> Pairs:
