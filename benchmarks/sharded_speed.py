@@ -120,8 +120,18 @@ def sharded_driver(pattern: str, out: str, shards: int) -> dict:
             "published_seconds": round(gauges["index_published_at_ms"] / 1000 - started, 1),
             "shard_build_seconds": {"max": round(max(b.max for b in builds) / 1000, 1),
                                     "sum": round(sum(b.sum for b in builds) / 1000, 1)},
+            "shard_build_cpu_seconds": _seconds(dists["index_shard_build_cpu_ms"]),
+            "neighbors_unit_seconds": _seconds(dists.get("index_neighbors_unit_ms", [])),
+            "neighbors_unit_cpu_seconds": _seconds(dists.get("index_neighbors_unit_cpu_ms", [])),
             "worker_peak_rss_mb": max(d.max for d in dists["index_worker_peak_rss_mb"]),
             "driver_peak_rss_mb": round(peak_mb()), "report": report}
+
+
+def _seconds(results) -> dict:
+    """max and sum of a millisecond distribution, in seconds."""
+    if not results:
+        return {"max": None, "sum": None}
+    return {"max": round(max(r.max for r in results) / 1000, 1), "sum": round(sum(r.sum for r in results) / 1000, 1)}
 
 
 def in_subprocess(function: str, *args) -> dict:
