@@ -113,13 +113,11 @@ def sharded_driver(pattern: str, out: str, shards: int) -> dict:
     for d in metrics["distributions"]:
         dists.setdefault(d.key.metric.name, []).append(d.committed)
     gauges = {g.key.metric.name: g.committed.value for g in metrics["gauges"]}
-    builds = dists["index_shard_build_ms"]
     report = json.loads(open(run.report_path).read())
     return {"pipeline_seconds": round(wall, 1),
             "shards_built_seconds": round(gauges["index_shards_built_at_ms"] / 1000 - started, 1),
             "published_seconds": round(gauges["index_published_at_ms"] / 1000 - started, 1),
-            "shard_build_seconds": {"max": round(max(b.max for b in builds) / 1000, 1),
-                                    "sum": round(sum(b.sum for b in builds) / 1000, 1)},
+            "shard_build_seconds": _seconds(dists["index_shard_build_ms"]),
             "shard_build_cpu_seconds": _seconds(dists["index_shard_build_cpu_ms"]),
             "neighbors_unit_seconds": _seconds(dists.get("index_neighbors_unit_ms", [])),
             "neighbors_unit_cpu_seconds": _seconds(dists.get("index_neighbors_unit_cpu_ms", [])),

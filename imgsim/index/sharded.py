@@ -3,7 +3,8 @@
     sample -> train_partitions (one worker: k-means, split oversized partitions, recall queries)
     rows -> nearest centroid -> shard_build.stage_shard per shard (its worker), answering the recall queries
     finish_shards: offsets, the recall curve over the whole index, shards_to_search, or RecallTooLow
-    shard_neighbors units -> packed offers per query shard -> merge -> neighbors/part-*.parquet; pairs -> connected groups -> groups.parquet
+    shard_neighbors units -> offers packed per query shard -> merge -> neighbors/part-*.parquet
+    pairs -> connected groups -> groups.parquet
     sharded_fields -> manifest (format 2)
 
 The pipeline (transforms/sharded_index.py) runs each step on workers, and no
