@@ -374,6 +374,15 @@ class _AnswerTarget(beam.DoFn):
         _report_memory()
 
 
+def _id_groups(store, index_dir: str):
+    """(shard entry, row group) -> the ids of that row group of the shard's ids.parquet, read from
+    the index directory (local or gs://): what RowIds reads a row group at a time."""
+    def read(entry: dict, group: int) -> list:
+        with store.open_read(join(index_dir, entry["dir"], IDS)) as f:
+            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
+    return read
+
+
 class _WriteParts(beam.DoFn):
     """One query shard's neighbours parts: every unit's offers to it merged batch by batch, with the
     ids of their rows read from the shards' ids.parquet a row group at a time (the offers carry
@@ -389,12 +398,8 @@ class _WriteParts(beam.DoFn):
 
     def _ids_of(self, outcome):
         if self._ids is None or self._ids[0] is not outcome:
-            self._ids = (outcome, RowIds(outcome.entries, self._read_group))
+            self._ids = (outcome, RowIds(outcome.entries, _id_groups(self._store, self._layout.index_dir)))
         return self._ids[1]
-
-    def _read_group(self, entry: dict, group: int) -> list:
-        with self._store.open_read(join(self._layout.index_dir, entry["dir"], IDS)) as f:
-            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
 
     def process(self, element, outcome):
         number, paths = element
@@ -442,15 +447,11 @@ class _WriteGroups(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def _read_group(self, entry: dict, group: int) -> list:
-        with self._store.open_read(join(self._layout.index_dir, entry["dir"], IDS)) as f:
-            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
-
     def process(self, _, pairs, outcome):
         if outcome is None or outcome.refused:
             return
         table, report = groups_result(pairs, self._settings.duplicate_threshold,
-                                      RowIds(outcome.entries, self._read_group))
+                                      RowIds(outcome.entries, _id_groups(self._store, self._layout.index_dir)))
         yield {"file": _land_one(self._store, self._layout.index_dir, "groups.parquet",
                                  lambda path: artifact.write_table(table, path)), "report": report}
         _report_memory()
