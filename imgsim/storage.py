@@ -201,8 +201,13 @@ class ObjectStore:
 
 
 def sha256_file(path: str) -> str:
-    """The sha256 of a local file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """The sha256 of a local file."""
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: str, algorithm: str) -> str:
+    """The hex digest (hashlib's algorithm name) of a local file, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

@@ -138,6 +138,7 @@ def test_decompression_bombs_are_refused_before_decoding():
     assert reason_of(bomb_png(5000, 5000), DecodeConfig(max_pixels=10_000_000)) == "decompression_bomb"
 
 
+@pytest.mark.model  # imports Keras, and so TensorFlow: seconds the fast tier does without
 def test_vgg16_preprocess_matches_keras():
     from keras.applications.vgg16 import preprocess_input
 

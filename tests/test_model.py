@@ -95,7 +95,7 @@ def test_imagenet_files_are_the_ones_keras_uses():
     assert weights.IMAGENET_NO_TOP.url == vgg16.WEIGHTS_PATH_NO_TOP
 
 
-def test_remote_weights_download_through_keras_with_md5_check(server, notop_weights, tmp_path):
+def test_remote_weights_download_once_with_md5_check(server, notop_weights, tmp_path):
     data = open(notop_weights, "rb").read()
     url = server.file("/keras/vgg16_notop.h5", data, "application/octet-stream")
     good = weights.RemoteWeights("vgg16_notop.weights.h5", url, hashlib.md5(data).hexdigest())

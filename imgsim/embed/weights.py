@@ -1,7 +1,7 @@
 """Finding VGG16 weights and naming them by checksum.
 
-``--weights`` is ``imagenet`` (Keras downloads the official files once and
-verifies their published MD5), a local path, or a gs:// URI (copied once into
+``--weights`` is ``imagenet`` (the official files Keras uses, downloaded once
+and checked against their published MD5), a local path, or a gs:// URI (copied once into
 a local cache, because Keras loads from the file system). Downloads and copies
 go to imgsim's one cache directory (imgsim.storage.cache_dir), under weights/. The checksum goes
 into the model signature, so two runs with the same weights agree however the
@@ -14,7 +14,7 @@ import hashlib
 import os
 from typing import Optional
 
-from imgsim.storage import ObjectStore, cache_dir as imgsim_cache_dir, is_gcs, sha256_file
+from imgsim.storage import ObjectStore, cache_dir as imgsim_cache_dir, file_digest, is_gcs, sha256_file
 
 IMAGENET = "imagenet"
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
@@ -22,7 +22,7 @@ _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg1
 
 @dataclasses.dataclass(frozen=True)
 class RemoteWeights:
-    """A weights file at a URL with a known MD5, fetched through keras.utils.get_file."""
+    """A weights file at a URL with a known MD5 (download_remote fetches it)."""
 
     fname: str
     url: str
@@ -75,17 +75,37 @@ def resolve(spec: str, include_top: bool, store: ObjectStore, cache_dir: Optiona
     return LocalWeights(path, "sha256:" + sha256_file(path))
 
 
-def download_remote(remote: RemoteWeights, cache_dir: str) -> LocalWeights:
-    """Keras' own cached, MD5-verified download into cache_dir."""
-    from keras.utils import get_file
-    parent, subdir = os.path.split(os.path.abspath(cache_dir))
+def download_remote(remote: RemoteWeights, cache_dir: str, timeout_s: float = 60.0) -> LocalWeights:
+    """The file in cache_dir once its MD5 is the published one, downloaded when absent or damaged.
+
+    Why not keras.utils.get_file (same cache layout, same check): the launcher resolves the
+    weights before any work, and importing Keras would cost it TensorFlow's seconds and hundreds
+    of MB just to fetch a file. The download goes to a part file renamed into place only after
+    its MD5 matched, so a broken or concurrent download never leaves a torn file under the name."""
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, remote.fname)
+    if os.path.isfile(path) and file_digest(path, "md5") == remote.md5:
+        return LocalWeights(path, "md5:" + remote.md5)
+    part = f"{path}.{os.getpid()}.part"
     try:
-        path = get_file(remote.fname, origin=remote.url, file_hash=remote.md5,
-                        cache_subdir=subdir, cache_dir=parent)
+        import requests
+        digest = hashlib.md5()
+        with requests.get(remote.url, stream=True, timeout=timeout_s) as response:
+            response.raise_for_status()
+            with open(part, "wb") as f:
+                for block in response.iter_content(1 << 20):
+                    f.write(block)
+                    digest.update(block)
+        if digest.hexdigest() != remote.md5:
+            raise ValueError(f"its MD5 is {digest.hexdigest()}, not the published {remote.md5}")
+        os.replace(part, path)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"could not download the ImageNet weights from {remote.url} ({reason}); "
                          "check the network, or pass --weights a local or gs:// copy") from None
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
     return LocalWeights(path, "md5:" + remote.md5)
 
 
