@@ -177,6 +177,17 @@ class ObjectStore:
             with _replacing(path) as f, open(local_path, "rb") as source:
                 shutil.copyfileobj(source, f, 1 << 20)
 
+    def delete(self, path: str) -> None:
+        """Delete one object (file); an absent one is not an error."""
+        if is_gcs(path):
+            from google.api_core.exceptions import NotFound
+            try:
+                self._blob(path).delete()
+            except NotFound:
+                pass
+        elif os.path.exists(path):
+            os.unlink(path)
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete everything under prefix; returns how many objects went."""
         if is_gcs(prefix):

@@ -36,6 +36,26 @@ def test_object_store_round_trip(bucket):
         store.write_bytes(f"{bucket}/a/x.txt", b"five", if_generation_match=0)  # must not exist yet
     assert store.read_bytes(f"{bucket}/a/x.txt") == b"three"
     assert store.delete_prefix(f"{bucket}/a") == 2 and not store.exists(f"{bucket}/a/x.txt")
+    store.delete(f"{bucket}/a/x.txt")  # absent: not an error
+
+
+def test_parquet_bundles_commit_on_gcs(bucket):
+    """The run's Parquet sink (imgsim.runs.parquet_files) on gs://: upload, list, delete."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imgsim.runs.parquet_files import BundleFile, commit, new_file_name
+    store, schema = ObjectStore(), pa.schema([("id", pa.string())])
+    bundles = []
+    for rows in (["a", "b"], ["c"], ["d"]):  # the last one's attempt failed: never committed
+        bundle = BundleFile(store, f"{bucket}/out/{new_file_name('part')}", schema)
+        for row_id in rows:
+            bundle.add({"id": row_id})
+        bundles.append(bundle.close())
+    assert commit(store, f"{bucket}/out", "part", bundles[:2], schema) == sorted(bundles[:2])
+    assert store.glob(f"{bucket}/out/*.parquet") == sorted(bundles[:2])
+    ids = [r["id"] for path in sorted(bundles[:2]) for r in pq.read_table(store.open_read(path)).to_pylist()]
+    assert sorted(ids) == ["a", "b", "c"]
 
 
 @pytest.mark.model

@@ -6,6 +6,7 @@ checked in seconds. The model itself is tested in test_model.py and end to end i
 """
 import dataclasses
 import io
+import os
 
 import apache_beam as beam
 import numpy as np
@@ -206,3 +207,60 @@ def test_storage_rows_are_read_under_the_byte_cap(tmp_path):
         outcomes[name] = result.reason if isinstance(result, Failure) else "decoded"
     assert outcomes == {"small.jpg": "decoded", "big.bmp": "too_large", "empty.jpg": "empty_body",
                         "missing.jpg": "read_error"}
+
+
+PARQUET_SCHEMA = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32()))])
+
+
+def test_a_bundle_file_writes_row_groups_of_the_size_asked_and_nothing_for_no_rows(tmp_path):
+    from imgsim.runs.parquet_files import BundleFile
+    from imgsim.storage import ObjectStore
+
+    rows = [{"id": f"r{i}", "vector": [float(i)] * 64} for i in range(50)]
+    bundle = BundleFile(ObjectStore(), str(tmp_path / "out" / "part.parquet"), PARQUET_SCHEMA,
+                        row_group_bytes=2000, batch_rows=4)  # a 4-row batch is ~1.1 KB: two make a group
+    for row in rows:
+        bundle.add(row)
+    path = bundle.close()
+    assert pq.read_table(path).to_pylist() == rows
+    assert pq.ParquetFile(path).metadata.num_row_groups == 7  # six groups of eight rows, then two
+    assert BundleFile(ObjectStore(), str(tmp_path / "none.parquet"), PARQUET_SCHEMA).close() is None
+    assert not (tmp_path / "none.parquet").exists()
+
+
+def test_commit_keeps_the_committed_files_deletes_what_failed_attempts_left_and_writes_one_empty_file(tmp_path):
+    from imgsim.runs.parquet_files import commit, new_file_name
+    from imgsim.storage import ObjectStore
+
+    kept, orphan, other = (str(tmp_path / new_file_name(name)) for name in ("part", "part", "other"))
+    for path in (kept, orphan, other):
+        pq.write_table(pa.Table.from_pylist([{"id": path, "vector": [1.0]}], PARQUET_SCHEMA), path)
+    (tmp_path / "part-notes.parquet").write_bytes(b"not ours")  # not a name this sink makes
+
+    assert commit(ObjectStore(), str(tmp_path), "part", [kept], PARQUET_SCHEMA) == [kept]
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {os.path.basename(kept), os.path.basename(other), "part-notes.parquet"}
+
+    empty = commit(ObjectStore(), str(tmp_path / "empty"), "part", [], PARQUET_SCHEMA)
+    assert len(empty) == 1 and pq.read_table(empty[0]).schema.equals(PARQUET_SCHEMA)
+    assert pq.read_table(empty[0]).num_rows == 0
+
+
+def test_write_parquet_returns_the_committed_files_with_every_row_once(tmp_path):
+    from imgsim.runs.parquet_files import new_file_name
+    from imgsim.transforms.write_parquet import WriteParquet
+
+    stale = tmp_path / "rows" / new_file_name("part")  # as a failed bundle attempt leaves one
+    stale.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"id": "stale", "vector": [0.0]}], PARQUET_SCHEMA), stale)
+    rows = [{"id": f"r{i}", "vector": [float(i), 1.0]} for i in range(30)]
+    with test_pipeline.TestPipeline() as p:
+        files = (p | beam.Create(rows) | "Write" >> WriteParquet(str(tmp_path / "rows"), "part", PARQUET_SCHEMA))
+        nothing = (p | "Nothing" >> beam.Create([]).with_output_types(dict)
+                   | "WriteNothing" >> WriteParquet(str(tmp_path / "none"), "part", PARQUET_SCHEMA))
+        assert_that(files | beam.Map(lambda f: pq.read_table(f).to_pylist()) | beam.FlatMap(lambda r: r),
+                    equal_to(rows))
+        assert_that(nothing | beam.Map(lambda f: pq.read_table(f).num_rows), equal_to([0]), label="one empty file")
+    assert not stale.exists()
+    written = sorted(p.name for p in (tmp_path / "rows").iterdir())
+    assert len(written) >= 1 and all(name.startswith("part-") and name.endswith(".parquet") for name in written)

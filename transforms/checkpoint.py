@@ -1,6 +1,6 @@
 """Checkpointing embeddings while the run is going, so an interrupted run can resume.
 
-Beam's file sinks commit only at the end, so a run killed after hours would
+The run's file sinks commit only at the end, so a run killed after hours would
 leave nothing. This DoFn also writes every embedding row to
 runs/RUN_ID/checkpoint/ in small Parquet files (every --checkpoint-rows rows
 and at the end of each bundle), and their thumbnails to

@@ -16,12 +16,13 @@ from imgsim.records import ORIGINS
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import FAILURES_SCHEMA
 from imgsim.runs.summary import build_summary
-from imgsim.storage import ObjectStore, join
+from imgsim.storage import ObjectStore
 from imgsim.thumbnails import packs
+from imgsim.transforms.write_parquet import WriteParquet
 
 
 class WriteEmbeddings(beam.PTransform):
-    """EmbeddingRows -> PCollection of the Parquet files written (embeddings/NAME-*.parquet)."""
+    """EmbeddingRows -> PCollection of the Parquet files written (embeddings/NAME-<hex>.parquet)."""
 
     def __init__(self, layout: RunLayout, schema: pa.Schema, name: str = "part"):
         super().__init__()
@@ -32,12 +33,11 @@ class WriteEmbeddings(beam.PTransform):
     def expand(self, rows):
         return (rows
                 | "AsRows" >> beam.Map(lambda row: row.to_dict())
-                | "WriteParquet" >> beam.io.WriteToParquet(
-                    join(self._layout.embeddings_dir, self._name), self._schema, file_name_suffix=".parquet"))
+                | "WriteParquet" >> WriteParquet(self._layout.embeddings_dir, self._name, self._schema))
 
 
 class WriteThumbnails(beam.PTransform):
-    """EmbeddingRows -> PCollection of the thumbnail packs written (thumbnails/NAME-*.parquet), from the
+    """EmbeddingRows -> PCollection of the thumbnail packs written (thumbnails/NAME-<hex>.parquet), from the
     rows that carry a thumbnail (imgsim.thumbnails.packs has the format)."""
 
     def __init__(self, layout: RunLayout, name: str = "part"):
@@ -49,9 +49,8 @@ class WriteThumbnails(beam.PTransform):
         return (rows
                 | "WithThumbnail" >> beam.Filter(lambda row: row.thumbnail is not None)
                 | "AsPackRows" >> beam.Map(lambda row: packs.pack_row(row.id, row.sha256, row.thumbnail))
-                | "WriteParquet" >> beam.io.WriteToParquet(
-                    join(self._layout.thumbnails_dir, self._name), packs.SCHEMA, file_name_suffix=".parquet",
-                    row_group_buffer_size=packs.ROW_GROUP_BYTES))
+                | "WriteParquet" >> WriteParquet(self._layout.thumbnails_dir, self._name, packs.SCHEMA,
+                                                 row_group_bytes=packs.ROW_GROUP_BYTES))
 
 
 class WriteFailures(beam.PTransform):
@@ -64,8 +63,7 @@ class WriteFailures(beam.PTransform):
     def expand(self, failures):
         return (failures
                 | "AsRows" >> beam.Map(lambda failure: failure.as_row())
-                | "WriteParquet" >> beam.io.WriteToParquet(
-                    join(self._layout.failures_dir, "part"), FAILURES_SCHEMA, file_name_suffix=".parquet"))
+                | "WriteParquet" >> WriteParquet(self._layout.failures_dir, "part", FAILURES_SCHEMA))
 
 
 class WriteRunSummary(beam.PTransform):

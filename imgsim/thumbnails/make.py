@@ -25,6 +25,10 @@ THUMBNAIL_MAX_SIDE = 256
 THUMBNAIL_FORMAT = "webp"
 THUMBNAIL_MIME = {"webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
 _QUALITY = 80
+# libwebp's effort (0-6). Every embedded image pays for its thumbnail on the worker's CPU, beside an
+# int8 model that takes ~36 ms an image: effort 2 encodes a 224 px thumbnail in about half the time
+# of effort 4 (~2.7 ms against ~5 ms here) for files about 2% larger.
+_METHOD = 2
 
 _LOG = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ def make_thumbnail(resized: Image.Image, max_side: int = THUMBNAIL_MAX_SIDE) -> 
             img = img.copy()
             img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         buf = io.BytesIO()
-        img.save(buf, "WEBP", quality=_QUALITY, method=4)
+        img.save(buf, "WEBP", quality=_QUALITY, method=_METHOD)
         return Thumbnail(buf.getvalue(), img.size[0], img.size[1])
     except Exception as e:  # an encoder problem costs the thumbnail, never the row
         _LOG.debug("no thumbnail: %s: %s", type(e).__name__, e)

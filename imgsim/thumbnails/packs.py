@@ -5,7 +5,7 @@
         the thumbnail's), thumbnail (binary)
 
 Object stores charge per object and list slowly past millions of them, so
-thumbnails are packed: Beam's Parquet sink writes thousands per file, in row
+thumbnails are packed: the run's Parquet sink writes thousands per file, in row
 groups of about ROW_GROUP_BYTES, so that a reader after a few ids reads a few
 megabytes rather than whole files. `sha256` ties a thumbnail to the bytes it
 was made from: an incremental run copies an earlier thumbnail only for an

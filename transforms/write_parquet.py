@@ -1,0 +1,76 @@
+"""WriteParquet: dict rows -> Parquet files, committed once every bundle is done.
+
+    rows ─► WriteBundles (one BundleFile per bundle: DIRECTORY/NAME-<hex>.parquet) ─┐ names (side input)
+    Impulse ─────────────────────────────────────────────────────────────────► Commit ─► committed files
+
+imgsim.runs.parquet_files has the protocol and why it replaces beam.io.WriteToParquet.
+The commit reads the names as a side input, so it runs once, after the last bundle, and also
+when no row came (then it writes the one empty file).
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindows
+
+from imgsim.runs.parquet_files import ROW_GROUP_BYTES, BundleFile, commit, new_file_name
+from imgsim.storage import ObjectStore, join
+
+
+class WriteParquet(beam.PTransform):
+    """dict rows -> PCollection of the files written (DIRECTORY/NAME-<hex>.parquet), once committed."""
+
+    def __init__(self, directory: str, name: str, schema: pa.Schema, row_group_bytes: int = ROW_GROUP_BYTES):
+        super().__init__()
+        self._directory = directory
+        self._name = name
+        self._schema = schema
+        self._row_group_bytes = row_group_bytes
+
+    def expand(self, rows):
+        written = rows | "WriteBundles" >> beam.ParDo(
+            _WriteBundles(self._directory, self._name, self._schema, self._row_group_bytes))
+        return (rows.pipeline
+                | "Once" >> beam.Impulse()
+                | "Commit" >> beam.ParDo(_Commit(self._directory, self._name, self._schema),
+                                         written=beam.pvalue.AsList(written)))
+
+
+class _WriteBundles(beam.DoFn):
+    def __init__(self, directory, name, schema, row_group_bytes):
+        self._directory = directory
+        self._name = name
+        self._schema = schema
+        self._row_group_bytes = row_group_bytes
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def start_bundle(self):
+        self._file = None
+
+    def process(self, row):
+        if self._file is None:
+            self._file = BundleFile(self._store, join(self._directory, new_file_name(self._name)), self._schema,
+                                    self._row_group_bytes)
+        self._file.add(row)
+
+    def finish_bundle(self):
+        if self._file is not None:
+            path = self._file.close()
+            self._file = None
+            if path is not None:
+                yield GlobalWindows.windowed_value(path)
+
+
+class _Commit(beam.DoFn):
+    def __init__(self, directory, name, schema):
+        self._directory = directory
+        self._name = name
+        self._schema = schema
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, _, written):
+        yield from commit(self._store, self._directory, self._name, written, self._schema)
