@@ -138,8 +138,10 @@ def test_artifact_layout_and_manifest(published):
     for name in ("ids.parquet", "neighbors.parquet", "groups.parquet", "scann/scann_config.pb"):
         assert manifest["files"][name]["sha256"] == sha256_file(os.path.join(index_dir, name))
     assert not any(name.endswith(".pkl") for name in manifest["files"])
-    neighbors = pq.read_table(os.path.join(index_dir, "neighbors.parquet")).to_pylist()
-    assert neighbors[10]["neighbor_ids"][0] == "item-11" and len(neighbors[0]["neighbor_ids"]) == 20
+    neighbors = {r["id"]: r for r in pq.read_table(os.path.join(index_dir, "neighbors.parquet")).to_pylist()}
+    assert neighbors["item-10"]["neighbor_ids"][0] == "item-11" and len(neighbors["item-0"]["neighbor_ids"]) == 20
+    ids = pq.read_table(os.path.join(index_dir, "ids.parquet")).column("id").to_pylist()
+    assert ids == sorted(ids)  # in id order, whatever order the rows came in
     groups = pq.read_table(os.path.join(index_dir, "groups.parquet")).to_pylist()
     assert {(g["id"], g["group_size"]) for g in groups} >= {("item-10", 2), ("item-11", 2)}
     latest = json.load(open(os.path.join(published["out"], "LATEST")))
@@ -263,7 +265,7 @@ sys.meta_path.insert(0, NoBeam())
 from imgsim.index.consumer import ImageIndex
 index = ImageIndex.open({published['out']!r}, cache_dir={str(tmp_path / 'nb')!r})
 print(index.similar("item-1", k=1)[0].id)
-print(index.search(index.vectors()[[2]], k=1)[0][0].id)  # the ScaNN searcher, loaded
+print(index.search(index.vector("item-2")[None], k=1)[0][0].id)  # the ScaNN searcher, loaded
 assert not any(m.startswith("apache_beam") for m in sys.modules)
 # ScaNN came without TensorFlow (5 s and 500 MB a process)
 assert "tensorflow" not in sys.modules and "scann" in sys.modules

@@ -56,7 +56,7 @@ class BuildIndex(beam.PTransform):
         one_worker = _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
                                    self._model, self._model_dir)
         if self._sharding is None:
-            return p | "Once" >> beam.Create([None]) | "BuildAndPublish" >> beam.ParDo(
+            return p | "Once" >> beam.Impulse() | "BuildAndPublish" >> beam.ParDo(
                 one_worker, files=files, counts=counts)
         infos = (pcolls["embedding_files"]
                  | "SortFiles" >> beam.combiners.ToList()
@@ -66,7 +66,7 @@ class BuildIndex(beam.PTransform):
         plan = (infos
                 | "AllFooters" >> beam.combiners.ToList()
                 | "Plan" >> beam.Map(plan_index, settings=self._settings))
-        one = p | "Once" >> beam.Create([None]) | "BuildAndPublish" >> beam.ParDo(
+        one = p | "Once" >> beam.Impulse() | "BuildAndPublish" >> beam.ParDo(
             one_worker, files=files, counts=counts, plan=beam.pvalue.AsSingleton(plan))
         sharded = {"infos": infos, "plan": plan, "counts": pcolls["counts"]} | "Sharded" >> BuildShardedIndex(
             self._layout, self._settings, self._input_description, self._generation, self._model, self._model_dir)

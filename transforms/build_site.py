@@ -30,7 +30,7 @@ class BuildSite(beam.PTransform):
 
     def expand(self, index_reports):
         return (index_reports.pipeline
-                | "Once" >> beam.Create([None])
+                | "Once" >> beam.Impulse()
                 | "BuildExplorer" >> beam.ParDo(_BuildSiteFn(self._layout), reports=beam.pvalue.AsList(index_reports)))
 
 

@@ -37,14 +37,13 @@ class PlanReuse(beam.PTransform):
 
     def expand(self, rows):
         files = [(path, source.trusted) for source in self._sources for path in source.files]
+        # beam.Create reshuffles two or more values itself: the files are read in parallel.
         previous = (rows.pipeline
                     | "EarlierFiles" >> beam.Create(files)
-                    | "SpreadFiles" >> beam.Reshuffle()
                     | "ReadEarlier" >> beam.ParDo(_ReadEarlier()))
         packs_read = sorted({path for source in self._sources for path in source.thumbnail_files})
         thumbnails = (rows.pipeline
                       | "EarlierThumbnailPacks" >> beam.Create(packs_read)
-                      | "SpreadPacks" >> beam.Reshuffle()
                       | "ReadThumbnails" >> beam.ParDo(_ReadThumbnails()))
         keyed = rows | "KeyRows" >> beam.Map(lambda row: (row.id, row))
         return ({"row": keyed, "previous": previous, "thumbs": thumbnails}

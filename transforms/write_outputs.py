@@ -6,11 +6,13 @@ is complete.
 """
 from __future__ import annotations
 
+import collections
 import json
 import time
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindows
 
 from imgsim.records import ORIGINS
 from imgsim.runs.layout import RunLayout
@@ -82,16 +84,13 @@ class WriteRunSummary(beam.PTransform):
         self._model = model or {}
 
     def expand(self, pcolls):
-        # Counted per part (combiner lifting keeps this inside each producing stage), then merged.
-        origins = [part
-                   | f"Origin{i}" >> beam.Map(lambda row: row.origin)
-                   | f"CountOrigins{i}" >> beam.combiners.Count.PerElement()
+        # Counted per bundle where each part is produced (as combiner lifting would), added up by the summary.
+        origins = [part | f"CountOrigins{i}" >> beam.ParDo(_CountPerBundle(lambda row: row.origin))
                    for i, part in enumerate(v for k, v in sorted(pcolls.items()) if k.startswith("embeddings:"))]
         origins = origins | "AllOrigins" >> beam.Flatten()
-        deleted = pcolls["deleted"] | "CountDeleted" >> beam.combiners.Count.Globally()
-        failure_counts = (pcolls["failures"]
-                          | "StageAndReason" >> beam.Map(lambda failure: (failure.stage, failure.reason))
-                          | "CountFailures" >> beam.combiners.Count.PerElement())
+        deleted = pcolls["deleted"] | "CountDeleted" >> beam.ParDo(_CountPerBundle(lambda _: "deleted"))
+        failure_counts = pcolls["failures"] | "CountFailures" >> beam.ParDo(
+            _CountPerBundle(lambda failure: (failure.stage, failure.reason)))
         index = pcolls.get("index")
         if index is None:
             index = pcolls["input_rows"].pipeline | "NoIndex" >> beam.Create([])
@@ -99,7 +98,7 @@ class WriteRunSummary(beam.PTransform):
         if site is None:
             site = pcolls["input_rows"].pipeline | "NoSite" >> beam.Create([])
         return (pcolls["input_rows"].pipeline
-                | "Once" >> beam.Create([None])
+                | "Once" >> beam.Impulse()
                 | "Write" >> beam.ParDo(
                     _WriteSummary(self._layout, self._input_description, self._signature, self._started_at,
                                   self._reuse_report, self._model),
@@ -109,7 +108,28 @@ class WriteRunSummary(beam.PTransform):
                     index=beam.pvalue.AsList(index),
                     site=beam.pvalue.AsList(site),
                     origins=beam.pvalue.AsList(origins),
-                    deleted=beam.pvalue.AsSingleton(deleted)))
+                    deleted=beam.pvalue.AsList(deleted)))
+
+
+class _CountPerBundle(beam.DoFn):
+    """(key(element), count) for each key, per bundle, emitted when the bundle ends.
+
+    Why not beam.combiners.Count: each is five to eight Beam steps, the summary needs four or five
+    of them a run, and every step costs a local run time to build and schedule. This is one step;
+    the runner keeps only a committed bundle's output, so the partial counts add up exactly."""
+
+    def __init__(self, key):
+        self._key = key
+
+    def start_bundle(self):
+        self._counts = collections.Counter()
+
+    def process(self, element):
+        self._counts[self._key(element)] += 1
+
+    def finish_bundle(self):
+        for key, count in self._counts.items():
+            yield GlobalWindows.windowed_value((key, count))
 
 
 class _WriteSummary(beam.DoFn):
@@ -138,7 +158,7 @@ class _WriteSummary(beam.DoFn):
                    "index": index[0] if index else None,
                    **({"site": site[0]} if site else {}),
                    "reuse": self._reuse_report, "model": self._model})
-        summary["counts"].update({**by_origin, "deleted": deleted})
+        summary["counts"].update({**by_origin, "deleted": sum(count for _, count in deleted)})
         self._store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),
                                 content_type="application/json")
         self._store.delete_prefix(self._layout.checkpoint_dir)  # the run is complete

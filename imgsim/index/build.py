@@ -125,7 +125,12 @@ def index_report(manifest: dict, result) -> dict:
 
 
 def combine_embeddings(tables: Sequence[pa.Table]) -> tuple[pa.Table, ModelSignature, int]:
-    """One table from embedding files of one model signature; repeated ids keep their first row."""
+    """One table from embedding files of one model signature, in id order; repeated ids keep their first row.
+
+    Why id order: the workers write rows in whatever order downloads finish and bundles run, and
+    the order of the rows decides the index's row numbers and which of two equally similar
+    neighbours (two copies of one image) comes first. In id order, the same embeddings give
+    the same artifact and the same neighbour lists on every run."""
     tables = [t for t in tables if t.num_rows]
     if not tables:
         raise IndexInputError("there are no embeddings to index")
@@ -140,10 +145,10 @@ def combine_embeddings(tables: Sequence[pa.Table]) -> tuple[pa.Table, ModelSigna
                                   + "; ".join(signature.differences(other)))
     table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
     ids = table.column("id").to_numpy(zero_copy_only=False)
-    _, first = np.unique(ids, return_index=True)
+    _, first = np.unique(ids, return_index=True)  # by id: the first row of each
     repeated = table.num_rows - len(first)
-    if repeated:
-        table = table.take(np.sort(first))
+    if repeated or np.any(first[1:] < first[:-1]):
+        table = table.take(first)
     return table, signature, repeated
 
 
