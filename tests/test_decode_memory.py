@@ -83,13 +83,16 @@ def test_a_large_image_costs_its_pixels_not_widened_copies(tmp_path, mode, bytes
 
 
 def test_the_budget_bounds_concurrent_decodes_in_one_process(tmp_path):
-    """Five threads decoding 16-Mpx RGBA images at once add ~640 MB; the budget keeps it near 280 MB."""
+    """Five threads decoding 16-Mpx RGBA images at once add up to ~640 MB; the budget keeps it near 280 MB.
+
+    How far the unbounded decodes go depends on how much they overlap: ~640 MB on an idle machine,
+    ~440 MB while other tests load both cores. Either way past what the budget allows."""
     path = big(tmp_path, "RGBA")
     unbounded = probe([path], threads=5)["added_mb"]
     bounded = probe([path], threads=5, budget_mb=280)
     assert bounded["budget_peak_mb"] <= 280
     assert bounded["added_mb"] < 280 * 1.15, (bounded, unbounded)
-    assert unbounded > bounded["added_mb"] + 150, (bounded, unbounded)  # what the budget prevents
+    assert unbounded > 280 * 1.15 + 50, (bounded, unbounded)  # what the budget prevents
 
 
 def test_budget_waits_for_room_and_refuses_what_can_never_fit():

@@ -134,7 +134,7 @@ class BuildShardedIndex(beam.PTransform):
         outcome_side = beam.pvalue.AsSingleton(outcome, default_value=None)
 
         answers = (p
-                   | "OnceNeighbors" >> beam.Create([None])
+                   | "OnceNeighbors" >> beam.Impulse()
                    | "Targets" >> beam.FlatMap(_targets, outcome=outcome_side)
                    | "SpreadTargets" >> beam.Reshuffle()
                    | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side).with_outputs(
@@ -147,10 +147,10 @@ class BuildShardedIndex(beam.PTransform):
                  | "PairsFromBoth" >> beam.Flatten()
                  | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view())
         groups = (p
-                  | "OnceGroups" >> beam.Create([None])
+                  | "OnceGroups" >> beam.Impulse()
                   | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), pairs=pairs, outcome=outcome_side))
         return (p
-                | "OncePublish" >> beam.Create([None])
+                | "OncePublish" >> beam.Impulse()
                 | "Publish" >> beam.ParDo(
                     _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
                     plan=plan, partitions=partitions_side, outcome=outcome_side,
