@@ -127,7 +127,7 @@ class ObjectStore:
 
     def download_to_file(self, path: str, local_path: str) -> None:
         """Copy to a local file, atomically: local_path is either absent, as it was, or complete."""
-        with _replacing(local_path) as f:
+        with replacing(local_path) as f:
             if is_gcs(path):
                 self._blob(path).download_to_file(f)
             else:
@@ -167,14 +167,14 @@ class ObjectStore:
             return
         replace = None if if_generation_match is None else (
             lambda tmp, target: _local_compare_and_swap(tmp, target, if_generation_match))
-        with _replacing(path, replace=replace, durable=True) as f:
+        with replacing(path, replace=replace, durable=True) as f:
             f.write(data)
 
     def upload_file(self, local_path: str, path: str) -> None:
         if is_gcs(path):
             self._blob(path).upload_from_filename(local_path)
         else:
-            with _replacing(path) as f, open(local_path, "rb") as source:
+            with replacing(path) as f, open(local_path, "rb") as source:
                 shutil.copyfileobj(source, f, 1 << 20)
 
     def delete(self, path: str) -> None:
@@ -279,8 +279,8 @@ def _content_generation(data: bytes) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:7], "big") or 1
 
 
-class _replacing:
-    """`with _replacing(path) as f:` writes f to a temporary file of this process and thread beside
+class replacing:
+    """`with replacing(path) as f:` writes f to a temporary file of this process and thread beside
     path, then renames it over path (or calls replace(tmp, path)); on error the temporary goes.
 
     The temporary is created with mode 0o666 less the umask, as open() would create path itself."""

@@ -2,6 +2,7 @@
 import hashlib
 import inspect
 import io
+import os
 
 import numpy as np
 import pytest
@@ -105,8 +106,9 @@ def test_remote_weights_download_once_with_md5_check(server, notop_weights, tmp_
     assert server.hits("/keras/vgg16_notop.h5") == 1  # cached
 
     bad = weights.RemoteWeights("other.weights.h5", url, "0" * 32)
-    with pytest.raises(ValueError, match="could not download the ImageNet weights"):
+    with pytest.raises(ValueError, match="could not download the ImageNet weights.*MD5"):
         weights.download_remote(bad, cache_dir=str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["vgg16_notop.weights.h5"]  # nothing torn or left over
 
 
 def test_imagenet_checksum_needs_no_download():

@@ -11,14 +11,13 @@ summary step deletes the checkpoint once the run is complete.
 """
 from __future__ import annotations
 
-import io
 import uuid
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from imgsim.runs.layout import RunLayout
+from imgsim.runs.parquet_files import table_bytes
 from imgsim.storage import ObjectStore, join
 from imgsim.thumbnails import packs
 
@@ -69,13 +68,7 @@ class _CheckpointFn(beam.DoFn):
         if with_thumbnails:  # before the embeddings: a resumed row then always finds its thumbnail
             thumbnails = pa.Table.from_pylist([packs.pack_row(row.id, row.sha256, row.thumbnail)
                                                for row in with_thumbnails], schema=packs.SCHEMA)
-            self._store.write_bytes(join(self._layout.checkpoint_thumbnails_dir, name), _parquet(thumbnails))
+            self._store.write_bytes(join(self._layout.checkpoint_thumbnails_dir, name), table_bytes(thumbnails))
         table = pa.Table.from_pylist([row.to_dict() for row in self._rows], schema=self._schema)
-        self._store.write_bytes(join(self._layout.checkpoint_dir, name), _parquet(table))
+        self._store.write_bytes(join(self._layout.checkpoint_dir, name), table_bytes(table))
         self._rows = []
-
-
-def _parquet(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()

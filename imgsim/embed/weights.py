@@ -14,7 +14,7 @@ import hashlib
 import os
 from typing import Optional
 
-from imgsim.storage import ObjectStore, cache_dir as imgsim_cache_dir, file_digest, is_gcs, sha256_file
+from imgsim.storage import ObjectStore, cache_dir as imgsim_cache_dir, file_digest, is_gcs, replacing, sha256_file
 
 IMAGENET = "imagenet"
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
@@ -80,32 +80,26 @@ def download_remote(remote: RemoteWeights, cache_dir: str, timeout_s: float = 60
 
     Why not keras.utils.get_file (same cache layout, same check): the launcher resolves the
     weights before any work, and importing Keras would cost it TensorFlow's seconds and hundreds
-    of MB just to fetch a file. The download goes to a part file renamed into place only after
-    its MD5 matched, so a broken or concurrent download never leaves a torn file under the name."""
-    os.makedirs(cache_dir, exist_ok=True)
+    of MB just to fetch a file. The download goes to a temporary file renamed into place only after
+    its MD5 matched (imgsim.storage.replacing), so a broken or concurrent download never leaves a
+    torn file under the name."""
     path = os.path.join(cache_dir, remote.fname)
     if os.path.isfile(path) and file_digest(path, "md5") == remote.md5:
         return LocalWeights(path, "md5:" + remote.md5)
-    part = f"{path}.{os.getpid()}.part"
     try:
         import requests
         digest = hashlib.md5()
-        with requests.get(remote.url, stream=True, timeout=timeout_s) as response:
+        with requests.get(remote.url, stream=True, timeout=timeout_s) as response, replacing(path) as f:
             response.raise_for_status()
-            with open(part, "wb") as f:
-                for block in response.iter_content(1 << 20):
-                    f.write(block)
-                    digest.update(block)
-        if digest.hexdigest() != remote.md5:
-            raise ValueError(f"its MD5 is {digest.hexdigest()}, not the published {remote.md5}")
-        os.replace(part, path)
+            for block in response.iter_content(1 << 20):
+                f.write(block)
+                digest.update(block)
+            if digest.hexdigest() != remote.md5:  # raised inside: the part file goes, path stays as it was
+                raise ValueError(f"its MD5 is {digest.hexdigest()}, not the published {remote.md5}")
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(f"could not download the ImageNet weights from {remote.url} ({reason}); "
                          "check the network, or pass --weights a local or gs:// copy") from None
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
     return LocalWeights(path, "md5:" + remote.md5)
 
 

@@ -65,11 +65,9 @@ class BundleFile:
         self._buffered_bytes = 0
         self._local: Optional[str] = None
         self._writer: Optional[pq.ParquetWriter] = None
-        self.count = 0
 
     def add(self, row: dict) -> None:
         self._rows.append(row)
-        self.count += 1
         if len(self._rows) >= self._batch_rows:
             self._batch()
 
@@ -118,8 +116,13 @@ def commit(store: ObjectStore, directory: str, name: str, written: Iterable[str]
             store.delete(path)
     if not committed:
         path = join(directory, new_file_name(name))
-        buf = io.BytesIO()
-        pq.write_table(schema.empty_table(), buf, compression="none")
-        store.write_bytes(path, buf.getvalue())
+        store.write_bytes(path, table_bytes(schema.empty_table(), compression="none"))
         committed = [path]
     return committed
+
+
+def table_bytes(table: pa.Table, compression: str = "snappy") -> bytes:
+    """A whole Parquet file in memory, for outputs small enough to write at once."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=compression)
+    return buf.getvalue()
