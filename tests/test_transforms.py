@@ -264,3 +264,21 @@ def test_write_parquet_returns_the_committed_files_with_every_row_once(tmp_path)
     assert not stale.exists()
     written = sorted(p.name for p in (tmp_path / "rows").iterdir())
     assert len(written) >= 1 and all(name.startswith("part-") and name.endswith(".parquet") for name in written)
+
+
+def test_a_discarded_bundle_file_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A bundle that fails part-way: its local temporary file goes, and nothing reaches the output."""
+    import tempfile
+
+    from imgsim.runs.parquet_files import BundleFile
+    from imgsim.storage import ObjectStore
+
+    local = tmp_path / "local"
+    local.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(local))  # where this test's BundleFile stages
+    bundle = BundleFile(ObjectStore(), str(tmp_path / "part.parquet"), PARQUET_SCHEMA, row_group_bytes=1, batch_rows=1)
+    bundle.add({"id": "a", "vector": [1.0]})  # one row group written to the local temporary file
+    assert len(list(local.iterdir())) == 1
+    bundle.discard()
+    assert list(local.iterdir()) == []
+    assert bundle.close() is None and not (tmp_path / "part.parquet").exists()

@@ -47,7 +47,7 @@ class _WriteBundles(beam.DoFn):
         self._store = ObjectStore()
 
     def start_bundle(self):
-        self._file = None
+        self._discard()
 
     def process(self, row):
         if self._file is None:
@@ -61,6 +61,15 @@ class _WriteBundles(beam.DoFn):
             self._file = None
             if path is not None:
                 yield GlobalWindows.windowed_value(path)
+
+    def teardown(self):
+        self._discard()
+
+    def _discard(self):
+        """A bundle that failed part-way leaves its local temporary file to the next bundle or teardown."""
+        if getattr(self, "_file", None) is not None:
+            self._file.discard()
+        self._file = None
 
 
 class _Commit(beam.DoFn):

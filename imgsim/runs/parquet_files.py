@@ -91,6 +91,14 @@ class BundleFile:
         self._writer.write_table(table, row_group_size=table.num_rows)
         self._batches, self._buffered_bytes = [], 0
 
+    def discard(self) -> None:
+        """Drop what was written (a failed bundle attempt): the local temporary file goes."""
+        if self._writer is not None:
+            self._writer.close()
+            os.unlink(self._local)
+            self._writer = None
+        self._rows, self._batches, self._buffered_bytes = [], [], 0
+
     def close(self) -> Optional[str]:
         """Write what is left, put the file at path; path, or None when the bundle had no rows."""
         self._batch()
