@@ -265,6 +265,23 @@ def test_robots_unavailable_means_allow_and_unreachable_means_disallow(server, p
         assert failure(f, url).reason == "robots_disallowed"
 
 
+def test_a_robots_answer_that_comes_after_the_callers_deadline_is_a_deadline():
+    """The race a loaded machine runs: a robots.txt fetch that timed out ("unreachable": disallow all)
+    finishes while the caller's own deadline is up, and the caller's thread wakes late to find it.
+    The caller's deadline ended that download, so it says so (not robots_disallowed)."""
+    from imgsim.fetch import politeness
+
+    def unreachable(url):
+        raise StageError("deadline_exceeded", "robots.txt not complete")
+
+    later = iter(range(0, 1000, 10))  # each reading of the clock is 10 s after the one before
+    policy = politeness.RobotsPolicy(unreachable, DEFAULT_USER_AGENT, clock=lambda: float(next(later)))
+    with pytest.raises(StageError, match="robots.txt not read within the deadline") as late:
+        policy.allowed("http://example.org/a.jpg", timeout=5.0)
+    assert late.value.reason == "deadline_exceeded"
+    assert policy.allowed("http://example.org/b.jpg") is False  # without a deadline: the answer, disallow
+
+
 # --- the deadline bounds the whole download ------------------------------------------------------
 
 DEADLINE = 2.0

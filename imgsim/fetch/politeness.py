@@ -139,10 +139,15 @@ class RobotsPolicy:
             if future is None:  # one fetch per host, however many threads ask at once
                 future = self._loads.submit(lambda: self._load_and_keep(origin))
                 self._loading[origin] = future
+        started = self._clock()
         try:
             rules = future.result(timeout=None if timeout is None else max(0.0, timeout))
         except concurrent.futures.TimeoutError:
-            raise StageError("deadline_exceeded", f"{origin}/robots.txt not read within the deadline") from None
+            rules = None
+        # A thread woken late (a loaded machine) can find the fetch finished after its own deadline:
+        # the deadline ended that wait, not the answer (a robots.txt that timed out reads "disallow").
+        if rules is None or (timeout is not None and self._clock() - started > timeout):
+            raise StageError("deadline_exceeded", f"{origin}/robots.txt not read within the deadline")
         return _allows(rules, url, self._agent)
 
     def _load_and_keep(self, origin: str) -> Union[bool, Protego]:
