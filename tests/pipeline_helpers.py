@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from imgsim.runs.outputs import read_tables, signature_of
 from imgsim.storage import ObjectStore, join
@@ -99,9 +97,3 @@ def _read_dir(path: str) -> pa.Table:
 
 def by_id(table: pa.Table) -> dict:
     return {row["id"]: row for row in table.to_pylist()}
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()

@@ -10,7 +10,8 @@ from PIL import Image
 
 from catalogue_server import CatalogueServer
 from conftest import jpeg
-from pipeline_helpers import by_id, cma_api, parquet_bytes, run_pipeline, write_manifest
+from imgsim.runs.parquet_files import table_bytes
+from pipeline_helpers import by_id, cma_api, run_pipeline, write_manifest
 
 pytestmark = pytest.mark.model
 from imgsim.runs.outputs import vectors
@@ -134,7 +135,7 @@ def test_jsonl_and_parquet_manifests(server, photos, notop_weights, tmp_path):
 
     table = pa.table({"id": list(urls), "url": list(urls.values()), "year": [1900, 1901, 1902]})
     pq_path = tmp_path / "m.parquet"
-    pq_path.write_bytes(parquet_bytes(table))
+    pq_path.write_bytes(table_bytes(table))
     result = run_pipeline("--input", str(pq_path), "--output", str(tmp_path / "o2"), "--run-id", "p",
                           "--weights", notop_weights, "--layer", "pool")
     assert by_id(result["embeddings"])["kite"]["year"] == 1902

@@ -45,6 +45,7 @@ class _WriteBundles(beam.DoFn):
 
     def setup(self):
         self._store = ObjectStore()
+        self._file = None
 
     def start_bundle(self):
         self._discard()
@@ -67,7 +68,7 @@ class _WriteBundles(beam.DoFn):
 
     def _discard(self):
         """A bundle that failed part-way leaves its local temporary file to the next bundle or teardown."""
-        if getattr(self, "_file", None) is not None:
+        if self._file is not None:
             self._file.discard()
         self._file = None
 
