@@ -55,9 +55,9 @@ class BuildIndex(beam.PTransform):
         counts = beam.pvalue.AsSingleton(pcolls["counts"])
         one_worker = _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
                                    self._model, self._model_dir)
-        if self._sharding is None:
+        if self._sharding is None:  # reports are dicts: declared, so Beam need not infer it from the bytecode
             return p | "Once" >> beam.Impulse() | "BuildAndPublish" >> beam.ParDo(
-                one_worker, files=files, counts=counts)
+                one_worker, files=files, counts=counts).with_output_types(dict)
         infos = (pcolls["embedding_files"]
                  | "SortFiles" >> beam.combiners.ToList()
                  | "NumberFiles" >> beam.FlatMap(lambda paths: enumerate(sorted(paths)))
@@ -67,7 +67,7 @@ class BuildIndex(beam.PTransform):
                 | "AllFooters" >> beam.combiners.ToList()
                 | "Plan" >> beam.Map(plan_index, settings=self._settings))
         one = p | "Once" >> beam.Impulse() | "BuildAndPublish" >> beam.ParDo(
-            one_worker, files=files, counts=counts, plan=beam.pvalue.AsSingleton(plan))
+            one_worker, files=files, counts=counts, plan=beam.pvalue.AsSingleton(plan)).with_output_types(dict)
         sharded = {"infos": infos, "plan": plan, "counts": pcolls["counts"]} | "Sharded" >> BuildShardedIndex(
             self._layout, self._settings, self._input_description, self._generation, self._model, self._model_dir)
         return (one, sharded) | "Report" >> beam.Flatten()

@@ -35,7 +35,9 @@ class WriteCheckpoint(beam.PTransform):
         self._thumbnails = thumbnails
 
     def expand(self, rows):
-        rows | "WriteChunks" >> beam.ParDo(_CheckpointFn(self._layout, self._schema, self._every, self._thumbnails))
+        # It outputs nothing; the declared type spares Beam inferring one from the bytecode.
+        rows | "WriteChunks" >> beam.ParDo(_CheckpointFn(self._layout, self._schema, self._every, self._thumbnails)
+                                           ).with_output_types(beam.typehints.Any)
         return beam.pvalue.PDone(rows.pipeline)
 
 

@@ -45,7 +45,7 @@ from imgsim.index import artifact
 from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
-from imgsim.index.shard_build import IDS, VECTORS, stage_shard
+from imgsim.index.shard_build import IDS, VECTORS, StagedShard, stage_shard
 from imgsim.index.shard_neighbors import Pairs, RowIds, merged_batches, pack_offers
 from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, neighbors_k, offers_by_query_shard,
                                   part_pairs, read_shard, recall_k, sharded_fields, target_answers,
@@ -110,6 +110,8 @@ class BuildShardedIndex(beam.PTransform):
 
         light = (infos | "ReadIdsAndVectors" >> ReadRowGroups(plan_pc, ["id", "embedding"])
                  | "SampleAndIds" >> beam.ParDo(_SampleAndBucketIds(), plan=plan).with_outputs(IDS_TAG, main="sample"))
+        # BuildShard and Publish declare their output types: Beam would otherwise infer them by reading
+        # the bytecode of everything they call, while the graph is built.
         # Global combines go without defaults (or straight to a side input): a default would be
         # injected by a step that reads the whole combined value as a side input, on some worker.
         partitions = (light.sample
@@ -127,7 +129,8 @@ class BuildShardedIndex(beam.PTransform):
                   | "Assign" >> beam.ParDo(_Assign(layout.index_work_dir), partitions=partitions_side,
                                            repeats=repeats)
                   | "ByShard" >> beam.GroupByKey()
-                  | "BuildShard" >> beam.ParDo(_BuildShard(layout, settings), plan=plan, partitions=partitions_side))
+                  | "BuildShard" >> beam.ParDo(_BuildShard(layout, settings), plan=plan, partitions=partitions_side
+                                               ).with_output_types(StagedShard))
         outcome = (staged
                    | "AllShards" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
                    | "Finish" >> beam.Map(_finish, partitions=partitions_side, settings=settings))
@@ -155,7 +158,7 @@ class BuildShardedIndex(beam.PTransform):
                     _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
                     plan=plan, partitions=partitions_side, outcome=outcome_side,
                     parts=beam.pvalue.AsList(written.files), groups=beam.pvalue.AsList(groups),
-                    counts=beam.pvalue.AsSingleton(pcolls["counts"]), repeats=repeats))
+                    counts=beam.pvalue.AsSingleton(pcolls["counts"]), repeats=repeats).with_output_types(dict))
 
 
 # partitions and repeated ids --------------------------------------------------------------------
