@@ -30,6 +30,7 @@ from imgsim.storage import ObjectStore
 from imgsim.transforms.build_index import BuildIndex
 from imgsim.transforms.build_site import BuildSite
 from imgsim.transforms.checkpoint import WriteCheckpoint
+from imgsim.transforms.counts import CountPerBundle
 from imgsim.transforms.dedupe import DeduplicateIds
 from imgsim.transforms.download import REUSED, DownloadImages
 from imgsim.transforms.embed import EmbedImages, Vgg16ModelHandler
@@ -73,12 +74,12 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     rows, read_failures = p | "ReadCatalogue" >> ReadCatalogue(plan.input, plan.api_fetch)
     input_rows = ((rows, read_failures)
                   | "AllInputRows" >> beam.Flatten()
-                  | "CountInputRows" >> beam.combiners.Count.Globally())
+                  | "CountInputRows" >> beam.ParDo(CountPerBundle(lambda _: "input_rows")))
     unique = rows | "DeduplicateIds" >> DeduplicateIds()
-    to_fetch, parts, deleted = unique.rows, {}, p | "NothingDeleted" >> beam.Create([])
+    to_fetch, parts, outputs = unique.rows, {}, {}
     if plan.reuse_sources:
         reuse_plan = unique.rows | "PlanReuse" >> PlanReuse(list(plan.reuse_sources))
-        to_fetch, deleted, parts[RESUMED] = reuse_plan.rows, reuse_plan[DELETED], reuse_plan[RESUMED]
+        to_fetch, outputs["deleted"], parts[RESUMED] = reuse_plan.rows, reuse_plan[DELETED], reuse_plan[RESUMED]
     downloaded = to_fetch | "DownloadImages" >> DownloadImages(plan.fetch, plan.decode, o.download_threads,
                                                                o.decode_memory_bytes, thumbnails=o.thumbnails)
     parts["embedded"], embed_failures = downloaded.images | "EmbedImages" >> EmbedImages(
@@ -99,11 +100,10 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     embedding_files = embedding_files | "AllEmbeddingFiles" >> beam.Flatten()
     failure_files = failures | "WriteFailures" >> WriteFailures(plan.layout)
     written = (embedding_files, failure_files, *thumbnail_files) | "AllWritten" >> beam.Flatten()
-    outputs = {"input_rows": input_rows, "failures": failures, "written": written, "deleted": deleted,
-               **{f"embeddings:{name}": part for name, part in parts.items()}}
+    outputs.update({"input_rows": input_rows, "failures": failures, "written": written,
+                    **{f"embeddings:{name}": part for name, part in parts.items()}})
     if plan.index is not None:
-        counts = input_rows | "IndexCounts" >> beam.Map(lambda n: {"input_rows": n})
-        outputs["index"] = {"embedding_files": embedding_files, "counts": counts} | "BuildIndex" >> BuildIndex(
+        outputs["index"] = {"embedding_files": embedding_files, "counts": input_rows} | "BuildIndex" >> BuildIndex(
             plan.layout, plan.index, plan.input.describe(), plan.latest_generation, plan.model_report(),
             plan.quantized.directory if plan.quantized else None, sharding=index_sharding(p, plan))
         if o.site:

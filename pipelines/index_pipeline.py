@@ -70,7 +70,7 @@ def preflight(options: IndexCommandOptions, store: ObjectStore, remote_workers: 
 def build(p: beam.Pipeline, run: IndexRun):
     """Add the index pipeline to p; returns the PCollection holding its report."""
     plan = run.plan
-    counts = p | "Counts" >> beam.Create([{"embedded": plan.count}])
+    counts = p | "Counts" >> beam.Create([("embedded", plan.count)])
     if plan.sharded:
         report = ({"infos": p | "Files" >> beam.Create(list(plan.files)),
                    "plan": p | "Plan" >> beam.Create([plan]), "counts": counts}

@@ -152,7 +152,7 @@ def test_the_run_pipelines_index_step_plans_shards_when_it_runs(tmp_path):
     settings = IndexSettings(sharding=ShardingOptions(shards=3))
     with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"])) as p:
         report = ({"embedding_files": p | "Files" >> beam.Create(files),
-                   "counts": p | "Counts" >> beam.Create([{"input_rows": 600}])}
+                   "counts": p | "Counts" >> beam.Create([("input_rows", 600)])}
                   | "Index" >> BuildIndex(RunLayout(str(tmp_path / "out"), "r1"), settings, {}, 0, sharding="auto"))
         assert_that(report, one_sharded_report)
     manifest = json.load(open(tmp_path / "out" / "runs" / "r1" / "index" / "manifest.json"))

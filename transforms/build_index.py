@@ -25,6 +25,7 @@ from imgsim.index.build import IndexInputError, IndexSettings, RecallTooLow, bui
 from imgsim.index.sources import file_info, plan_index
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import read_tables
+from imgsim.runs.summary import add_counts
 from imgsim.storage import ObjectStore
 from imgsim.transforms.sharded_index import BuildShardedIndex
 
@@ -32,7 +33,8 @@ _LOG = logging.getLogger("imgsim.index")
 
 
 class BuildIndex(beam.PTransform):
-    """{"embedding_files", "counts" (one dict)} -> PCollection with one index report dict.
+    """{"embedding_files", "counts" ((name, count) pairs, added up by name)} -> PCollection with one index
+    report dict.
 
     sharding: None (one worker builds it) or "auto" (the plan, made from the footers at run time,
     says one worker or shards)."""
@@ -52,7 +54,7 @@ class BuildIndex(beam.PTransform):
     def expand(self, pcolls):
         p = pcolls["counts"].pipeline
         files = beam.pvalue.AsList(pcolls["embedding_files"])
-        counts = beam.pvalue.AsSingleton(pcolls["counts"])
+        counts = beam.pvalue.AsList(pcolls["counts"])
         one_worker = _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
                                    self._model, self._model_dir)
         if self._sharding is None:  # reports are dicts: declared, so Beam need not infer it from the bytecode
@@ -100,7 +102,7 @@ class _BuildIndexFn(beam.DoFn):
         try:
             tables = read_tables(sorted(files), self._store)
             report = build_and_publish(self._store, tables, self._settings, self._layout, self._generation,
-                                       self._input_description, counts, self._model,
+                                       self._input_description, add_counts(counts), self._model,
                                        self._model_dir)
         except RecallTooLow as e:
             report = {"published": False, "reason": str(e), "refused": "recall", **e.report}

@@ -16,10 +16,10 @@ _LOG = logging.getLogger("imgsim.runs.progress")
 
 
 def report_progress(embedding_parts, failure_parts, input_rows, interval: float = 10.0) -> None:
-    """Tick on every part of the outcome (each inside its producing stage, so the line moves
+    """input_rows: partial counts of the input rows (transforms.counts). Tick on every part of the outcome (each inside its producing stage, so the line moves
     while the work happens) and log a line every `interval` seconds."""
     handle = shared.Shared()
-    total = beam.pvalue.AsSingleton(input_rows)
+    total = beam.pvalue.AsList(input_rows)  # partial counts (transforms.counts)
     for i, part in enumerate(embedding_parts):
         part | f"ProgressEmbedded{i}" >> beam.ParDo(_Tick(handle, interval, "embedded"), total)
     for i, part in enumerate(failure_parts):
@@ -35,8 +35,8 @@ class _Tick(beam.DoFn):
     def setup(self):
         self._meter = self._handle.acquire(ProgressMeter, tag="progress")
 
-    def process(self, _, total: int):
-        self._meter.total = total
+    def process(self, _, total: list):
+        self._meter.total = sum(count for _, count in total)
         self._meter.add(**{self._outcome: 1})
         if self._meter.due(self._interval):
             _LOG.info("progress: %s", self._meter.line())

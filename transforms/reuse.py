@@ -25,6 +25,7 @@ from imgsim.thumbnails import packs
 from imgsim.transforms.failures import NAMESPACE
 
 DELETED = "deleted"
+EMBEDDINGS, THUMBNAILS = "embeddings", "thumbnails"  # the kinds of earlier file read
 
 
 class PlanReuse(beam.PTransform):
@@ -36,40 +37,36 @@ class PlanReuse(beam.PTransform):
         self._sources = sources
 
     def expand(self, rows):
-        files = [(path, source.trusted) for source in self._sources for path in source.files]
+        files = [(EMBEDDINGS, path, source.trusted) for source in self._sources for path in source.files]
+        files += [(THUMBNAILS, path, None)
+                  for path in sorted({path for source in self._sources for path in source.thumbnail_files})]
         # beam.Create reshuffles two or more values itself: the files are read in parallel.
-        previous = (rows.pipeline
-                    | "EarlierFiles" >> beam.Create(files)
-                    | "ReadEarlier" >> beam.ParDo(_ReadEarlier()))
-        packs_read = sorted({path for source in self._sources for path in source.thumbnail_files})
-        thumbnails = (rows.pipeline
-                      | "EarlierThumbnailPacks" >> beam.Create(packs_read)
-                      | "ReadThumbnails" >> beam.ParDo(_ReadThumbnails()))
+        earlier = (rows.pipeline
+                   | "EarlierFiles" >> beam.Create(files)
+                   | "ReadEarlier" >> beam.ParDo(_ReadEarlier()).with_outputs(THUMBNAILS, main=EMBEDDINGS))
         keyed = rows | "KeyRows" >> beam.Map(lambda row: (row.id, row))
-        return ({"row": keyed, "previous": previous, "thumbs": thumbnails}
+        return ({"row": keyed, "previous": earlier[EMBEDDINGS], "thumbs": earlier[THUMBNAILS]}
                 | "JoinById" >> beam.CoGroupByKey()
                 | "Decide" >> beam.ParDo(_Decide()).with_outputs(RESUMED, DELETED, main="rows"))
 
 
 class _ReadEarlier(beam.DoFn):
+    """An earlier embeddings file -> (id, PreviousRow); an earlier thumbnail pack -> THUMBNAILS
+    (id, (sha256, thumbnail)). One step reads both kinds: one Create and one step fewer a run."""
+
     def setup(self):
         self._store = ObjectStore()
 
     def process(self, element):
-        path, trusted = element
+        kind, path, trusted = element
+        if kind == THUMBNAILS:
+            for item_id, sha256, thumbnail in packs.read_packs(self._store, [path]):
+                yield beam.pvalue.TaggedOutput(THUMBNAILS, (item_id, (sha256, thumbnail)))
+            return
         for table in read_tables([path], self._store):
             for row in table.to_pylist():
                 row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
                 yield row["id"], reuse.previous_from_row(row, trusted)
-
-
-class _ReadThumbnails(beam.DoFn):
-    def setup(self):
-        self._store = ObjectStore()
-
-    def process(self, path):
-        for item_id, sha256, thumbnail in packs.read_packs(self._store, [path]):
-            yield item_id, (sha256, thumbnail)
 
 
 class _Decide(beam.DoFn):

@@ -52,6 +52,7 @@ from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, neigh
                                   train_partitions, uses_exact_neighbors, write_centroids, write_part)
 from imgsim.index.sharding import MAX_SAMPLE_BLOCKS
 from imgsim.runs.outputs import vectors as table_vectors
+from imgsim.runs.summary import add_counts
 from imgsim.storage import ObjectStore, is_gcs, join, sha256_file
 from imgsim.transforms.read_embeddings import ReadRowGroups
 
@@ -90,7 +91,8 @@ def _report_memory():
 
 
 class BuildShardedIndex(beam.PTransform):
-    """{"infos": FileInfo, "plan": IndexPlan (one), "counts": dict (one)} -> the index report, when sharded."""
+    """{"infos": FileInfo, "plan": IndexPlan (one), "counts": (name, count) pairs} -> the index report,
+    when sharded."""
 
     def __init__(self, layout, settings, input_description: dict, expected_latest_generation: int,
                  model: Optional[dict] = None, model_dir: Optional[str] = None):
@@ -158,7 +160,7 @@ class BuildShardedIndex(beam.PTransform):
                     _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
                     plan=plan, partitions=partitions_side, outcome=outcome_side,
                     parts=beam.pvalue.AsList(written.files), groups=beam.pvalue.AsList(groups),
-                    counts=beam.pvalue.AsSingleton(pcolls["counts"]), repeats=repeats).with_output_types(dict))
+                    counts=beam.pvalue.AsList(pcolls["counts"]), repeats=repeats).with_output_types(dict))
 
 
 # partitions and repeated ids --------------------------------------------------------------------
@@ -508,7 +510,8 @@ class _Publish(beam.DoFn):
             files[rel] = meta
         fields = sharded_fields(outcome, plan.signature, self._settings, plan.shards, partitions,
                                 run_id=self._layout.run_id, input_description=self._input_description,
-                                counts={**counts, "indexed": outcome.count, "repeated_ids": len(repeats)},
+                                counts={**add_counts(counts), "indexed": outcome.count,
+                                        "repeated_ids": len(repeats)},
                                 groups=groups[0]["report"], model=self._model)
         manifest = artifact.manifest_document(fields, files, outcome.entries)
         result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,

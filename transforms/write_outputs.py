@@ -6,20 +6,19 @@ is complete.
 """
 from __future__ import annotations
 
-import collections
 import json
 import time
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.transforms.window import GlobalWindows
 
 from imgsim.records import ORIGINS
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import FAILURES_SCHEMA
-from imgsim.runs.summary import build_summary
+from imgsim.runs.summary import add_counts, build_summary
 from imgsim.storage import ObjectStore
 from imgsim.thumbnails import packs
+from imgsim.transforms.counts import CountPerBundle
 from imgsim.transforms.write_parquet import WriteParquet
 
 
@@ -69,9 +68,10 @@ class WriteFailures(beam.PTransform):
 
 
 class WriteRunSummary(beam.PTransform):
-    """{input_rows, embeddings:NAME (one per part), failures, written, deleted[, index][, site]} -> the summary.
+    """{input_rows, embeddings:NAME (one per part), failures, written[, deleted][, index][, site]} -> the summary.
 
-    With an index step (and a site step), the summary waits for their reports and includes them."""
+    input_rows and deleted are partial counts (transforms.counts). With an index step (and a site
+    step), the summary waits for their reports and includes them."""
 
     def __init__(self, layout: RunLayout, input_description: dict, signature: dict, started_at: float,
                  reuse_report: dict | None = None, model: dict | None = None):
@@ -85,51 +85,23 @@ class WriteRunSummary(beam.PTransform):
 
     def expand(self, pcolls):
         # Counted per bundle where each part is produced (as combiner lifting would), added up by the summary.
-        origins = [part | f"CountOrigins{i}" >> beam.ParDo(_CountPerBundle(lambda row: row.origin))
-                   for i, part in enumerate(v for k, v in sorted(pcolls.items()) if k.startswith("embeddings:"))]
-        origins = origins | "AllOrigins" >> beam.Flatten()
-        deleted = pcolls["deleted"] | "CountDeleted" >> beam.ParDo(_CountPerBundle(lambda _: "deleted"))
+        counts = [part | f"CountOrigins{i}" >> beam.ParDo(CountPerBundle(lambda row: row.origin))
+                  for i, part in enumerate(v for k, v in sorted(pcolls.items()) if k.startswith("embeddings:"))]
+        counts.append(pcolls["input_rows"])
+        if "deleted" in pcolls:
+            counts.append(pcolls["deleted"] | "CountDeleted" >> beam.ParDo(CountPerBundle(lambda _: "deleted")))
         failure_counts = pcolls["failures"] | "CountFailures" >> beam.ParDo(
-            _CountPerBundle(lambda failure: (failure.stage, failure.reason)))
-        index = pcolls.get("index")
-        if index is None:
-            index = pcolls["input_rows"].pipeline | "NoIndex" >> beam.Create([])
-        site = pcolls.get("site")
-        if site is None:
-            site = pcolls["input_rows"].pipeline | "NoSite" >> beam.Create([])
+            CountPerBundle(lambda failure: (failure.stage, failure.reason)))
+        # Steps a run leaves out (the index, the site) are side inputs left out, not empty collections.
+        reports = {name: beam.pvalue.AsList(pcolls[name]) for name in ("index", "site") if name in pcolls}
         return (pcolls["input_rows"].pipeline
                 | "Once" >> beam.Impulse()
                 | "Write" >> beam.ParDo(
                     _WriteSummary(self._layout, self._input_description, self._signature, self._started_at,
                                   self._reuse_report, self._model),
-                    input_rows=beam.pvalue.AsSingleton(pcolls["input_rows"]),
+                    counts=beam.pvalue.AsList(counts | "AllCounts" >> beam.Flatten()),
                     failure_counts=beam.pvalue.AsList(failure_counts),
-                    written=beam.pvalue.AsList(pcolls["written"]),
-                    index=beam.pvalue.AsList(index),
-                    site=beam.pvalue.AsList(site),
-                    origins=beam.pvalue.AsList(origins),
-                    deleted=beam.pvalue.AsList(deleted)))
-
-
-class _CountPerBundle(beam.DoFn):
-    """(key(element), count) for each key, per bundle, emitted when the bundle ends.
-
-    Why not beam.combiners.Count: each is five to eight Beam steps, the summary needs four or five
-    of them a run, and every step costs a local run time to build and schedule. This is one step;
-    the runner keeps only a committed bundle's output, so the partial counts add up exactly."""
-
-    def __init__(self, key):
-        self._key = key
-
-    def start_bundle(self):
-        self._counts = collections.Counter()
-
-    def process(self, element):
-        self._counts[self._key(element)] += 1
-
-    def finish_bundle(self):
-        for key, count in self._counts.items():
-            yield GlobalWindows.windowed_value((key, count))
+                    written=beam.pvalue.AsList(pcolls["written"]), **reports))
 
 
 class _WriteSummary(beam.DoFn):
@@ -144,11 +116,11 @@ class _WriteSummary(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, input_rows, failure_counts, written, index, origins, deleted, site):
-        by_origin = dict.fromkeys(ORIGINS, 0)
-        for origin, count in origins:
-            by_origin[origin] += count
+    def process(self, _, counts, failure_counts, written, index=(), site=()):
+        counts = add_counts(counts)
+        by_origin = {origin: counts.get(origin, 0) for origin in ORIGINS}
         embedded = sum(by_origin.values())
+        input_rows = counts.get("input_rows", 0)
         run_dir = self._layout.run_dir.rstrip("/") + "/"
         summary = build_summary(
             run_id=self._layout.run_id, input_description=self._input_description,
@@ -158,7 +130,7 @@ class _WriteSummary(beam.DoFn):
                    "index": index[0] if index else None,
                    **({"site": site[0]} if site else {}),
                    "reuse": self._reuse_report, "model": self._model})
-        summary["counts"].update({**by_origin, "deleted": sum(count for _, count in deleted)})
+        summary["counts"].update({**by_origin, "deleted": counts.get("deleted", 0)})
         self._store.write_bytes(self._layout.summary_path, json.dumps(summary, indent=2).encode(),
                                 content_type="application/json")
         self._store.delete_prefix(self._layout.checkpoint_dir)  # the run is complete

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
+
+
+def add_counts(partial_counts: Iterable[tuple[Any, int]]) -> dict:
+    """{key: total} from (key, count) pairs: partial counts (per bundle) added up by key."""
+    totals: dict = {}
+    for key, count in partial_counts:
+        totals[key] = totals.get(key, 0) + count
+    return totals
 
 
 def build_summary(*, run_id: str, input_description: dict, signature: dict, input_rows: int,
