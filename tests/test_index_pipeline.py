@@ -3,9 +3,9 @@ worker processes (multi_processing) the workers sample, partition, build the sha
 recall queries and compute the neighbours, and the launcher publishes what they wrote; and the
 pipeline's peak memory, measured in a small driver subprocess, at two collection sizes.
 
-Those processes import ScaNN without TensorFlow (tests/worker_site/sitecustomize.py on their
-PYTHONPATH): the index never uses ScaNN's TensorFlow ops, which would cost each process 3 s and
-400 MB (noise the memory test cannot afford).
+Those processes import ScaNN without TensorFlow, as every index process does
+(imgsim.index.scann_import): TensorFlow would cost each 3 s and 400 MB, noise the memory test
+could not afford, so its driver checks that it never loaded.
 """
 import json
 import os
@@ -23,14 +23,7 @@ from imgsim.index.exact import recall_at_k, top_k
 from imgsim.storage import sha256_file
 from test_index import clustered, embeddings_table
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 TWO_WORKERS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-
-
-@pytest.fixture
-def workers_without_tensorflow(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (os.path.join(TESTS, "worker_site"),
-                                                                 os.environ.get("PYTHONPATH")) if p))
 
 
 def write_embeddings(directory, vectors, files=4, row_group_rows=250, first=0):
@@ -43,7 +36,7 @@ def write_embeddings(directory, vectors, files=4, row_group_rows=250, first=0):
     return os.path.join(directory, "*.parquet")
 
 
-def test_imgsim_index_builds_a_sharded_index_on_two_worker_processes(tmp_path, capsys, workers_without_tensorflow):
+def test_imgsim_index_builds_a_sharded_index_on_two_worker_processes(tmp_path, capsys):
     n, dim = 3000, 32
     vectors = clustered(n, dim=dim, clusters=40, seed=11, spread=0.35)
     pattern = write_embeddings(str(tmp_path / "emb"), vectors)
@@ -95,11 +88,12 @@ result, run = index_pipeline.run([f"--embeddings={pattern}", f"--output={out}", 
 result.wait_until_finish()
 report = json.loads(open(run.report_path).read())
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"peak_mb": peak_kb / 1024, "shards": report["sharding"]["shards"], "count": report["count"]}))
+print(json.dumps({"peak_mb": peak_kb / 1024, "shards": report["sharding"]["shards"], "count": report["count"],
+                  "tensorflow": "tensorflow" in sys.modules}))
 """
 
 
-def test_peak_memory_stays_flat_when_the_collection_doubles(tmp_path, workers_without_tensorflow):
+def test_peak_memory_stays_flat_when_the_collection_doubles(tmp_path):
     """At a fixed shard size (1,250 vectors of 3072 dimensions, 15 MB), doubling the collection (31 MB
     of vectors to 62 MB, 2 shards to 4) must not raise the peak resident memory of the process that
     runs every step (a small driver running the pipeline on DirectRunner in memory, so its VmHWM
@@ -125,7 +119,7 @@ def test_peak_memory_stays_flat_when_the_collection_doubles(tmp_path, workers_wi
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-3000:]
         run = json.loads(stdout.strip().splitlines()[-1])
-        assert run["count"] == n and run["shards"] == (2 if n == half else 4), run
+        assert run["count"] == n and run["shards"] == (2 if n == half else 4) and not run["tensorflow"], run
         peaks[n] = run["peak_mb"]
     added_mb = half * dim * 4 / 2 ** 20
     assert peaks[2 * half] - peaks[half] < added_mb, peaks
