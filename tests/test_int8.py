@@ -17,6 +17,7 @@ from PIL import Image
 from imgsim.cli import main
 from imgsim.embed.reproduce import ModelMismatch
 from imgsim.index.consumer import ImageIndex
+from imgsim.storage import sha256_file
 from pipeline_helpers import read_run, write_manifest
 
 pytestmark = pytest.mark.model
@@ -24,15 +25,22 @@ pytestmark = pytest.mark.model
 INT8 = ["--backend", "openvino", "--precision", "int8", "--calibration-size", "16"]
 
 
+def clip_art_rows(server, paths) -> list[dict]:
+    return [{"id": p.name, "url": server.file(f"/clip/{p.name}", p.read_bytes(), "image/png")} for p in paths]
+
+
 @pytest.fixture
 def catalogue(server, shared, tmp_path):
-    paths = sorted((shared / "data" / "openclipart").glob("*.png"))[::7][:40]
-    rows = [{"id": p.name, "url": server.file(f"/clip/{p.name}", p.read_bytes(), "image/png")} for p in paths]
-    return {"manifest": write_manifest(tmp_path / "m.csv", rows), "out": str(tmp_path / "out"), "paths": paths}
+    every = sorted((shared / "data" / "openclipart").glob("*.png"))
+    paths = every[::7][:40]
+    rows = clip_art_rows(server, paths)
+    more = clip_art_rows(server, [p for p in every if p not in paths][::3][:60])
+    return {"manifest": write_manifest(tmp_path / "m.csv", rows), "out": str(tmp_path / "out"), "paths": paths,
+            "grown": write_manifest(tmp_path / "grown.csv", rows + more), "more": more}
 
 
-def run(catalogue, notop_weights, run_id, *extra):
-    return main(["run", "--input", catalogue["manifest"], "--output", catalogue["out"], "--run-id", run_id,
+def run(catalogue, notop_weights, run_id, *extra, manifest=None):
+    return main(["run", "--input", manifest or catalogue["manifest"], "--output", catalogue["out"], "--run-id", run_id,
                  "--weights", notop_weights, "--layer", "pool", "--allow-private-addresses",
                  "--progress-interval", "0", "-q", *extra])
 
@@ -70,13 +78,24 @@ def test_an_int8_run_names_its_calibration_and_its_index_embeds_queries_with_it(
         index.search_image(str(query), k=3, backend="keras")
 
 
-def test_an_incremental_int8_run_keeps_the_calibration_and_reuses_unchanged_images(catalogue, notop_weights):
+def test_an_incremental_int8_run_keeps_the_calibration_and_reuses_unchanged_images(catalogue, notop_weights,
+                                                                                    shared, tmp_path):
     assert run(catalogue, notop_weights, "r1", *INT8) == 0
-    assert run(catalogue, notop_weights, "r2", *INT8) == 0
+    # r2: the same 40 images and 60 more (embedded with r1's calibration), in a sharded index
+    assert run(catalogue, notop_weights, "r2", *INT8, "--index-shards", "2", manifest=catalogue["grown"]) == 0
     first, second = read_run(catalogue["out"], "r1"), read_run(catalogue["out"], "r2")
     assert second["signature"].quantization == first["signature"].quantization
-    assert second["summary"]["counts"]["reused"] == 40
+    assert second["summary"]["counts"]["reused"] == 40 and second["summary"]["counts"]["new"] == 60
     assert second["summary"]["model"]["calibration"] == "reused from run r1"
+    # the sharded artifact carries the quantised model too, fetched when a query first needs it
+    manifest = json.load(open(os.path.join(catalogue["out"], "runs", "r2", "index", "manifest.json")))
+    assert manifest["format_version"] == 2 and len(manifest["shards"]) == 2
+    assert manifest["files"]["model/model.bin"]["sha256"] == sha256_file(
+        os.path.join(catalogue["out"], "runs", "r1", "model", "model.bin"))
+    index = ImageIndex.open(catalogue["out"], cache_dir=str(tmp_path / "cache"))
+    for query in (catalogue["paths"][5], shared / "data" / "openclipart" / catalogue["more"][7]["id"]):
+        best = index.search_image(str(query), k=3)[0]  # reused by r2, and embedded by it
+        assert best.id == query.name and best.score == pytest.approx(1.0, abs=1e-4)
     # --full calibrates again: a new quantised model, so everything is embedded again
     assert run(catalogue, notop_weights, "r3", *INT8, "--full") == 0
     third = read_run(catalogue["out"], "r3")

@@ -35,11 +35,11 @@ def decode_config_for(preprocessing: str) -> DecodeConfig:
 
 
 def embedder_for(signature: ModelSignature, store: ObjectStore, weights: Optional[str] = None,
-                 artifact_dir: Optional[str] = None, backend: Optional[str] = None) -> tuple[Embedder, DecodeConfig]:
+                 model_dir: Optional[str] = None, backend: Optional[str] = None) -> tuple[Embedder, DecodeConfig]:
     """The embedder and preprocessing of a signature; ModelMismatch when they cannot be reproduced.
 
     weights: where the signature's weights file is now (default: where the signature says);
-    artifact_dir: the index artifact, which holds an int8 run's quantised model (model/);
+    model_dir: the local directory of an int8 run's quantised model (an index artifact keeps it);
     backend: the backend the caller asks for (default: the signature's; another one is refused)."""
     if signature.model != ARCHITECTURE:
         raise ModelMismatch(f"the index holds {signature.model!r} vectors, not {ARCHITECTURE} ones: "
@@ -52,15 +52,14 @@ def embedder_for(signature: ModelSignature, store: ObjectStore, weights: Optiona
                      backend=signature.backend)
     try:
         if spec.precision == "int8":
-            return _quantized(signature, spec, store, artifact_dir), decode_config
+            return _quantized(signature, spec, store, model_dir), decode_config
         return _with_weights(signature, spec, store), decode_config
     except ImportError as e:
         raise ModelMismatch(f"the index was embedded through {signature.backend}: pip install "
                             f"'imgsim[{signature.backend}]' to embed queries comparably ({e})") from None
 
 
-def _quantized(signature: ModelSignature, spec: ModelSpec, store: ObjectStore, artifact_dir: Optional[str]):
-    directory = os.path.join(artifact_dir, "model") if artifact_dir else None
+def _quantized(signature: ModelSignature, spec: ModelSpec, store: ObjectStore, directory: Optional[str]):
     if directory is None or not os.path.isdir(directory):
         raise ModelMismatch("the index holds int8 vectors but not its quantised model: it cannot embed queries")
     try:

@@ -61,6 +61,7 @@ SCANN_ASSETS = f"{SCANN_DIR}/scann_assets.pbtxt"
 # what the consumer and ScaNN read: the manifest must cover each of them
 REQUIRED_FILES = ("ids.parquet", "neighbors.parquet", "groups.parquet", f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
 CENTROIDS = "centroids.npy"  # format 2: row i is the centroid of the i-th shard listed
+MODEL_DIR = "model"  # an int8 run's quantised model (OpenVINO IR), to embed queries comparably
 REQUIRED_SHARDED_FILES = ("groups.parquet", CENTROIDS)
 REQUIRED_SHARD_FILES = ("ids.parquet", "vectors.npy", f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
 _SHARD_DIR = re.compile(r"shards/[0-9]{5}")

@@ -36,13 +36,10 @@ from imgsim.runs.outputs import signature_of, vectors
 from imgsim.storage import ObjectStore, join
 
 
-# An int8 run's quantised model inside the artifact (imgsim.embed.quantized loads it from there).
-MODEL_DIR = "model"
-
-
 def model_files(model_dir: Optional[str]) -> dict[str, str]:
-    """An int8 run's model files as the artifact holds them: artifact path -> where the run wrote it."""
-    return {f"{MODEL_DIR}/{name}": join(model_dir, name) for name in QUANTIZED_FILES} if model_dir else {}
+    """An int8 run's model files as the artifact holds them (artifact.MODEL_DIR): artifact path -> where
+    the run wrote it. imgsim.embed.reproduce loads them from there to embed queries."""
+    return {f"{artifact.MODEL_DIR}/{name}": join(model_dir, name) for name in QUANTIZED_FILES} if model_dir else {}
 
 
 class RecallTooLow(Exception):

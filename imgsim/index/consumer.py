@@ -216,9 +216,10 @@ class ImageIndex:
     def _model(self, weights: Optional[str], backend: Optional[str] = None):
         with self._lock:
             if self._embedder is None or backend not in (None, self.signature.backend):
-                if self.sharded:  # an int8 run's model (model/) is fetched, like shards, when first needed
+                if self.sharded:  # an int8 run's model is fetched, like shards, when first needed
                     model_files = {rel: meta for rel, meta in self.manifest["files"].items()
-                                   if rel.startswith("model/")}
+                                   if rel.startswith(artifact.MODEL_DIR + "/")}
                     artifact.fetch_files(self._store, self.source, self.local_dir, self.manifest, model_files)
-                self._embedder = embedder_for(self.signature, self._store, weights, self.local_dir, backend)
+                self._embedder = embedder_for(self.signature, self._store, weights,
+                                              os.path.join(self.local_dir, artifact.MODEL_DIR), backend)
             return self._embedder
