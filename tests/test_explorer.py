@@ -108,6 +108,19 @@ def test_the_collection_opens_with_every_thumbnail_loaded(page, site):
     assert shot(page, site, "collection").stat().st_size > 10_000
 
 
+def test_an_item_whose_picture_cannot_load_shows_a_placeholder_not_a_broken_image(page, site):
+    """Thumbnail packs and originals both unreachable here (an index built from vectors alone has
+    neither): each card's frame says "no image" instead of holding an empty or broken <img>."""
+    page.route("**/thumbs/*.bin", lambda route: route.abort())
+    page.route("**/cdn/*", lambda route: route.abort())
+    open_view(page, site, "", "collection")
+    page.wait_for_function("() => document.querySelectorAll('#grid .no-picture').length === 36", timeout=15000)
+    assert page.eval_on_selector_all("#grid img", "imgs => imgs.length") == 0
+    labels = page.eval_on_selector_all("#grid a.card", "cards => cards.map(c => [c.title, "
+                                       "c.querySelector('.no-picture').getAttribute('aria-label')])")
+    assert all(title == label for title, label in labels) and page.inner_text("#grid .no-picture") == "no image"
+
+
 def test_an_items_neighbours_come_best_first_and_open_with_back_to_return(page, site):
     item_id = "1915.534"
     open_view(page, site, f"#item={item_id}", "item")

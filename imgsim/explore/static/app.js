@@ -113,16 +113,28 @@
   function thumbUrl(ref) {
     return cached(S.thumbs, ref.join(","), async () => URL.createObjectURL(await thumbBlob(ref)), 4000);
   }
-  // An <img> for an item: its thumbnail, or the original URL where there is none (or it fails).
+  // An <img> for an item: its thumbnail, or the original URL where there is none (or it fails);
+  // a "no image" placeholder where neither is there (an index built from vectors alone) or loads.
+  function noPicture(c, cls) {
+    return el("span", { class: `${cls || "thumb"} no-picture`, role: "img", "aria-label": c.title || c.id,
+                        dataset: { source: "none" }, text: "no image" });
+  }
   function picture(c, cls) {
+    if (!c.thumb && !isHttp(c.url)) return noPicture(c, cls);
     const img = el("img", { class: cls || "thumb", alt: c.title || c.id, loading: "lazy", decoding: "async" });
-    const original = () => { if (isHttp(c.url) && img.src !== c.url) img.src = c.url; };
-    img.addEventListener("error", original, { once: true });
+    const original = () => {
+      if (isHttp(c.url) && img.dataset.source !== "url") {
+        img.dataset.source = "url";
+        img.src = c.url;
+      } else {
+        img.replaceWith(noPicture(c, cls));
+      }
+    };
+    img.addEventListener("error", original);
     if (c.thumb) {
       img.dataset.source = "thumbnail";
-      thumbUrl(c.thumb).then((u) => { img.src = u; }, () => { img.dataset.source = "url"; original(); });
+      thumbUrl(c.thumb).then((u) => { img.src = u; }, original);
     } else {
-      img.dataset.source = "url";
       original();
     }
     return img;
