@@ -68,7 +68,9 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
     sink and checkpoint writer instead of one Flatten in front of a single
     sink: DirectRunner materialises a Flatten's inputs in memory before its
     consumer runs, which would hold every vector of the run at once and make
-    checkpoints appear only at the very end. Dataflow is indifferent.
+    checkpoints appear only at the very end. Dataflow is indifferent. A run
+    with nothing earlier to reuse (no LATEST, --full, another model) has only
+    the computed part.
     """
     o = plan.options
     rows, read_failures = p | "ReadCatalogue" >> ReadCatalogue(plan.input, plan.api_fetch)
@@ -84,7 +86,8 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
                                                                o.decode_memory_bytes, thumbnails=o.thumbnails)
     parts["embedded"], embed_failures = downloaded.images | "EmbedImages" >> EmbedImages(
         handler or model_handler(plan))
-    parts[REUSED] = downloaded[REUSED]
+    if plan.reuse_sources:  # only a row PlanReuse paired with an earlier one can be reused: else no sinks
+        parts[REUSED] = downloaded[REUSED]
     failure_parts = [read_failures, unique[FAILURES], downloaded[FAILURES], embed_failures]
     failures = failure_parts | "AllFailures" >> beam.Flatten()
 

@@ -57,7 +57,7 @@ class BuildIndex(beam.PTransform):
         counts = beam.pvalue.AsList(pcolls["counts"])
         one_worker = _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
                                    self._model, self._model_dir)
-        if self._sharding is None:  # reports are dicts: declared, so Beam need not infer it from the bytecode
+        if self._sharding is None:  # reports are dicts, declared so that Beam need not infer it from bytecode
             return p | "Once" >> beam.Impulse() | "BuildAndPublish" >> beam.ParDo(
                 one_worker, files=files, counts=counts).with_output_types(dict)
         infos = (pcolls["embedding_files"]

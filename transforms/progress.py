@@ -16,10 +16,12 @@ _LOG = logging.getLogger("imgsim.runs.progress")
 
 
 def report_progress(embedding_parts, failure_parts, input_rows, interval: float = 10.0) -> None:
-    """input_rows: partial counts of the input rows (transforms.counts). Tick on every part of the outcome (each inside its producing stage, so the line moves
-    while the work happens) and log a line every `interval` seconds."""
+    """Tick on every part of the outcome (each inside its producing stage, so the line moves
+    while the work happens) and log a line every `interval` seconds.
+
+    input_rows: the input rows' partial counts (transforms.counts), the line's total."""
     handle = shared.Shared()
-    total = beam.pvalue.AsList(input_rows)  # partial counts (transforms.counts)
+    total = beam.pvalue.AsList(input_rows)
     for i, part in enumerate(embedding_parts):
         part | f"ProgressEmbedded{i}" >> beam.ParDo(_Tick(handle, interval, "embedded"), total)
     for i, part in enumerate(failure_parts):
