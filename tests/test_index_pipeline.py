@@ -36,49 +36,6 @@ def write_embeddings(directory, vectors, files=4, row_group_rows=250, first=0):
     return os.path.join(directory, "*.parquet")
 
 
-def test_imgsim_index_builds_a_sharded_index_on_two_worker_processes(tmp_path, capsys):
-    n, dim = 3000, 32
-    vectors = clustered(n, dim=dim, clusters=40, seed=11, spread=0.35)
-    pattern = write_embeddings(str(tmp_path / "emb"), vectors)
-    other = clustered(1, dim=dim, seed=12)  # a later file repeats item-7 with another vector: the first row wins
-    pq.write_table(embeddings_table(other, ids=["item-7"]), tmp_path / "emb" / "zz-repeat.parquet")
-    out = str(tmp_path / "out")
-
-    code = main(["index", "--embeddings", pattern, "--output", out, "--run-id", "r1", "--index-shards", "4",
-                 "-q", *TWO_WORKERS])
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and report["published"] and report["latest_updated"], report
-    assert report["sharding"]["shards"] == 4 and report["recall"]["value"] >= 0.95
-
-    index_dir = os.path.join(out, "runs", "r1", "index")
-    manifest = json.load(open(os.path.join(index_dir, "manifest.json")))
-    assert manifest["format_version"] == 2 and manifest["count"] == n
-    assert manifest["counts"]["repeated_ids"] == 1 and manifest["neighbors"]["exact"] is True
-    assert [e["shard"] for e in manifest["shards"]] == [0, 1, 2, 3]
-    for rel, meta in artifact.all_files(manifest).items():  # every file, each shard's with the shard
-        assert sha256_file(os.path.join(index_dir, *rel.split("/"))) == meta["sha256"], rel
-    assert not os.path.exists(os.path.join(out, "runs", "r1", "index-work"))  # the rows' way to their shards
-
-    # the consumer API and `imgsim query`, unchanged
-    assert main(["query", "--index", out, "--id", "item-123", "-k", "3", "--cache-dir", str(tmp_path / "qc")]) == 0
-    first = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert first["id"] == "item-123" and first["score"] == pytest.approx(1.0, abs=1e-5)
-    index = ImageIndex.open(out, cache_dir=str(tmp_path / "cache"))
-    assert np.array_equal(index.vector("item-7"), vectors[7])
-    held_out = clustered(300, dim=dim, clusters=40, seed=11, spread=0.35)[::-1].copy()
-    order = [int(i.split("-")[1]) for i in index.ids]
-    assert sorted(order) == list(range(n))
-    found = np.array([[index.ids.index(m.id) for m in row] for row in index.search(held_out, k=10)])
-    assert recall_at_k(vectors[order], held_out, found, 10) >= 0.95
-
-    # neighbours: the exact top 20 of a sample, against brute force over every vector
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -np.inf)
-    _, best = top_k(sims, 20)
-    for i in np.random.default_rng(3).choice(n, 30, replace=False).tolist():
-        assert [m.score for m in index.neighbors(f"item-{i}")] == pytest.approx(best[i].tolist(), abs=1e-5)
-
-
 DRIVER = """
 import json, sys
 from imgsim.pipelines import index_pipeline
@@ -123,6 +80,49 @@ def test_peak_memory_stays_flat_when_the_collection_doubles(tmp_path):
         peaks[n] = run["peak_mb"]
     added_mb = half * dim * 4 / 2 ** 20
     assert peaks[2 * half] - peaks[half] < added_mb, peaks
+
+
+def test_imgsim_index_builds_a_sharded_index_on_two_worker_processes(tmp_path, capsys):
+    n, dim = 3000, 32
+    vectors = clustered(n, dim=dim, clusters=40, seed=11, spread=0.35)
+    pattern = write_embeddings(str(tmp_path / "emb"), vectors)
+    other = clustered(1, dim=dim, seed=12)  # a later file repeats item-7 with another vector: the first row wins
+    pq.write_table(embeddings_table(other, ids=["item-7"]), tmp_path / "emb" / "zz-repeat.parquet")
+    out = str(tmp_path / "out")
+
+    code = main(["index", "--embeddings", pattern, "--output", out, "--run-id", "r1", "--index-shards", "4",
+                 "-q", *TWO_WORKERS])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and report["published"] and report["latest_updated"], report
+    assert report["sharding"]["shards"] == 4 and report["recall"]["value"] >= 0.95
+
+    index_dir = os.path.join(out, "runs", "r1", "index")
+    manifest = json.load(open(os.path.join(index_dir, "manifest.json")))
+    assert manifest["format_version"] == 2 and manifest["count"] == n
+    assert manifest["counts"]["repeated_ids"] == 1 and manifest["neighbors"]["exact"] is True
+    assert [e["shard"] for e in manifest["shards"]] == [0, 1, 2, 3]
+    for rel, meta in artifact.all_files(manifest).items():  # every file, each shard's with the shard
+        assert sha256_file(os.path.join(index_dir, *rel.split("/"))) == meta["sha256"], rel
+    assert not os.path.exists(os.path.join(out, "runs", "r1", "index-work"))  # the rows' way to their shards
+
+    # the consumer API and `imgsim query`, unchanged
+    assert main(["query", "--index", out, "--id", "item-123", "-k", "3", "--cache-dir", str(tmp_path / "qc")]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert first["id"] == "item-123" and first["score"] == pytest.approx(1.0, abs=1e-5)
+    index = ImageIndex.open(out, cache_dir=str(tmp_path / "cache"))
+    assert np.array_equal(index.vector("item-7"), vectors[7])
+    held_out = clustered(300, dim=dim, clusters=40, seed=11, spread=0.35)[::-1].copy()
+    order = [int(i.split("-")[1]) for i in index.ids]
+    assert sorted(order) == list(range(n))
+    found = np.array([[index.ids.index(m.id) for m in row] for row in index.search(held_out, k=10)])
+    assert recall_at_k(vectors[order], held_out, found, 10) >= 0.95
+
+    # neighbours: the exact top 20 of a sample, against brute force over every vector
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    _, best = top_k(sims, 20)
+    for i in np.random.default_rng(3).choice(n, 30, replace=False).tolist():
+        assert [m.score for m in index.neighbors(f"item-{i}")] == pytest.approx(best[i].tolist(), abs=1e-5)
 
 
 def test_the_run_pipelines_index_step_plans_shards_when_it_runs(tmp_path):
