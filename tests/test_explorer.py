@@ -119,6 +119,10 @@ def test_an_item_whose_picture_cannot_load_shows_a_placeholder_not_a_broken_imag
     labels = page.eval_on_selector_all("#grid a.card", "cards => cards.map(c => [c.title, "
                                        "c.querySelector('.no-picture').getAttribute('aria-label')])")
     assert all(title == label for title, label in labels) and page.inner_text("#grid .no-picture") == "no image"
+    shot(page, site, "no-pictures")
+    open_view(page, site, "#item=1915.534", "item")  # and an item's own page
+    page.wait_for_selector("article .figure .no-picture.large", timeout=15000)
+    shot(page, site, "no-picture-item")
 
 
 def test_an_items_neighbours_come_best_first_and_open_with_back_to_return(page, site):
