@@ -99,7 +99,7 @@ def _query(parsed) -> int:
     o = parsed.options
     try:
         index = ImageIndex.open(o.index, run_id=o.run_id, cache_dir=o.cache_dir)
-        matches = index.similar(o.id, o.k) if o.id is not None else index.search_image(o.image, o.k, weights=o.weights, backend=o.backend)
+        matches = index.similar(o.id, o.k, include_self=o.include_self) if o.id is not None else index.search_image(o.image, o.k, weights=o.weights, backend=o.backend)
     except (ArtifactError, ModelMismatch, KeyError, ValueError, FileNotFoundError) as e:
         raise ConfigError(e.args[0] if isinstance(e, KeyError) and e.args else e) from None
     for match in matches:

@@ -41,8 +41,8 @@ def test_build_index_from_vectors_in_memory(tmp_path):
                                 run_id="mem", neighbors_k=5)
     assert report["published"] and report["latest_updated"] and report["count"] == 300
     index = imgsim.ImageIndex.open(str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
-    best = index.similar("obj-7", k=3)
-    assert best[0].id == "obj-7" and best[0].metadata["title"] == "Object 7" and best[0].rank == 1
+    best = index.similar("obj-7", k=3, include_self=True)
+    assert best[0].id == "obj-7" and best[0].metadata["title"] == "Object 7" and best[0].rank == 0
     assert len(index.neighbors("obj-7")) == 5
     assert index.signature.model == "custom"
     with pytest.raises(Exception, match="cannot embed images comparably"):  # no VGG16 behind these vectors
@@ -98,4 +98,5 @@ def test_run_returns_a_typed_summary(server, photos, notop_weights, tmp_path):
     assert summary.run_id == "api" and summary.accounted and summary.published and summary.problems() == []
     assert summary.counts["embedded"] == 3 and summary.failures_by_reason == {"http_not_found": 1}
     assert json.loads(open(summary.path).read())["run_id"] == "api"
-    assert imgsim.ImageIndex.open(str(tmp_path / "out"), cache_dir=str(tmp_path / "c")).similar("kite")[0].id == "kite"
+    index = imgsim.ImageIndex.open(str(tmp_path / "out"), cache_dir=str(tmp_path / "c"))
+    assert index.similar("kite", include_self=True)[0].id == "kite"

@@ -107,7 +107,7 @@ def test_a_symlink_in_the_cache_is_replaced_never_written_through(out, tmp_path)
     os.symlink(outside_dir, os.path.join(local, "scann"))
 
     index = ImageIndex.open(out, cache_dir=str(cache))
-    assert index.local_dir == local and index.similar("item-7", k=1)[0].id == "item-7"
+    assert index.local_dir == local and index.similar("item-7", k=1, include_self=True)[0].id == "item-7"
     assert victim.read_bytes() == b"precious" and os.listdir(outside_dir) == []
     assert not os.path.islink(os.path.join(local, "ids.parquet"))
     assert not os.path.islink(os.path.join(local, "scann"))
@@ -288,7 +288,7 @@ OPENER = textwrap.dedent("""
             assert time.monotonic() < deadline, "the other process never arrived"
             time.sleep(0.0002)
         index = ImageIndex.open(out, cache_dir=os.path.join(cache_root, f"round-{r}"))
-        assert index.similar("item-5", k=1)[0].id == "item-5"
+        assert index.similar("item-5", k=1, include_self=True)[0].id == "item-5"
     assert "tensorflow" not in sys.modules  # a consumer loads ScaNN without it (imgsim.index.scann_import)
     print("ok")
 """)
@@ -359,7 +359,8 @@ def sharded_out(pristine_sharded, tmp_path):
 
 def test_a_sharded_index_opens_and_answers_as_published(sharded_out, tmp_path, capsys):
     """The baseline the tampering tests below depart from."""
-    assert main(["query", "--index", sharded_out, "--id", "item-1", "-k", "2", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert main(["query", "--index", sharded_out, "--id", "item-1", "-k", "2", "--include-self",
+                 "--cache-dir", str(tmp_path / "c")]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["id"] == "item-1"
     assert main(["verify", "--index", sharded_out]) == 0
     assert json.loads(capsys.readouterr().out)["shards"] == 3

@@ -80,13 +80,14 @@ def test_pipeline_publishes_to_gcs_and_query_answers_from_it(bucket, server, pho
         assert store.exists(f"{output}/runs/g1/index/{name}")
     assert manifest["model_signature"]["weights"] == f"{bucket}/models/notop.weights.h5"
 
-    proc = subprocess.run([sys.executable, "-m", "imgsim", "query", "--index", output, "--id", "eagle", "-k", "3",
-                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-m", "imgsim", "query", "--index", output, "--id", "eagle", "-k", "2",
+                           "--include-self", "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True,
+                          timeout=300,
                           env={**os.environ})
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == 3 and lines[0]["id"] == "eagle" and lines[0]["metadata"]["title"] == "eagle"
-    assert [line["rank"] for line in lines] == [1, 2, 3]
+    assert [line["rank"] for line in lines] == [0, 1, 2]
     assert lines[0]["score"] == pytest.approx(1.0, abs=1e-4) and lines[0]["score"] >= lines[1]["score"]
 
     # a query by image embeds with the model the manifest names (the gs:// weights) and finds the photo

@@ -114,7 +114,7 @@ def test_ah_index_meets_the_recall_floor_and_a_crippled_tree_is_refused(tmp_path
     crippled = indexer.IndexSettings(options=IndexOptions(mode="tree_ah", num_leaves=100, leaves_to_search=1,
                                                           reorder=10))
     before = open(tmp_path / "out" / "LATEST", "rb").read()
-    with pytest.raises(indexer.RecallTooLow, match="below --min-recall 0.95"):
+    with pytest.raises(indexer.RecallTooLow, match="at best .*the configured parameters.* below --min-recall 0.95"):
         publish_table(table, str(tmp_path / "out"), "bad", crippled)
     assert open(tmp_path / "out" / "LATEST", "rb").read() == before
     assert not (tmp_path / "out" / "runs" / "bad").exists()
@@ -149,14 +149,21 @@ def test_artifact_layout_and_manifest(published):
     assert published["report"]["latest_updated"]
 
 
-def test_consumer_finds_the_item_itself_first(published, tmp_path):
+def test_similar_leaves_the_item_out_and_rank_1_is_the_best_other(published, tmp_path):
     index = ImageIndex.open(published["out"], cache_dir=str(tmp_path / "cache"))
     assert len(index) == 500 and index.run_id == "r1"
     matches = index.similar("item-3", k=5)
-    assert matches[0].id == "item-3" and matches[0].score == pytest.approx(1.0, abs=1e-5)
-    assert matches[0].metadata["title"] == "title item-3" and matches[0].metadata["url"] == "http://x/item-3.jpg"
+    v = published["vectors"]
+    sims = v @ v[3]
+    sims[3] = -np.inf
+    assert [m.id for m in matches] == [f"item-{i}" for i in np.argsort(-sims, kind="stable")[:5]]
     assert [m.rank for m in matches] == [1, 2, 3, 4, 5]
     assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
+    assert matches[0].metadata["title"] == f"title {matches[0].id}"
+    assert matches[0].metadata["url"] == f"http://x/{matches[0].id}.jpg"
+    with_self = index.similar("item-3", k=5, include_self=True)
+    assert with_self[0].id == "item-3" and with_self[0].rank == 0 and with_self[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [m.id for m in with_self[1:]] == [m.id for m in matches] and [m.rank for m in with_self] == list(range(6))
     raw = published["vectors"][[3, 4]] * 7.0  # un-normalised queries are normalised
     assert [r[0].id for r in index.search(raw, k=1)] == ["item-3", "item-4"]
     assert index.neighbors("item-10")[0].id == "item-11"
@@ -264,7 +271,7 @@ class NoBeam:
 sys.meta_path.insert(0, NoBeam())
 from imgsim.index.consumer import ImageIndex
 index = ImageIndex.open({published['out']!r}, cache_dir={str(tmp_path / 'nb')!r})
-print(index.similar("item-1", k=1)[0].id)
+print(index.similar("item-1", k=1, include_self=True)[0].id)
 print(index.search(index.vector("item-2")[None], k=1)[0][0].id)  # the ScaNN searcher, loaded
 assert not any(m.startswith("apache_beam") for m in sys.modules)
 # ScaNN came without TensorFlow (5 s and 500 MB a process)

@@ -8,7 +8,8 @@
     shards ─► Finish (offsets, recall curve over all vectors, shards_to_search, --min-recall)
     Finish ─► one unit per target shard: exact blocks, or its searcher; its offers to each query shard to one
                  .npz file in index-work ─► GroupByKey(query shard: file names) ─► top-k merge per batch ─► parts
-    pairs ─► CombineGlobally ─► groups.parquet (union-find over the pairs only)
+                 (and each part's agreement with the recall queries' exact answers: neighbors.recall)
+    pairs among the parts' lists ─► CombineGlobally ─► groups.parquet (union-find over the pairs only)
     Publish: centroids.npy, manifest (format 2), compare-and-swap LATEST
 
 The rows travel to their shard through files, and only their names through
@@ -45,11 +46,12 @@ from imgsim.index import artifact
 from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
-from imgsim.index.shard_build import IDS, VECTORS, StagedShard, stage_shard
+from imgsim.index.shard_build import IDS, VECTORS, StagedShard, shard_dir, stage_shard
 from imgsim.index.shard_neighbors import Pairs, RowIds, merged_batches, pack_offers
+from imgsim.index.shard_neighbors import pairs_from_candidates
 from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, neighbors_k, offers_by_query_shard,
-                                  part_pairs, read_shard, recall_k, sharded_fields, target_answers,
-                                  train_partitions, uses_exact_neighbors, write_centroids, write_part)
+                                  read_shard, recall_k, sharded_fields, target_answers, train_partitions,
+                                  uses_exact_neighbors, write_centroids, write_part)
 from imgsim.index.sharding import MAX_SAMPLE_BLOCKS
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.runs.summary import add_counts
@@ -59,6 +61,7 @@ from imgsim.transforms.read_embeddings import ReadRowGroups
 _LOG = logging.getLogger("imgsim.index")
 IDS_TAG = "ids"
 PAIRS = "pairs"
+HITS = "hits"
 SAMPLE_OVERSHOOT = 1.2  # the Bernoulli pre-sample aims this much above the plan's sample size
 ID_BUCKETS_PER_MILLION = 1
 MIN_ID_BUCKETS = 16
@@ -142,15 +145,12 @@ class BuildShardedIndex(beam.PTransform):
                    | "OnceNeighbors" >> beam.Impulse()
                    | "Targets" >> beam.FlatMap(_targets, outcome=outcome_side)
                    | "SpreadTargets" >> beam.Reshuffle()
-                   | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side).with_outputs(
-                       PAIRS, main="answers"))
-        written = (answers.answers
+                   | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side))
+        written = (answers
                    | "OffersByShard" >> beam.GroupByKey()  # file names only: the offers wait in index-work
                    | "WriteParts" >> beam.ParDo(_WriteParts(layout, settings), outcome=outcome_side).with_outputs(
-                       PAIRS, main="files"))
-        pairs = ((answers[PAIRS], written[PAIRS])
-                 | "PairsFromBoth" >> beam.Flatten()
-                 | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view())
+                       PAIRS, HITS, main="files"))
+        pairs = written[PAIRS] | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view()
         groups = (p
                   | "OnceGroups" >> beam.Impulse()
                   | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), pairs=pairs, outcome=outcome_side))
@@ -159,7 +159,8 @@ class BuildShardedIndex(beam.PTransform):
                 | "Publish" >> beam.ParDo(
                     _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
                     plan=plan, partitions=partitions_side, outcome=outcome_side,
-                    parts=beam.pvalue.AsList(written.files), groups=beam.pvalue.AsList(groups),
+                    parts=beam.pvalue.AsList(written.files), hits=beam.pvalue.AsList(written[HITS]),
+                    groups=beam.pvalue.AsList(groups),
                     counts=beam.pvalue.AsList(pcolls["counts"]), repeats=repeats).with_output_types(dict))
 
 
@@ -283,7 +284,7 @@ class _BuildShard(beam.DoFn):
             staged = stage_shard(table, number, self._settings.options, partitions.queries,
                                  recall_k(self._settings, plan.count), staging)
             del table
-            entry = {"shard": number, "dir": f"shards/{number:05d}", "count": staged.count}
+            entry = {"shard": number, "dir": shard_dir(number), "count": staged.count}
             landed = {"format_version": artifact.SHARDED_FORMAT_VERSION, "shards": [entry],
                       "model_signature": {"dim": plan.signature.dim}}
             land_files(self._store, staging, self._layout.index_dir, staged.files,
@@ -367,12 +368,10 @@ class _AnswerTarget(beam.DoFn):
                     shutil.rmtree(place, ignore_errors=True)
 
             answers = target_answers(outcome, self._settings, target, queries(), searcher)
-            for q, offers, pairs in offers_by_query_shard(answers):
+            for q, offers in offers_by_query_shard(answers):
                 path = join(self._layout.index_work_dir, "offers", f"shard-{q:05d}", f"from-{number:05d}.npz")
                 self._store.write_bytes(path, pack_offers(offers))  # a retried unit writes the same name
                 yield q, path
-                for found in pairs:
-                    yield beam.pvalue.TaggedOutput(PAIRS, found)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         _report_times("index_neighbors_unit", started, cpu)
@@ -423,7 +422,8 @@ class _WriteParts(beam.DoFn):
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             yield rel, meta
-            pairs = part_pairs(outcome, self._settings, first_row, found)
+            yield beam.pvalue.TaggedOutput(HITS, outcome.truth.hits(first_row, found.rows, found.scores))
+            pairs = pairs_from_candidates(first_row, found, self._settings.duplicate_threshold)
             if len(pairs):
                 yield beam.pvalue.TaggedOutput(PAIRS, pairs)
         _report_memory()
@@ -488,7 +488,7 @@ class _Publish(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, plan, partitions, outcome, parts, groups, counts, repeats):
+    def process(self, _, plan, partitions, outcome, parts, hits, groups, counts, repeats):
         if outcome is None:
             return
         self._store.delete_prefix(self._layout.index_work_dir)  # the shards are built
@@ -512,7 +512,7 @@ class _Publish(beam.DoFn):
                                 run_id=self._layout.run_id, input_description=self._input_description,
                                 counts={**add_counts(counts), "indexed": outcome.count,
                                         "repeated_ids": len(repeats)},
-                                groups=groups[0]["report"], model=self._model)
+                                groups=groups[0]["report"], table_hits=hits, model=self._model)
         manifest = artifact.manifest_document(fields, files, outcome.entries)
         result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,
                                   keep_runs=self._settings.keep_runs)

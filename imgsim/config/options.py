@@ -175,6 +175,9 @@ class IndexFlags(Flags):
                                    label="Re-ordering precision")
     neighbors_k: int = flag(20, "neighbours per item in neighbors.parquet", minimum=1,
                             label="Neighbours per item")
+    exact_neighbors_max: int = flag(200_000, "neighbors.parquet is exact (all pairs: time grows with the square "
+                                    "of the count) up to this many items, and found through the index above",
+                                    minimum=0, label="Exact neighbours up to")
     min_recall: float = flag(0.95, "refuse to publish an index whose measured recall@10 is lower", minimum=0,
                              maximum=1, label="Minimum recall")
     recall_queries: int = flag(1000, "queries used to measure recall", minimum=1, label="Recall queries")
@@ -208,7 +211,8 @@ class IndexFlags(Flags):
                                reorder_type=self.index_reorder_type)
         return IndexSettings(options=options, neighbors_k=self.neighbors_k, min_recall=self.min_recall,
                              recall_queries=self.recall_queries, duplicate_threshold=self.duplicate_threshold,
-                             keep_runs=self.keep_runs, sharding=self.sharding_options())
+                             exact_neighbors_max=self.exact_neighbors_max, keep_runs=self.keep_runs,
+                             sharding=self.sharding_options())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +296,7 @@ class QueryOptions(Flags):
     id: Optional[str] = flag(None, "find items like this id", metavar="ID")
     image: Optional[str] = flag(None, "find items like this image file (local or gs://)", metavar="PATH")
     k: int = flag(10, "how many results", minimum=1, short="-k")
+    include_self: bool = flag(False, "for --id: the item itself first, as rank 0 (it is left out otherwise)")
     weights: Optional[str] = flag(None, "for --image: the weights file, when the manifest's is not reachable here",
                                   default_text="the file the index was built with")
     backend: Optional[str] = flag(None, "for --image: the inference backend (refused unless the index's)",

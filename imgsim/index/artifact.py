@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgsim.embed.signature import ModelSignature
+from imgsim.index.tuning import SearchParams
 from imgsim.runs.layout import check_run_id
 from imgsim.runs.outputs import vectors
 from imgsim.storage import ObjectStore, is_gcs, join, sha256_file
@@ -158,6 +159,8 @@ def check_manifest(manifest, where: str = MANIFEST) -> None:
         missing = [rel for rel in REQUIRED_FILES if rel not in files]
         if missing:
             raise malformed(f"it does not list {', '.join(missing)}")
+        scann = manifest.get("scann")
+        _check_search(scann.get("search") if isinstance(scann, dict) else None, malformed)
         return
     _check_shards(manifest, where, malformed)
 
@@ -209,6 +212,7 @@ def _check_shards(manifest: dict, where: str, malformed) -> None:
             raise malformed(f"shard {number}'s centroid is {entry.get('centroid')!r}, not its row in {CENTROIDS} "
                             f"({len(offsets)})")
         offsets.append(at)
+        _check_search(entry.get("search"), malformed)
         shard_files = entry.get("files")
         if not isinstance(shard_files, dict) or not shard_files:
             raise malformed(f"shard {number} lists no files")
@@ -231,6 +235,14 @@ def _check_shards(manifest: dict, where: str, malformed) -> None:
     if missing:
         raise malformed(f"it does not list {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                                              else ""))
+
+
+def _check_search(search, malformed) -> None:
+    """The search parameters a consumer passes to ScaNN: positive integers only."""
+    try:
+        SearchParams.from_dict(search)
+    except ValueError as e:
+        raise malformed(str(e)) from None
 
 
 def all_files(manifest: dict) -> dict:

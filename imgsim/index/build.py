@@ -2,9 +2,9 @@
 
 Used by the pipeline's final step when one worker builds the index (on a
 Dataflow worker), and by the Python API's `imgsim.build_index` on in-memory
-vectors (no Beam). The recall of the ScaNN configuration is measured against
-exact brute force on a sample of the collection's own vectors; below
-`min_recall` the index is refused. A collection the sharding options split
+vectors (no Beam). Recall is measured as consumers are served, against exact
+brute force, and the search parameters raised if needed (imgsim.index.tuning);
+below `min_recall` at the most the ladder allows, the index is refused. A collection the sharding options split
 (imgsim.index.sharding) is built as a sharded artifact (imgsim.index.sharded),
 here one shard after another; the pipeline builds those on its workers.
 """
@@ -23,13 +23,15 @@ import pyarrow as pa
 from imgsim.embed.openvino_backend import IR_FILES as QUANTIZED_FILES
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
-from imgsim.index.exact import (Neighbors, connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors,
-                                recall_at_k)
+from imgsim.index.exact import Neighbors, connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors
 from imgsim.index.publish import publish
 from imgsim.index.searcher import IndexOptions
-from imgsim.index.shard_build import ShardingRefused, check_shardable
+from imgsim.index.shard_build import ShardingRefused, check_shardable, tuning_steps
+from imgsim.index.shard_neighbors import groups_report, groups_table
 from imgsim.index.sharded import build_sharded_artifact
 from imgsim.index.sharding import ShardingOptions
+from imgsim.index.tuning import (RecallQueries, SearchParams, TableTruth, choose, params_for, recall_partial,
+                                 recall_points, table_report)
 from imgsim.index.sources import IndexInputError
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import signature_of, vectors
@@ -161,27 +163,37 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
     os.makedirs(scann_dir, exist_ok=True)
     searcher.serialize(scann_dir, relative_path=True)
 
-    recall = measure_recall(searcher, data, settings, seed)
-    recall_report = {"k": settings.recall_k, "value": round(recall, 5), "queries": min(n, settings.recall_queries),
-                     "min": settings.min_recall, "tolerance": 1e-3}
-    report = {"count": n, "recall": recall_report, "scann": config.to_dict()}
-    if recall < settings.min_recall:
-        raise RecallTooLow(report)
+    k = max(1, min(settings.recall_k, n - 1))
+    ids = table.column("id").to_numpy(zero_copy_only=False)  # in id order (combine_embeddings)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, settings.recall_queries), replace=False))
+    queries = RecallQueries.drawn(ids[rows].tolist(), data[rows], seed)
+    partial = recall_partial(0, searcher, data, ids, queries, k, config.to_dict(), tuning_steps(settings.options))
+    order = np.zeros((len(queries), 1), np.int64)
+    choice = choose(lambda step: recall_points([partial], order, queries, k, step), list(partial.steps), 1,
+                    settings.min_recall, k)
+    recall_report = choice.report(k, len(queries), settings.min_recall)
+    search = params_for(config.to_dict(), choice.point.step)
+    scann = {**config.to_dict(), **({"search": search.to_dict()} if search.to_dict() else {})}
+    if choice.refused:
+        raise RecallTooLow({"count": n, "recall": recall_report, "scann": scann}, choice.refused)
 
-    if n <= settings.exact_neighbors_max:
-        neighbors, pairs = exact_neighbors_and_pairs(data, settings.neighbors_k, settings.duplicate_threshold)
-        exact = True
+    neighbors_k = max(1, min(settings.neighbors_k, n - 1))
+    exact = n <= settings.exact_neighbors_max
+    if exact:
+        neighbors, _ = exact_neighbors_and_pairs(data, neighbors_k)
     else:
-        neighbors = approximate_neighbors(searcher, data, settings.neighbors_k)
-        pairs = pairs_from_neighbors(neighbors, settings.duplicate_threshold)
-        exact = False
-    groups = connected_groups(pairs)
+        neighbors = approximate_neighbors(searcher, data, neighbors_k, search)
+    groups = connected_groups(pairs_from_neighbors(neighbors, settings.duplicate_threshold))
+    truth = TableTruth.of([partial], {0: 0}, queries, k)
+    table_recall = table_report([truth.hits(0, neighbors.rows, np.nan_to_num(neighbors.scores, nan=-np.inf))], k,
+                                exact)
 
     ids = table.column("id")
+    ids_of = np.asarray(ids.to_pylist(), object).__getitem__
     artifact.write_table(table.add_column(0, "row", pa.array(np.arange(n, dtype=np.int64))),
                          os.path.join(staging, "ids.parquet"))
     artifact.write_table(neighbors_table(ids, neighbors), os.path.join(staging, "neighbors.parquet"))
-    artifact.write_table(groups_table(ids, groups), os.path.join(staging, "groups.parquet"))
+    artifact.write_table(groups_table(groups, ids_of), os.path.join(staging, "groups.parquet"))
 
     fields = {
         "run_id": run_id,
@@ -189,12 +201,10 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
         "model_signature": signature.to_dict(),
         "dimension": signature.dim,
         "count": n,
-        "scann": {**config.to_dict(), "version": scann_version(),
-                  "distance": "dot_product"},
+        "scann": {**scann, "version": scann_version(), "distance": "dot_product"},
         "recall": recall_report,
-        "neighbors": {"k": neighbors.rows.shape[1], "exact": exact},
-        "groups": {"threshold": settings.duplicate_threshold, "count": len(groups),
-                   "items": int(sum(len(g) for g in groups))},
+        "neighbors": {"k": neighbors.rows.shape[1], "exact": exact, "recall": table_recall},
+        "groups": groups_report(groups, settings.duplicate_threshold),
         "input": input_description,
         "counts": counts,
     }
@@ -203,22 +213,13 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
     return artifact.write_manifest(staging, fields)
 
 
-def measure_recall(searcher, data: np.ndarray, settings: IndexSettings, seed: int = 0) -> float:
-    """recall@k of the searcher against exact search, on a sample of the collection's own vectors."""
-    n, k = len(data), settings.recall_k
-    if n < 2:
-        return 1.0
-    k = min(k, n - 1)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, settings.recall_queries), replace=False))
-    found, _ = searcher.search_batched(data[rows], final_num_neighbors=k + 1)
-    approx = np.array([_without(r, f, k) for r, f in zip(rows, np.asarray(found))], dtype=np.int64)
-    return recall_at_k(data, data[rows], approx, k, exclude_self=rows)
-
-
-def approximate_neighbors(searcher, data: np.ndarray, k: int, batch: int = 4096) -> Neighbors:
+def approximate_neighbors(searcher, data: np.ndarray, k: int, params: SearchParams = SearchParams(),
+                          batch: int = 4096) -> Neighbors:
+    """Each row's k nearest other rows as the consumer finds them (its search parameters)."""
     rows, scores = [], []
     for start in range(0, len(data), batch):
-        found, sims = searcher.search_batched(data[start:start + batch], final_num_neighbors=k + 1)
+        found, sims = searcher.search_batched(data[start:start + batch], final_num_neighbors=k + 1,
+                                              **params.kwargs())
         for offset, (f, s) in enumerate(zip(np.asarray(found), np.asarray(sims))):
             keep = f != start + offset
             rows.append(_pad(f[keep][:k], k, -1))
@@ -234,23 +235,6 @@ def neighbors_table(ids: pa.ChunkedArray, neighbors: Neighbors) -> pa.Table:
     scores = [s[v].astype(np.float32) for s, v in zip(neighbors.scores, valid)]
     return pa.table({"id": ids, "neighbor_ids": pa.array(neighbor_ids, pa.list_(pa.string())),
                      "scores": pa.array(scores, pa.list_(pa.float32()))})
-
-
-def groups_table(ids: pa.ChunkedArray, groups: list[list[int]]) -> pa.Table:
-    id_list = ids.to_pylist()
-    group, members, sizes = [], [], []
-    for number, rows in enumerate(groups):
-        for row in rows:
-            group.append(number)
-            members.append(id_list[row])
-            sizes.append(len(rows))
-    return pa.table({"group": pa.array(group, pa.int64()), "id": pa.array(members, pa.string()),
-                     "group_size": pa.array(sizes, pa.int64())})
-
-
-def _without(own: int, found: np.ndarray, k: int) -> np.ndarray:
-    kept = found[found != own][:k]
-    return _pad(kept, k, -1)
 
 
 def _pad(values: np.ndarray, k: int, fill) -> np.ndarray:

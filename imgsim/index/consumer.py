@@ -2,7 +2,7 @@
 
     from imgsim import ImageIndex
     index = ImageIndex.open("gs://bucket/imgsim")       # follows LATEST; or run_id=...
-    index.similar("1915.534", k=10)                      # the item itself first
+    index.similar("1915.534", k=10)                      # the 10 most like it (itself left out)
     index.search(vectors, k=10)                          # your own unit or raw vectors
     index.search_image("photo.jpg", k=10)                # embeds with the index's own model
 
@@ -39,8 +39,9 @@ from imgsim.storage import cache_dir as imgsim_cache_dir
 
 @dataclasses.dataclass(frozen=True)
 class Match:
-    """One result: the item's id, its cosine similarity to the query, its rank (1 = best), and the
-    item's metadata (url, sha256, width, height and the input's columns) under a key of its own."""
+    """One result: the item's id, its cosine similarity to the query, its rank (1 = the best other
+    item; 0 = the query item itself, only where asked for), and the item's metadata (url, sha256,
+    width, height and the input's columns) under a key of its own."""
 
     id: str
     score: float
@@ -143,9 +144,17 @@ class ImageIndex:
     def vector(self, item_id: str) -> np.ndarray:
         return self._reader.vector(self._row(item_id))
 
-    def similar(self, item_id: str, k: int = 10) -> list[Match]:
-        """The k items most like item_id, best first; the item itself comes first."""
-        return self.search(self.vector(item_id)[None, :], k)[0]
+    def similar(self, item_id: str, k: int = 10, include_self: bool = False) -> list[Match]:
+        """The k items most like item_id, best first (rank 1), the item itself left out; with
+        include_self, the item itself comes first, as rank 0."""
+        row = self._row(item_id)
+        vector = self._reader.vector(row)
+        found = self._search(vector[None, :], min(k + 1, len(self)), None)
+        others = [(int(r), float(s)) for r, s in zip(found.rows[0], found.scores[0]) if r >= 0 and r != row][:k]
+        out = [self._match(r, s, rank) for rank, (r, s) in enumerate(others, 1)]
+        if include_self:
+            out.insert(0, self._match(row, float(np.dot(vector, vector)), 0))
+        return out
 
     def search(self, vectors, k: int = 10, shards_to_search: Optional[int] = None) -> list[list[Match]]:
         """The k nearest items for each query vector (normalised here, so raw vectors work too).
@@ -155,10 +164,12 @@ class ImageIndex:
             raise ValueError(f"query vectors have {queries.shape[1]} dimensions; the index has {self.signature.dim}")
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         queries = queries / np.where(norms > 0, norms, 1.0)
-        k = max(1, min(k, len(self)))
-        found = self._reader.search(queries, k, shards_to_search)
+        found = self._search(queries, k, shards_to_search)
         return [[self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rr, ss), 1) if r >= 0]
                 for rr, ss in zip(found.rows, found.scores)]
+
+    def _search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int]):
+        return self._reader.search(queries, max(1, min(k, len(self))), shards_to_search)
 
     def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None,
                      backend: Optional[str] = None, max_pixels: Optional[int] = None) -> list[Match]:

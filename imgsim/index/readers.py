@@ -24,6 +24,7 @@ from imgsim.index import artifact
 from imgsim.index.fanout import Candidates, merge, route, scatter
 from imgsim.index.shard_build import IDS, VECTORS, load_vectors
 from imgsim.index.shard_neighbors import BATCH_ROWS, part_name
+from imgsim.index.tuning import SearchParams
 from imgsim.runs.outputs import vectors as table_vectors
 
 NOT_METADATA = ("row", "embedding")
@@ -36,6 +37,7 @@ class SingleReader:
     def __init__(self, local_dir: str, manifest: dict):
         self.local_dir = local_dir
         self._searcher = artifact.load_searcher(local_dir)
+        self._params = SearchParams.from_dict(manifest["scann"].get("search"))  # chosen when it was built
         path = os.path.join(local_dir, "ids.parquet")
         columns = [c for c in pq.read_schema(path).names if c not in NOT_METADATA]
         self._info = pq.read_table(path, columns=columns)
@@ -68,7 +70,8 @@ class SingleReader:
             return self._vectors
 
     def search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None) -> Candidates:
-        rows, scores = self._searcher.search_batched(queries, final_num_neighbors=k)
+        rows, scores = self._searcher.search_batched(queries, final_num_neighbors=min(k, self.count),
+                                                     **self._params.kwargs())
         return scatter(np.asarray(rows), np.asarray(scores), 0, k)
 
     def info(self, row: int) -> tuple[str, dict]:
@@ -95,6 +98,7 @@ class _Shard:
 
     def __init__(self, entry: dict):
         self.entry = entry
+        self.params = SearchParams.from_dict(entry.get("search"))  # chosen when it was built
         self.info: Optional[pa.Table] = None
         self.vectors: Optional[np.ndarray] = None  # memory-mapped from the cache
         self.searcher = None
@@ -209,7 +213,8 @@ class ShardedReader:
             asked, position = np.nonzero(routes == slot)
             entry = self._entries[slot]
             found, scores = self._searcher(slot).search_batched(queries[asked],
-                                                                final_num_neighbors=min(k, entry["count"]))
+                                                                final_num_neighbors=min(k, entry["count"]),
+                                                                **self._shards[slot].params.kwargs())
             answered = scatter(np.asarray(found), np.asarray(scores), entry["offset"], k)
             for j in range(searched):
                 at = position == j

@@ -10,8 +10,9 @@ which its rows arrived. Shards re-order with float32 vectors (or score by
 brute force): their scores are exact dot products, so a query's answers from
 different shards compare and merge by score. While the searcher is in memory
 the shard also answers the recall queries, exactly and through the searcher
-(imgsim.index.sharding.RecallPartial), so recall over the whole index needs
-no step that holds every vector.
+at every step of the tuning ladder (imgsim.index.tuning.RecallPartial), so
+recall over the whole index, and its tuning, need no step that holds every
+vector.
 """
 from __future__ import annotations
 
@@ -22,10 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.index import artifact
-from imgsim.index.exact import exact_candidates
 from imgsim.index.searcher import IndexOptions
 from imgsim.index.shard_neighbors import BATCH_ROWS
-from imgsim.index.sharding import SHARD_KEY_BITS, RecallPartial, RecallQueries
+from imgsim.index.tuning import RecallPartial, RecallQueries, ladder, recall_partial
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.storage import sha256_file
 
@@ -76,7 +76,7 @@ def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: Re
     artifact.write_table(table.add_column(0, "row", pa.array(np.arange(count, dtype=np.int64))),
                          os.path.join(directory, IDS), row_group_rows=BATCH_ROWS)  # a neighbours part's ids
     recall = recall_partial(number, searcher, data, table.column("id").to_numpy(zero_copy_only=False),
-                            queries, recall_k)
+                            queries, recall_k, config.to_dict(), tuning_steps(options))
     files = {}
     for name in artifact.local_files(directory):
         path = os.path.join(directory, *name.split("/"))
@@ -84,31 +84,9 @@ def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: Re
     return StagedShard(number, count, {**config.to_dict(), "count": count}, files, recall)
 
 
-def recall_partial(number: int, searcher, data: np.ndarray, ids: np.ndarray, queries: RecallQueries,
-                   k: int) -> RecallPartial:
-    """This shard's exact and searched answers to the recall queries (ids sorted: own rows by search)."""
-    q = len(queries)
-    if not q:
-        empty = np.zeros((0, k), np.float32)
-        return RecallPartial(number, empty, np.zeros((0, k), np.int64), empty, empty)
-    query_ids = np.asarray(queries.ids, dtype=object)
-    at = np.minimum(np.searchsorted(ids, query_ids), len(ids) - 1)
-    own = np.where(ids[at] == query_ids, at, -1).astype(np.int64)
-    exact, _ = exact_candidates(queries.vectors, own, data, 0, k)
-    found, scores = searcher.search_batched(queries.vectors, final_num_neighbors=min(k + 1, len(data)))
-    found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
-    keys = np.full((q, k), -1, np.int64)
-    got = np.full((q, k), -np.inf, np.float32)
-    for i in range(q):
-        keep = (found[i] >= 0) & (found[i] != own[i])
-        rows = found[i][keep][:k]
-        keys[i, :len(rows)] = (number << SHARD_KEY_BITS) | rows
-        got[i, :len(rows)] = scores[i][keep][:k]
-    local = np.where(keys >= 0, keys & ((1 << SHARD_KEY_BITS) - 1), 0)
-    true = np.empty((q, k), np.float32)
-    for j in range(k):  # column by column: (q, dim) at a time, never (q, k, dim)
-        true[:, j] = np.einsum("qd,qd->q", queries.vectors, data[local[:, j]])
-    return RecallPartial(number, exact.scores, keys, got, np.where(keys >= 0, true, -np.inf).astype(np.float32))
+def tuning_steps(options: IndexOptions) -> list[tuple[int, int]]:
+    """The ladder steps a searcher built from these options answers (the user's settings stay)."""
+    return ladder(options.leaves_to_search is not None, options.reorder is not None)
 
 
 def load_vectors(path_or_file, count: int, dim: int, mmap: bool = False) -> np.ndarray:

@@ -6,13 +6,17 @@ BBBBB * BATCH_ROWS on, so a consumer finds an item's part from its row. Two
 ways to fill them, each unit holding at most two shards' vectors:
 
 - exact (collections up to --exact-neighbors-max): unit (Q, T) scores shard Q
-  against shard T block by block and offers each row of Q its best k in T,
-  plus every pair at or above the duplicate threshold; the k best over all
-  T are the exact neighbours (fanout.merge, a top-k combiner).
+  against shard T block by block and offers each row of Q its best k in T;
+  the k best over all T are the exact neighbours (fanout.merge, a top-k
+  combiner).
 - from the index: unit T loads shard T's searcher and answers, for every
   shard Q, the rows of Q that route to T (its shards_to_search nearest
-  centroids); merging gives what a consumer's query would; pairs come from
-  those lists, as for a single large index.
+  centroids), with the search parameters the consumer uses; merging gives
+  what a consumer's query would.
+
+Near-duplicate pairs come from the merged lists on both paths, never from
+all pairs: a collection of large near-duplicate groups (a thousand product
+shots on white) would otherwise hold every pair of every group.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import pyarrow as pa
 
 from imgsim.index.exact import exact_candidates
 from imgsim.index.fanout import Candidates, merge, route, scatter
+from imgsim.index.tuning import SearchParams
 
 BATCH_ROWS = 8192
 
@@ -140,29 +145,27 @@ class Pairs:
         return len(self.rows)
 
 
-def exact_unit(query: ShardData, target: ShardData, k: int, threshold: float
-               ) -> Iterator[tuple[int, Offer, Pairs]]:
-    """For each batch of query rows: their k best rows of target, exactly, and their pairs."""
+def exact_unit(query: ShardData, target: ShardData, k: int) -> Iterator[tuple[int, Offer]]:
+    """For each batch of query rows: their k best rows of target, exactly."""
     for b, rows in query.batches():
         global_rows = query.offset + np.arange(rows.start, rows.stop)
-        found, pairs = exact_candidates(query.vectors[rows], global_rows, target.vectors, target.offset, k,
-                                        pair_threshold=threshold)
+        found, _ = exact_candidates(query.vectors[rows], global_rows, target.vectors, target.offset, k)
         size = rows.stop - rows.start
-        yield b, Offer(size, np.arange(size), found), Pairs(pairs[:, :2].astype(np.int64),
-                                                            pairs[:, 2].astype(np.float32))
+        yield b, Offer(size, np.arange(size), found)
 
 
 def searcher_unit(searcher, target: ShardData, centroids: np.ndarray, target_slot: int, query: ShardData,
-                  shards_to_search: int, k: int) -> Iterator[tuple[int, Offer]]:
+                  shards_to_search: int, k: int, params: SearchParams = SearchParams()) -> Iterator[tuple[int, Offer]]:
     """For each batch of query rows with rows that route to target (centroids in shard order;
-    target_slot is target's position there): target's k best for those rows, by its own searcher."""
+    target_slot is target's position there): target's k best for those rows, by its own searcher
+    with the shard's search parameters."""
     for b, rows in query.batches():
         routed = np.any(route(query.vectors[rows], centroids, shards_to_search) == target_slot, axis=1)
         picked = np.flatnonzero(routed)
         if not len(picked):
             continue
         found, scores = searcher.search_batched(query.vectors[rows][picked],
-                                                final_num_neighbors=min(k + 1, target.count))
+                                                final_num_neighbors=min(k + 1, target.count), **params.kwargs())
         found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
         own = query.offset + rows.start + picked - target.offset  # the query's row in target, if it is there
         keep = (found >= 0) & (found != own[:, None])
@@ -198,8 +201,15 @@ def part_table(query_ids: Sequence[str], found: Candidates, ids_of: IdsOf) -> pa
                      "scores": pa.array(scores, pa.list_(pa.float32()))})
 
 
+def groups_report(groups: list[list[int]], threshold: float) -> dict:
+    """The manifest's `groups`: how many, how many items, the largest sizes."""
+    sizes = [len(rows) for rows in groups]
+    return {"threshold": threshold, "count": len(groups), "items": int(sum(sizes)), "largest": sizes[:10],
+            "from": "pairs at or above the threshold among the neighbour lists"}
+
+
 def groups_table(groups: list[list[int]], ids_of: IdsOf) -> pa.Table:
-    """groups.parquet (group, id, group_size) from connected groups of global rows."""
+    """groups.parquet (group, id, group_size) from connected groups of global rows (largest first)."""
     members = [row for rows in groups for row in rows]
     names = ids_of(np.asarray(members, np.int64)).tolist() if members else []
     group = [number for number, rows in enumerate(groups) for _ in rows]

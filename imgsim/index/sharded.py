@@ -2,9 +2,11 @@
 
     sample -> train_partitions (one worker: k-means, split oversized partitions, recall queries)
     rows -> nearest centroid -> shard_build.stage_shard per shard (its worker), answering the recall queries
-    finish_shards: offsets, the recall curve over the whole index, shards_to_search, or RecallTooLow
+    finish_shards: offsets, recall over the whole index as served, search parameters and
+        shards_to_search (imgsim.index.tuning), or RecallTooLow
     shard_neighbors units -> offers packed per query shard -> merge -> neighbors/part-*.parquet
-    pairs -> connected groups -> groups.parquet
+        (each part also checked against the recall queries' exact answers: neighbors.recall)
+    pairs among the neighbour lists -> connected groups -> groups.parquet
     sharded_fields -> manifest (format 2)
 
 The pipeline (transforms/sharded_index.py) runs each step on workers, and no
@@ -25,13 +27,15 @@ import pyarrow as pa
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.exact import connected_groups
-from imgsim.index.fanout import Candidates
+from imgsim.index.fanout import Candidates, route
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
-from imgsim.index.shard_build import IDS, VECTORS, StagedShard, load_vectors, stage_shard
+from imgsim.index.shard_build import IDS, VECTORS, StagedShard, load_vectors, shard_dir, stage_shard
 from imgsim.index.shard_neighbors import (BATCH_ROWS, IdsOf, Offer, Pairs, RowIds, ShardData, exact_unit,
-                                          groups_table, merged_batches, pack_offers, pairs_from_candidates,
-                                          part_name, part_table, searcher_unit)
-from imgsim.index.sharding import RecallQueries, ShardPlan, choose_shards_to_search, recall_curve
+                                          groups_report, groups_table, merged_batches, pack_offers,
+                                          pairs_from_candidates, part_name, part_table, searcher_unit)
+from imgsim.index.sharding import ROUTING_SLACK, ShardPlan
+from imgsim.index.tuning import (RecallQueries, SearchParams, TableTruth, choose, params_for, recall_points,
+                                 table_report)
 from imgsim.runs.outputs import vectors as table_vectors
 
 CENTROIDS = artifact.CENTROIDS
@@ -51,7 +55,7 @@ def train_partitions(ids: Sequence[str], sample: np.ndarray, plan: ShardPlan, re
                      seed: int = 0) -> Partitions:
     """Centroids from a sample of (id, vector), whatever order it arrived in (at most
     plan.sample_size of it is used, chosen by seed among the ids in id order); recall_queries of
-    them, chosen by seed too, become the recall queries."""
+    them, chosen by seed too, become the recall queries (with as many held-out ones)."""
     by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")
     order = by_id[np.sort(np.random.default_rng(seed).permutation(len(by_id))[:plan.sample_size])]
     ids = [ids[i] for i in order]
@@ -60,7 +64,7 @@ def train_partitions(ids: Sequence[str], sample: np.ndarray, plan: ShardPlan, re
     centroids = train_centroids(sample, plan.shards, seed=seed)
     centroids = split_oversized(sample, centroids, plan.max_share, seed=seed)
     pick = shuffled[:min(recall_queries, len(ids))]
-    return Partitions(centroids, RecallQueries(tuple(ids[i] for i in pick), sample[pick]), len(ids))
+    return Partitions(centroids, RecallQueries.drawn([ids[i] for i in pick], sample[pick], seed), len(ids))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +75,9 @@ class ShardedOutcome:
     centroids: np.ndarray  # float32 (len(entries), dim): the entries' centroids, same order
     count: int
     shards_to_search: int
-    curve: list  # recall@k when searching 1, 2, ... shards
+    curve: list  # recall@k when searching 1, 2, ... shards (at the chosen search parameters)
     recall: dict  # the manifest's recall report
+    truth: TableTruth  # what the neighbours table is checked against
     refused: Optional[str] = None  # why the index is not published (recall below --min-recall)
 
     def shard_data(self, number: int, vectors: np.ndarray) -> ShardData:
@@ -95,27 +100,29 @@ def neighbors_k(settings, count: int) -> int:
 
 
 def finish_shards(staged: Sequence[StagedShard], partitions: Partitions, settings) -> ShardedOutcome:
-    """Offsets, the recall curve over all vectors, shards_to_search, and the gate (--min-recall)."""
+    """Offsets, recall over all vectors as a consumer is served, the search parameters and
+    shards_to_search (imgsim.index.tuning), and the gate (--min-recall)."""
     staged = sorted(staged, key=lambda s: s.number)
     count = sum(s.count for s in staged)
     centroids = partitions.centroids[[s.number for s in staged]]
     k = recall_k(settings, count)
-    curve = recall_curve([s.recall for s in staged], centroids, partitions.queries, k)
-    searched = choose_shards_to_search(curve, settings.min_recall, settings.sharding.shards_to_search)
+    partials = [s.recall for s in staged]
+    queries = partitions.queries
+    order = route(queries.vectors, centroids, len(staged))
+    choice = choose(lambda step: recall_points(partials, order, queries, k, step), list(partials[0].steps),
+                    len(staged), settings.min_recall, k, settings.sharding.shards_to_search, ROUTING_SLACK)
+    step, searched = choice.point.step, choice.point.shards
+    curve = [round(p.all.tie, 5) for p in recall_points(partials, order, queries, k, step)]
     entries, offset = [], 0
     for row, shard in enumerate(staged):
-        entries.append({"shard": shard.number, "dir": f"shards/{shard.number:05d}", "count": shard.count,
-                        "offset": offset, "centroid": row, "scann": shard.config, "files": shard.files})
+        search = params_for(shard.config, step).to_dict()
+        entries.append({"shard": shard.number, "dir": shard_dir(shard.number), "count": shard.count,
+                        "offset": offset, "centroid": row, "scann": shard.config,
+                        **({"search": search} if search else {}), "files": shard.files})
         offset += shard.count
-    value = curve[searched - 1]
-    recall = {"k": k, "value": round(value, 5), "queries": len(partitions.queries), "min": settings.min_recall,
-              "tolerance": 1e-3, "shards_searched": searched,
-              "against": "exact brute force over every vector, shard by shard"}
-    refused = None
-    if value < settings.min_recall:
-        refused = (f"recall@{k} {value:.4f} (searching {searched} of {len(entries)} shards) is below --min-recall "
-                   f"{settings.min_recall}: the index was not published")
-    return ShardedOutcome(entries, centroids, offset, searched, [round(c, 5) for c in curve], recall, refused)
+    recall = {**choice.report(k, len(queries), settings.min_recall), "shards_searched": searched}
+    truth = TableTruth.of(partials, {e["shard"]: e["offset"] for e in entries}, queries, k)
+    return ShardedOutcome(entries, centroids, offset, searched, curve, recall, truth, choice.refused)
 
 
 def uses_exact_neighbors(settings, count: int) -> bool:
@@ -126,14 +133,14 @@ def groups_result(pairs: Pairs, threshold: float, ids_of: IdsOf) -> tuple[pa.Tab
     """groups.parquet and the manifest's groups report, from the pairs alone (and the ids of
     the rows in groups)."""
     groups = connected_groups(pairs.rows)
-    return groups_table(groups, ids_of), {"threshold": threshold, "count": len(groups),
-                                          "items": int(sum(len(g) for g in groups))}
+    return groups_table(groups, ids_of), groups_report(groups, threshold)
 
 
 def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings, plan: ShardPlan,
                    partitions: Partitions, *, run_id: str, input_description: dict, counts: dict,
-                   groups: dict, model: Optional[dict] = None) -> dict:
-    """The manifest's fields (format 2) besides shards and files."""
+                   groups: dict, table_hits: Sequence, model: Optional[dict] = None) -> dict:
+    """The manifest's fields (format 2) besides shards and files; table_hits: the parts'
+    (TableTruth.hits)."""
     from imgsim.index.build import scann_version
 
     return {
@@ -153,7 +160,9 @@ def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings,
                      "recall_by_shards_searched": outcome.curve},
         "recall": outcome.recall,
         "neighbors": {"k": neighbors_k(settings, outcome.count),
-                      "exact": uses_exact_neighbors(settings, outcome.count), "batch_rows": BATCH_ROWS},
+                      "exact": uses_exact_neighbors(settings, outcome.count), "batch_rows": BATCH_ROWS,
+                      "recall": table_report(table_hits, outcome.recall["k"],
+                                             uses_exact_neighbors(settings, outcome.count))},
         "groups": groups,
         "input": input_description,
         "counts": counts,
@@ -185,58 +194,50 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     shards = [read_shard(staging, outcome, e, plan.dim) for e in outcome.entries]
     ids_of = RowIds(outcome.entries, lambda entry, group: read_id_group(staging, entry, group))
     packs: dict[int, list] = {}
-    pairs = []
     for target in shards:
         searcher = None if uses_exact_neighbors(settings, outcome.count) else artifact.load_searcher(
             staging, f"{outcome.entry(target.number)['dir']}/{artifact.SCANN_DIR}")
-        for q, offers, more in offers_by_query_shard(target_answers(outcome, settings, target, shards, searcher)):
+        for q, offers in offers_by_query_shard(target_answers(outcome, settings, target, shards, searcher)):
             packs.setdefault(q, []).append(pack_offers(offers))
-            pairs.extend(more)
     k = neighbors_k(settings, outcome.count)
+    pairs, hits = [], []
     for query in shards:
         for b, batch, merged in merged_batches(query.count, k, packs.pop(query.number)):
-            pairs.append(part_pairs(outcome, settings, query.offset + batch.start, merged))
+            first_row = query.offset + batch.start
+            pairs.append(pairs_from_candidates(first_row, merged, settings.duplicate_threshold))
+            hits.append(outcome.truth.hits(first_row, merged.rows, merged.scores))
             write_part(staging, query.number, b, ids_of(query.offset + np.arange(batch.start, batch.stop)), merged,
                        ids_of)
     table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold, ids_of)
     artifact.write_table(table_, os.path.join(staging, "groups.parquet"))
     write_centroids(os.path.join(staging, CENTROIDS), outcome.centroids)
     fields = sharded_fields(outcome, signature, settings, plan, partitions, run_id=run_id,
-                            input_description=input_description, counts=counts, groups=report, model=model)
+                            input_description=input_description, counts=counts, groups=report, table_hits=hits,
+                            model=model)
     return artifact.write_manifest(staging, fields, shards=outcome.entries), None
 
 
 def target_answers(outcome: ShardedOutcome, settings, target: ShardData, queries: Iterable[ShardData],
-                   searcher=None) -> Iterator[tuple[int, int, Offer, Pairs]]:
-    """(query shard, batch, offer, pairs): what target offers each batch of every query shard,
-    exactly (with the pairs at the duplicate threshold) or, given target's searcher, for the rows
-    routed to target."""
+                   searcher=None) -> Iterator[tuple[int, int, Offer]]:
+    """(query shard, batch, offer): what target offers each batch of every query shard, exactly
+    or, given target's searcher, for the rows routed to target (searched as consumers search it)."""
     k = neighbors_k(settings, outcome.count)
+    params = SearchParams.from_dict(outcome.entry(target.number).get("search"))
     for query in queries:
         if searcher is None:
-            for b, found, pairs in exact_unit(query, target, k, settings.duplicate_threshold):
-                yield query.number, b, found, pairs
+            for b, found in exact_unit(query, target, k):
+                yield query.number, b, found
         else:
             for b, found in searcher_unit(searcher, target, outcome.centroids, outcome.slot(target.number), query,
-                                          outcome.shards_to_search, k):
-                yield query.number, b, found, Pairs.empty()
+                                          outcome.shards_to_search, k, params):
+                yield query.number, b, found
 
 
-def offers_by_query_shard(answers: Iterable[tuple[int, int, Offer, Pairs]]
-                          ) -> Iterator[tuple[int, list[tuple[int, Offer]], list[Pairs]]]:
+def offers_by_query_shard(answers: Iterable[tuple[int, int, Offer]]) -> Iterator[tuple[int, list[tuple[int, Offer]]]]:
     """target_answers grouped by query shard (they come shard after shard): (query shard, its
-    (batch, offer) list, its pairs), one query shard at a time."""
+    (batch, offer) list), one query shard at a time."""
     for q, group in itertools.groupby(answers, key=lambda answer: answer[0]):
-        group = list(group)
-        yield q, [(b, offer) for _, b, offer, _ in group], [p for *_, p in group if len(p)]
-
-
-def part_pairs(outcome: ShardedOutcome, settings, first_row: int, merged: Candidates) -> Pairs:
-    """The pairs a merged neighbours batch (rows first_row, ...) adds: none on the exact path (its
-    units found every pair), those among the lists otherwise."""
-    if uses_exact_neighbors(settings, outcome.count):
-        return Pairs.empty()
-    return pairs_from_candidates(first_row, merged, settings.duplicate_threshold)
+        yield q, [(b, offer) for _, b, offer in group]
 
 
 def read_shard(root: str, outcome: ShardedOutcome, entry: dict, dim: int, with_vectors: bool = True) -> ShardData:

@@ -8,20 +8,16 @@
   are answered by every shard while it is built; merging those answers for
   1, 2, ... nearest shards gives recall@k as a function of the shards
   searched (the recall curve), against the exact answer over all vectors.
-  The smallest number within ROUTING_SLACK of searching every shard (and at
-  least --min-recall) is chosen, unless --index-shards-to-search says.
+  The fewest within ROUTING_SLACK of searching every shard (and at least
+  --min-recall) is chosen, unless --index-shards-to-search says
+  (imgsim.index.tuning raises the search parameters too, when needed).
 numpy only.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
-
-import numpy as np
-
-from imgsim.index.exact import recall_hits
-from imgsim.index.fanout import route
+from typing import Optional
 
 DEFAULT_MEMORY_MB = 8192
 # bytes a worker holds per vector component while it builds a shard: the rows as they arrive, the
@@ -35,7 +31,6 @@ SAMPLE_PER_SHARD = 256  # k-means sample points per centroid (at least MIN_SAMPL
 MIN_SAMPLE = 2048
 MAX_SAMPLE = 200_000
 MAX_SAMPLE_BLOCKS = 100_000  # the pipeline samples row groups' Bernoulli samples: at most this many
-SHARD_KEY_BITS = 32  # recall candidates are told apart by (shard << 32 | row) before offsets exist
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,63 +87,3 @@ class ShardPlan:
     @property
     def max_share(self) -> float:
         return self.max_shard_items / max(1, self.count)
-
-
-@dataclasses.dataclass(frozen=True)
-class RecallQueries:
-    """The vectors recall is measured with (drawn from the collection) and their ids, so that each
-    query's own item can be left out of both the exact and the approximate answer."""
-
-    ids: tuple
-    vectors: np.ndarray  # float32 (q, dim)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclasses.dataclass(frozen=True)
-class RecallPartial:
-    """One shard's answers to the recall queries: the exact top-k scores among its items, and its
-    searcher's top-k (keys shard << 32 | row, the searcher's scores, and the exact scores of the
-    same items), the query's own item left out; -inf where the shard has fewer."""
-
-    shard: int
-    exact: np.ndarray  # float32 (q, k)
-    keys: np.ndarray  # int64 (q, k), -1 where none
-    scores: np.ndarray  # float32 (q, k)
-    true: np.ndarray  # float32 (q, k)
-
-
-def recall_curve(partials: Sequence[RecallPartial], centroids: np.ndarray, queries: RecallQueries, k: int,
-                 tolerance: float = 1e-3) -> list[float]:
-    """recall@k when each query searches its 1, 2, ..., all nearest shards (centroids in the order of
-    partials), against the exact top k over every shard; the tie rule of exact.recall_at_k."""
-    if not len(queries):
-        return [1.0] * len(partials)
-    exact = np.concatenate([p.exact for p in partials], axis=1)
-    kth = -np.sort(-exact, axis=1)[:, k - 1]
-    order = route(queries.vectors, centroids, len(partials))
-    keys = np.stack([p.keys for p in partials])
-    scores = np.stack([p.scores for p in partials])
-    true = np.stack([p.true for p in partials])
-    q = np.arange(len(queries))[:, None]
-    curve = []
-    for searched in range(1, len(partials) + 1):
-        slots = order[:, :searched]
-        got_keys = keys[slots, q].reshape(len(queries), -1)
-        got_scores = scores[slots, q].reshape(len(queries), -1)
-        got_true = true[slots, q].reshape(len(queries), -1)
-        best = np.lexsort((np.where(got_keys >= 0, got_keys, np.iinfo(np.int64).max), -got_scores), axis=1)[:, :k]
-        valid = np.take_along_axis(got_keys, best, 1) >= 0
-        hits = recall_hits(np.take_along_axis(got_true, best, 1), kth, valid, tolerance)
-        curve.append(hits / (len(queries) * k))
-    return curve
-
-
-def choose_shards_to_search(curve: Sequence[float], min_recall: float, requested: Optional[int] = None) -> int:
-    """The shards a query searches: `requested` (at most all), else the fewest whose recall is within
-    ROUTING_SLACK of searching all of them and at least min_recall (all, if none is)."""
-    if requested is not None:
-        return min(requested, len(curve))
-    target = max(min_recall, curve[-1] - ROUTING_SLACK)
-    return next((s for s, value in enumerate(curve, 1) if value >= target - 1e-12), len(curve))

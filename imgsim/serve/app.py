@@ -83,9 +83,9 @@ def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, 
     app.get("/api/healthz")(health)
 
     @app.get("/api/similar/{item_id:path}")
-    def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K)):
+    def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K), include_self: bool = False):
         try:
-            matches = index.similar(item_id, k)
+            matches = index.similar(item_id, k, include_self=include_self)
         except KeyError:
             raise ApiError(404, f"no item {item_id!r} in this index") from None
         return {"id": item_id, "k": k, "results": [m.to_dict() for m in matches]}
