@@ -97,9 +97,18 @@ def _query(parsed) -> int:
     from imgsim.index.consumer import ImageIndex
 
     o = parsed.options
+    where = o.where()
+    asked = dict(filters=where.values, ranges=where.ranges)
     try:
         index = ImageIndex.open(o.index, run_id=o.run_id, cache_dir=o.cache_dir)
-        matches = index.similar(o.id, o.k, include_self=o.include_self) if o.id is not None else index.search_image(o.image, o.k, weights=o.weights, backend=o.backend)
+        if o.outliers:
+            matches = index.outliers(o.k, **asked)
+        elif o.image is not None:
+            matches = index.search_image(o.image, o.k, weights=o.weights, backend=o.backend, order=o.order, **asked)
+        elif len(o.id) == 1 and not o.not_id:
+            matches = index.similar(o.id[0], o.k, include_self=o.include_self, order=o.order, **asked)
+        else:
+            matches = index.recommend(o.id, o.not_id, o.k, **asked)
     except (ArtifactError, ModelMismatch, KeyError, ValueError, FileNotFoundError) as e:
         raise ConfigError(e.args[0] if isinstance(e, KeyError) and e.args else e) from None
     for match in matches:

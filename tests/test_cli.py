@@ -138,7 +138,7 @@ def test_manifest_columns_can_be_named_otherwise(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["query", "--index", "out"], "give exactly one of --id and --image"),
+    (["query", "--index", "out"], "give exactly one of --id, --image and --outliers"),
     (["query", "--index", "out", "--id", "a", "--bogus"], "unknown option(s): --bogus"),
     (["rollback", "--output", "out"], "--run-id is required"),
     (["runs"], "--output is required"),

@@ -10,6 +10,7 @@
                  .npz file in index-work ─► GroupByKey(query shard: file names) ─► top-k merge per batch ─► parts
                  (and each part's agreement with the recall queries' exact answers: neighbors.recall)
     pairs among the parts' lists ─► CombineGlobally ─► groups.parquet (union-find over the pairs only)
+    outlier scores of the parts' rows ─► CombineGlobally (the most isolated) ─► outliers.parquet
     Publish: centroids.npy, manifest (format 2), compare-and-swap LATEST
 
 The rows travel to their shard through files, and only their names through
@@ -42,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from imgsim.index import artifact
+from imgsim.index import artifact, outliers
 from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
@@ -50,8 +51,8 @@ from imgsim.index.shard_build import IDS, VECTORS, StagedShard, shard_dir, stage
 from imgsim.index.shard_neighbors import Pairs, RowIds, merged_batches, pack_offers
 from imgsim.index.shard_neighbors import pairs_from_candidates
 from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, neighbors_k, offers_by_query_shard,
-                                  read_shard, recall_k, sharded_fields, target_answers, train_partitions,
-                                  uses_exact_neighbors, write_centroids, write_part)
+                                  part_outliers, read_shard, recall_k, sharded_fields, target_answers,
+                                  train_partitions, uses_exact_neighbors, write_centroids, write_part)
 from imgsim.index.sharding import MAX_SAMPLE_BLOCKS
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.runs.summary import add_counts
@@ -62,6 +63,7 @@ _LOG = logging.getLogger("imgsim.index")
 IDS_TAG = "ids"
 PAIRS = "pairs"
 HITS = "hits"
+ISOLATED = "isolated"
 SAMPLE_OVERSHOOT = 1.2  # the Bernoulli pre-sample aims this much above the plan's sample size
 ID_BUCKETS_PER_MILLION = 1
 MIN_ID_BUCKETS = 16
@@ -149,8 +151,11 @@ class BuildShardedIndex(beam.PTransform):
         written = (answers
                    | "OffersByShard" >> beam.GroupByKey()  # file names only: the offers wait in index-work
                    | "WriteParts" >> beam.ParDo(_WriteParts(layout, settings), outcome=outcome_side).with_outputs(
-                       PAIRS, HITS, main="files"))
+                       PAIRS, HITS, ISOLATED, main="files"))
         pairs = written[PAIRS] | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view()
+        isolated = (written[ISOLATED]
+                    | "MostIsolated" >> beam.CombineGlobally(_MostIsolated()).without_defaults()
+                    | "WriteOutliers" >> beam.ParDo(_WriteOutliers(layout), outcome=outcome_side))
         groups = (p
                   | "OnceGroups" >> beam.Impulse()
                   | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), pairs=pairs, outcome=outcome_side))
@@ -160,7 +165,7 @@ class BuildShardedIndex(beam.PTransform):
                     _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
                     plan=plan, partitions=partitions_side, outcome=outcome_side,
                     parts=beam.pvalue.AsList(written.files), hits=beam.pvalue.AsList(written[HITS]),
-                    groups=beam.pvalue.AsList(groups),
+                    groups=beam.pvalue.AsList(groups), isolated=beam.pvalue.AsList(isolated),
                     counts=beam.pvalue.AsList(pcolls["counts"]), repeats=repeats).with_output_types(dict))
 
 
@@ -423,6 +428,7 @@ class _WriteParts(beam.DoFn):
                 shutil.rmtree(staging, ignore_errors=True)
             yield rel, meta
             yield beam.pvalue.TaggedOutput(HITS, outcome.truth.hits(first_row, found.rows, found.scores))
+            yield beam.pvalue.TaggedOutput(ISOLATED, part_outliers(first_row, found))
             pairs = pairs_from_candidates(first_row, found, self._settings.duplicate_threshold)
             if len(pairs):
                 yield beam.pvalue.TaggedOutput(PAIRS, pairs)
@@ -442,6 +448,39 @@ class _ConcatPairs(beam.CombineFn):
 
     def extract_output(self, parts):
         return Pairs.concat(parts)
+
+
+class _MostIsolated(beam.CombineFn):
+    """The most isolated rows over every part (imgsim.index.outliers.KEPT of them)."""
+
+    def create_accumulator(self):
+        return outliers.merge_most_isolated([])
+
+    def add_input(self, best, part):
+        return outliers.merge_most_isolated([best, part])
+
+    def merge_accumulators(self, accumulators):
+        return outliers.merge_most_isolated(list(accumulators))
+
+    def extract_output(self, best):
+        return best
+
+
+class _WriteOutliers(beam.DoFn):
+    def __init__(self, layout):
+        self._layout = layout
+
+    def setup(self):
+        self._store = ObjectStore()
+
+    def process(self, best, outcome):
+        if outcome is None or outcome.refused:
+            return
+        rows, values = best
+        ids_of = RowIds(outcome.entries, _id_groups(self._store, self._layout.index_dir))
+        yield {"file": _land_one(self._store, self._layout.index_dir, outliers.OUTLIERS,
+                                 lambda path: artifact.write_table(outliers.table(rows, values, ids_of), path)),
+               "kept": len(rows)}
 
 
 class _WriteGroups(beam.DoFn):
@@ -488,7 +527,7 @@ class _Publish(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, plan, partitions, outcome, parts, hits, groups, counts, repeats):
+    def process(self, _, plan, partitions, outcome, parts, hits, groups, isolated, counts, repeats):
         if outcome is None:
             return
         self._store.delete_prefix(self._layout.index_work_dir)  # the shards are built
@@ -501,6 +540,8 @@ class _Publish(beam.DoFn):
         files = dict(parts)
         rel, meta = groups[0]["file"]
         files[rel] = meta
+        rel, meta = isolated[0]["file"]
+        files[rel] = meta
         rel, meta = _land_one(self._store, self._layout.index_dir, CENTROIDS,
                               lambda path: write_centroids(path, outcome.centroids))
         files[rel] = meta
@@ -512,7 +553,8 @@ class _Publish(beam.DoFn):
                                 run_id=self._layout.run_id, input_description=self._input_description,
                                 counts={**add_counts(counts), "indexed": outcome.count,
                                         "repeated_ids": len(repeats)},
-                                groups=groups[0]["report"], table_hits=hits, model=self._model)
+                                groups=groups[0]["report"], table_hits=hits, outliers_kept=isolated[0]["kept"],
+                                model=self._model)
         manifest = artifact.manifest_document(fields, files, outcome.entries)
         result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,
                                   keep_runs=self._settings.keep_runs)

@@ -63,15 +63,24 @@ class Flags:
 
     def __post_init__(self):
         for declared in declared_flags(type(self)):
-            check_value(declared.name, getattr(self, declared.name), declared.spec, declared.kind)
+            value = getattr(self, declared.name)
+            if declared.repeated:
+                if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                    raise ConfigError(f"{dashed(declared.name)} takes a list of values, not {value!r}")
+                object.__setattr__(self, declared.name, tuple(value))
+                for one in value:
+                    check_value(declared.name, one, declared.spec, declared.kind)
+                continue
+            check_value(declared.name, value, declared.spec, declared.kind)
 
 
 @dataclasses.dataclass(frozen=True)
 class DeclaredFlag:
     field: dataclasses.Field
     spec: FlagSpec
-    kind: type  # bool, int, float or str
+    kind: type  # bool, int, float or str (of each value, for a repeated flag)
     group: str
+    repeated: bool = False  # tuple[str, ...]: the flag may be given several times
 
     @property
     def name(self) -> str:
@@ -89,7 +98,10 @@ def declared_flags(cls: type) -> list[DeclaredFlag]:
     for field in dataclasses.fields(cls):
         spec = field.metadata.get(FLAG)
         if spec is not None:
-            out.append(DeclaredFlag(field, spec, _base_type(hints[field.name]), groups.get(field.name, "")))
+            hint = hints[field.name]
+            repeated = typing.get_origin(hint) is tuple
+            kind = _base_type(typing.get_args(hint)[0] if repeated else hint)
+            out.append(DeclaredFlag(field, spec, kind, groups.get(field.name, ""), repeated))
     return out
 
 
@@ -164,7 +176,10 @@ def _add_flag(target, declared: DeclaredFlag) -> None:
     name, spec, kind, default = declared.name, declared.spec, declared.kind, declared.field.default
     strings = ([spec.short] if spec.short else []) + [dashed(name)]
     help_text = (spec.help + _default_note(default, spec, kind)).replace("%", "%%")  # argparse formats help
-    if kind is bool:
+    if declared.repeated:
+        common = dict(dest=name, type=kind, action="append")
+        target.add_argument(*strings, default=None, metavar=spec.metavar or name.upper(), help=help_text, **common)
+    elif kind is bool:
         common = dict(dest=name, type=parse_bool, nargs="?", const=True)
         target.add_argument(*strings, default=default, metavar="true|false", help=help_text, **common)
         if default is True:
@@ -179,7 +194,7 @@ def _add_flag(target, declared: DeclaredFlag) -> None:
 
 
 def _default_note(default, spec: FlagSpec, kind: type) -> str:
-    if spec.required or kind is bool:
+    if spec.required or kind is bool or default == ():
         return ""
     if default is None:
         return f" (default: {spec.default_text})" if spec.default_text else ""
@@ -189,6 +204,9 @@ def _default_note(default, spec: FlagSpec, kind: type) -> str:
 def from_namespace(cls: type, namespace: argparse.Namespace, **extra):
     """The options object for a parsed namespace (its flags' values), plus extra fields."""
     values = {d.name: getattr(namespace, d.name) for d in declared_flags(cls) if hasattr(namespace, d.name)}
+    for d in declared_flags(cls):
+        if d.repeated and values.get(d.name) is None:
+            values[d.name] = ()
     return cls(**values, **extra)
 
 

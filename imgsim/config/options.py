@@ -23,8 +23,10 @@ from imgsim.embed.weights import IMAGENET
 from imgsim.explore.build import ExploreSettings
 from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
 from imgsim.index.build import IndexSettings
+from imgsim.index.filtered import ORDERS
 from imgsim.index.export import FORMATS as EXPORT_FORMATS
 from imgsim.index.export import parse_columns
+from imgsim.index.filters import Filter
 from imgsim.index.searcher import MODES, REORDER_TYPES, IndexOptions
 from imgsim.index.sharding import DEFAULT_MEMORY_MB, ShardingOptions
 from imgsim.runs.layout import RUN_ID_PATTERN, check_run_id
@@ -288,15 +290,22 @@ class IndexCommandOptions(IndexFlags):
 
 @dataclasses.dataclass(frozen=True)
 class QueryOptions(Flags):
-    """`imgsim query`: the items most like an id or an image."""
+    """`imgsim query`: the items most like an id, several ids or an image, or the outliers."""
 
     index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
                                 required=True)
     run_id: Optional[str] = flag(None, "query this run instead of the one LATEST points at")
-    id: Optional[str] = flag(None, "find items like this id", metavar="ID")
+    id: tuple[str, ...] = flag((), "find items like this id; repeat it for items like all of them", metavar="ID")
+    not_id: tuple[str, ...] = flag((), "with --id: and unlike this id (repeatable)", metavar="ID")
     image: Optional[str] = flag(None, "find items like this image file (local or gs://)", metavar="PATH")
+    outliers: bool = flag(False, "list the most isolated items instead (most first)")
     k: int = flag(10, "how many results", minimum=1, short="-k")
-    include_self: bool = flag(False, "for --id: the item itself first, as rank 0 (it is left out otherwise)")
+    order: str = flag("most", "most: the most similar first; least: the least similar first", choices=ORDERS)
+    filter: tuple[str, ...] = flag((), "keep results whose COLUMN is VALUE (repeatable: a column's values OR-ed, "
+                                   "columns AND-ed)", metavar="COLUMN:VALUE")
+    range: tuple[str, ...] = flag((), "keep results whose number or ISO date COLUMN lies in LOW..HIGH (either end "
+                                  "may be empty)", metavar="COLUMN:LOW..HIGH")
+    include_self: bool = flag(False, "with one --id: the item itself first, as rank 0 (it is left out otherwise)")
     weights: Optional[str] = flag(None, "for --image: the weights file, when the manifest's is not reachable here",
                                   default_text="the file the index was built with")
     backend: Optional[str] = flag(None, "for --image: the inference backend (refused unless the index's)",
@@ -305,8 +314,18 @@ class QueryOptions(Flags):
 
     def __post_init__(self):
         super().__post_init__()
-        if (self.id is None) == (self.image is None):
-            raise ConfigError("give exactly one of --id and --image")
+        if sum((bool(self.id), self.image is not None, self.outliers)) != 1:
+            raise ConfigError("give exactly one of --id, --image and --outliers")
+        if self.not_id and not self.id:
+            raise ConfigError("--not-id needs --id: items like those and unlike these")
+        if self.include_self and len(self.id) != 1:
+            raise ConfigError("--include-self needs exactly one --id")
+        if self.order == "least" and (len(self.id) > 1 or self.not_id or self.outliers):
+            raise ConfigError("--order least takes one --id or --image")
+        _checked(self.where)
+
+    def where(self) -> Filter:
+        return Filter.parse(self.filter, self.range)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,7 +70,8 @@ COMMANDS = (
             "--project P --region R --temp_location gs://... (--setup_file is filled in for Dataflow).",
             passes_beam_options=True,
             usage="imgsim index --embeddings GLOB --output OUTPUT [options] [Beam pipeline options]"),
-    Command("query", QueryOptions, "ask a published index for the items most like an id or an image"),
+    Command("query", QueryOptions, "ask a published index for the items most (or least) like an id, several ids or an image, within a "
+            "filter, or for its outliers"),
     Command("export", ExportOptions, "write a published index's items in the import format of a managed vector "
             "search service (Vertex AI Vector Search)"),
     Command("evaluate", EvaluateOptions, "measure how good the neighbours are: labelled retrieval, near duplicates"),

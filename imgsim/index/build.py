@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from imgsim.embed.openvino_backend import IR_FILES as QUANTIZED_FILES
 from imgsim.embed.signature import ModelSignature
-from imgsim.index import artifact
+from imgsim.index import artifact, filters, outliers
 from imgsim.index.exact import Neighbors, connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors
 from imgsim.index.publish import publish
 from imgsim.index.searcher import IndexOptions
@@ -194,6 +194,9 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
                          os.path.join(staging, "ids.parquet"))
     artifact.write_table(neighbors_table(ids, neighbors), os.path.join(staging, "neighbors.parquet"))
     artifact.write_table(groups_table(groups, ids_of), os.path.join(staging, "groups.parquet"))
+    filterable = filters.write(table, staging)
+    isolated = outliers.most_isolated(np.arange(n), outliers.scores(neighbors.scores))
+    artifact.write_table(outliers.table(*isolated, ids_of), os.path.join(staging, outliers.OUTLIERS))
 
     fields = {
         "run_id": run_id,
@@ -205,6 +208,8 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
         "recall": recall_report,
         "neighbors": {"k": neighbors.rows.shape[1], "exact": exact, "recall": table_recall},
         "groups": groups_report(groups, settings.duplicate_threshold),
+        "filters": filterable,
+        "outliers": outliers.report(n, len(isolated[0])),
         "input": input_description,
         "counts": counts,
     }

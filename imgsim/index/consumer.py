@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import os
 import threading
-from typing import Iterator, Optional, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -31,17 +31,25 @@ from imgsim.embed.reproduce import embedder_for  # TensorFlow only when a model 
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.artifact import ArtifactError
+from imgsim.index.filtered import EXACT_MAX, ORDERS
+from imgsim.index.filtered import search as search_filtered
+from imgsim.index.filters import Filter, check
 from imgsim.index.latest import read_latest
 from imgsim.index.readers import ShardedReader, SingleReader
 from imgsim.runs.layout import RunLayout
 from imgsim.storage import ObjectStore, is_gcs, join
 from imgsim.storage import cache_dir as imgsim_cache_dir
 
+Filters = Optional[Mapping[str, Union[str, Sequence]]]
+Ranges = Optional[Mapping[str, tuple]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Match:
-    """One result: the item's id, its cosine similarity to the query, its rank (1 = the best other
-    item; 0 = the query item itself, only where asked for), and the item's metadata (url, sha256,
-    width, height and the input's columns) under a key of its own."""
+    """One result: the item's id, its score (the cosine similarity to the query; for outliers, how
+    isolated it is), its rank (1 = the best other item; 0 = the query item itself, only where asked
+    for), and the item's metadata (url, sha256, width, height and the input's columns) under a key
+    of its own."""
 
     id: str
     score: float
@@ -95,6 +103,7 @@ class ImageIndex:
             self._reader = SingleReader(local_dir, manifest)
         self._embedder = None
         self._lock = threading.Lock()
+        self.exact_filtered_max = EXACT_MAX  # a filter allowing at most this many rows scores them exactly
 
     @classmethod
     def open(cls, location: str, run_id: Optional[str] = None, cache_dir: Optional[str] = None,
@@ -144,36 +153,96 @@ class ImageIndex:
     def vector(self, item_id: str) -> np.ndarray:
         return self._reader.vector(self._row(item_id))
 
-    def similar(self, item_id: str, k: int = 10, include_self: bool = False) -> list[Match]:
-        """The k items most like item_id, best first (rank 1), the item itself left out; with
-        include_self, the item itself comes first, as rank 0."""
+    @property
+    def filterable(self) -> dict:
+        """The metadata columns results can be filtered on, and how (imgsim.index.filters)."""
+        return dict(self.manifest.get("filters") or {})
+
+    def similar(self, item_id: str, k: int = 10, include_self: bool = False, filters: Filters = None,
+                ranges: Ranges = None, order: str = "most") -> list[Match]:
+        """The k items most like item_id (order="least": least like it), best first as rank 1, the
+        item itself left out; with include_self it comes first, as rank 0.
+        filters={"column": [values]} (a column's values OR-ed, columns AND-ed) and
+        ranges={"column": (low, high)} (numbers or ISO dates, None for an open end) keep only the
+        items that satisfy them (FilterError for a column that cannot be filtered)."""
         row = self._row(item_id)
         vector = self._reader.vector(row)
-        found = self._search(vector[None, :], min(k + 1, len(self)), None)
-        others = [(int(r), float(s)) for r, s in zip(found.rows[0], found.scores[0]) if r >= 0 and r != row][:k]
-        out = [self._match(r, s, rank) for rank, (r, s) in enumerate(others, 1)]
+        out = self._matches(self._query(vector[None, :], k, None, Filter.of(filters, ranges), order, [row]), order)[0]
         if include_self:
             out.insert(0, self._match(row, float(np.dot(vector, vector)), 0))
         return out
 
-    def search(self, vectors, k: int = 10, shards_to_search: Optional[int] = None) -> list[list[Match]]:
-        """The k nearest items for each query vector (normalised here, so raw vectors work too).
-        shards_to_search overrides the index's own for a sharded index."""
+    def search(self, vectors, k: int = 10, shards_to_search: Optional[int] = None, filters: Filters = None,
+               ranges: Ranges = None, order: str = "most") -> list[list[Match]]:
+        """The k nearest items for each query vector (normalised here, so raw vectors work too);
+        filters, ranges and order as for `similar`. shards_to_search overrides the index's own for a
+        sharded index."""
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if queries.shape[1] != self.signature.dim:
             raise ValueError(f"query vectors have {queries.shape[1]} dimensions; the index has {self.signature.dim}")
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         queries = queries / np.where(norms > 0, norms, 1.0)
-        found = self._search(queries, k, shards_to_search)
-        return [[self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rr, ss), 1) if r >= 0]
+        return self._matches(self._query(queries, k, shards_to_search, Filter.of(filters, ranges), order), order)
+
+    def recommend(self, positive: Sequence[str], negative: Sequence[str] = (), k: int = 10,
+                  filters: Filters = None, ranges: Ranges = None) -> list[Match]:
+        """More like the positive examples and less like the negative ones: the query is the mean of
+        the positives moved away from the mean of the negatives (mean(pos) + (mean(pos) - mean(neg)),
+        Qdrant's average_vector); the examples themselves are never in the results."""
+        if not positive:
+            raise ValueError("recommend needs at least one positive example")
+        rows = [self._row(i) for i in positive]
+        query = self._reader.vectors_of(np.asarray(rows, np.int64)).mean(axis=0)
+        avoid = [self._row(i) for i in negative]
+        if avoid:
+            query = 2 * query - self._reader.vectors_of(np.asarray(avoid, np.int64)).mean(axis=0)
+        norm = float(np.linalg.norm(query))
+        if norm == 0:
+            raise ValueError("the positive and negative examples cancel out: there is nothing to look for")
+        found = self._query((query / norm)[None, :].astype(np.float32), k, None, Filter.of(filters, ranges), "most",
+                            rows + avoid)
+        return self._matches(found, "most")[0]
+
+    def outliers(self, k: int = 50, filters: Filters = None, ranges: Ranges = None) -> list[Match]:
+        """The k items least like any other, most isolated first: score = 1 - the mean cosine of an
+        item's 10 nearest neighbours (recorded when the index was built); filters as for `similar`."""
+        table = self._reader.outliers()
+        rows = table.column("row").to_numpy()
+        scores = table.column("score").to_numpy()
+        where = Filter.of(filters, ranges)
+        if where:
+            keep = self._allowed(where)[rows]
+            rows, scores = rows[keep], scores[keep]
+        return [self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rows[:k], scores[:k]), 1)]
+
+    def check_filters(self, filters: Filters = None, ranges: Ranges = None) -> None:
+        """FilterError (one line) unless every column can be filtered so and every value parses."""
+        check(Filter.of(filters, ranges), self.filterable)
+
+    def _allowed(self, where: Filter) -> np.ndarray:
+        described = self.filterable
+        check(where, described)
+        return self._reader.allowed(where, described)
+
+    def _query(self, queries: np.ndarray, k: int, shards_to_search: Optional[int], where: Filter, order: str,
+               exclude: Sequence[int] = ()):
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
+        allowed = self._allowed(where) if where else None
+        # the least similar to q are the most similar to -q
+        return search_filtered(self._reader, -queries if order == "least" else queries, k, shards_to_search,
+                               allowed, exclude, self.exact_filtered_max)
+
+    def _matches(self, found, order: str) -> list[list[Match]]:
+        sign = -1.0 if order == "least" else 1.0
+        return [[self._match(int(r), sign * float(s), rank) for rank, (r, s) in enumerate(zip(rr, ss), 1) if r >= 0]
                 for rr, ss in zip(found.rows, found.scores)]
 
-    def _search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int]):
-        return self._reader.search(queries, max(1, min(k, len(self))), shards_to_search)
-
     def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None,
-                     backend: Optional[str] = None, max_pixels: Optional[int] = None) -> list[Match]:
-        """Embed an image (path, gs:// URI or bytes) with the index's model, then search.
+                     backend: Optional[str] = None, max_pixels: Optional[int] = None, filters: Filters = None,
+                     ranges: Ranges = None, order: str = "most") -> list[Match]:
+        """Embed an image (path, gs:// URI or bytes) with the index's model, then search (filters,
+        ranges and order as for `similar`).
 
         backend: refuse unless it is the backend the index was embedded through (default: that one);
         an int8 index embeds with the quantised model it carries.
@@ -185,7 +254,7 @@ class ImageIndex:
         vectors, valid = embedder(decode_image(bytes(data), decode_config).pixels[None])
         if not valid[0]:
             raise ValueError("the image gives an all-zero embedding; it cannot be searched")
-        return self.search(vectors, k)[0]
+        return self.search(vectors, k, filters=filters, ranges=ranges, order=order)[0]
 
     def load_model(self, weights: Optional[str] = None, backend: Optional[str] = None) -> None:
         """Build the model search_image uses now rather than on the first search (ModelMismatch when

@@ -22,12 +22,15 @@ import pyarrow.parquet as pq
 
 from imgsim.index import artifact
 from imgsim.index.fanout import Candidates, merge, route, scatter
+from imgsim.index.filters import RANGES_FILE, VALUES_FILE, Allowed, FilterError
+from imgsim.index.outliers import OUTLIERS
 from imgsim.index.shard_build import IDS, VECTORS, load_vectors
 from imgsim.index.shard_neighbors import BATCH_ROWS, part_name
 from imgsim.index.tuning import SearchParams
 from imgsim.runs.outputs import vectors as table_vectors
 
 NOT_METADATA = ("row", "embedding")
+BUILT_BEFORE_FILTERS = "this index was built before imgsim recorded filters: rebuild it (imgsim index) to filter"
 Fetch = Callable[[dict], None]  # copy and check these artifact files (path -> entry) into the local copy
 
 
@@ -38,6 +41,8 @@ class SingleReader:
         self.local_dir = local_dir
         self._searcher = artifact.load_searcher(local_dir)
         self._params = SearchParams.from_dict(manifest["scann"].get("search"))  # chosen when it was built
+        self._config = manifest["scann"]
+        self._files = manifest["files"]
         path = os.path.join(local_dir, "ids.parquet")
         columns = [c for c in pq.read_schema(path).names if c not in NOT_METADATA]
         self._info = pq.read_table(path, columns=columns)
@@ -45,10 +50,30 @@ class SingleReader:
         self._row_of = {item: row for row, item in enumerate(self._ids)}
         self._vectors: Optional[np.ndarray] = None
         self._lock = threading.Lock()
+        self._allowed: Optional[Allowed] = None
+        self._has_filters = VALUES_FILE in manifest["files"]
 
     @property
     def count(self) -> int:
         return len(self._ids)
+
+    def allowed(self, spec, described: dict) -> np.ndarray:
+        """The rows a filter allows (imgsim.index.filters)."""
+        with self._lock:
+            if self._allowed is None:
+                if not self._has_filters:
+                    raise FilterError(BUILT_BEFORE_FILTERS)
+                self._allowed = Allowed.read(os.path.join(self.local_dir, VALUES_FILE),
+                                             os.path.join(self.local_dir, RANGES_FILE), self.count)
+        return self._allowed.mask(spec, described)
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.vectors()[rows]
+
+    def outliers(self) -> pa.Table:
+        if OUTLIERS not in self._files:
+            raise FilterError(BUILT_BEFORE_FILTERS.replace("filters", "outlier scores"))
+        return pq.read_table(os.path.join(self.local_dir, OUTLIERS))
 
     def ids(self) -> list[str]:
         return list(self._ids)
@@ -69,9 +94,12 @@ class SingleReader:
                 self._vectors = table_vectors(table)
             return self._vectors
 
-    def search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None) -> Candidates:
+    def search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None, widen: int = 1
+               ) -> Candidates:
+        """widen: search this many times the leaves (a filter's over-fetch)."""
+        params = self._params.widened(k, self._config, widen)
         rows, scores = self._searcher.search_batched(queries, final_num_neighbors=min(k, self.count),
-                                                     **self._params.kwargs())
+                                                     **params.kwargs())
         return scatter(np.asarray(rows), np.asarray(scores), 0, k)
 
     def info(self, row: int) -> tuple[str, dict]:
@@ -99,6 +127,7 @@ class _Shard:
     def __init__(self, entry: dict):
         self.entry = entry
         self.params = SearchParams.from_dict(entry.get("search"))  # chosen when it was built
+        self.allowed: Optional[Allowed] = None
         self.info: Optional[pa.Table] = None
         self.vectors: Optional[np.ndarray] = None  # memory-mapped from the cache
         self.searcher = None
@@ -205,21 +234,54 @@ class ShardedReader:
     def vectors(self) -> np.ndarray:
         return np.concatenate([self._shard_vectors(slot) for slot in range(len(self._shards))])
 
-    def search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None) -> Candidates:
-        searched = min(len(self._shards), shards_to_search or self.shards_to_search)
+    def search(self, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None, widen: int = 1
+               ) -> Candidates:
+        """widen: search this many times the shards and, in each, the leaves (a filter's over-fetch)."""
+        searched = min(len(self._shards), (shards_to_search or self.shards_to_search) * widen)
         routes = route(queries, self.centroids(), searched)
         parts = [Candidates.empty(len(queries), k) for _ in range(searched)]
         for slot in np.unique(routes).tolist():
             asked, position = np.nonzero(routes == slot)
             entry = self._entries[slot]
+            params = self._shards[slot].params.widened(k, entry["scann"], widen)
             found, scores = self._searcher(slot).search_batched(queries[asked],
                                                                 final_num_neighbors=min(k, entry["count"]),
-                                                                **self._shards[slot].params.kwargs())
+                                                                **params.kwargs())
             answered = scatter(np.asarray(found), np.asarray(scores), entry["offset"], k)
             for j in range(searched):
                 at = position == j
                 parts[j].rows[asked[at]], parts[j].scores[asked[at]] = answered.rows[at], answered.scores[at]
         return merge(parts, k)
+
+    def allowed(self, spec, described: dict) -> np.ndarray:
+        """The rows a filter allows, shard after shard (each shard's dictionaries)."""
+        masks = []
+        for slot, shard in enumerate(self._shards):
+            with self._lock:
+                if shard.allowed is None:
+                    values, ranges = (f"{shard.entry['dir']}/{name}" for name in (VALUES_FILE, RANGES_FILE))
+                    if values not in shard.entry["files"]:
+                        raise FilterError(BUILT_BEFORE_FILTERS)
+                    self._need(values, ranges)
+                    shard.allowed = Allowed.read(self._path(values), self._path(ranges), shard.entry["count"])
+            masks.append(shard.allowed.mask(spec, described))
+        return np.concatenate(masks)
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows), self._dim), np.float32)
+        slots = np.searchsorted(self._offsets, rows, side="right") - 1
+        for slot in np.unique(slots).tolist():
+            at = slots == slot
+            out[at] = self._shard_vectors(slot)[rows[at] - self._offsets[slot]]
+        return out
+
+    def outliers(self) -> pa.Table:
+        if OUTLIERS not in self.manifest["files"]:
+            raise FilterError(BUILT_BEFORE_FILTERS.replace("filters", "outlier scores"))
+        with self._lock:
+            self._need(OUTLIERS)
+        return pq.read_table(self._path(OUTLIERS))
 
     def info(self, row: int) -> tuple[str, dict]:
         slot = self._slot_of_row(row)

@@ -4,6 +4,7 @@
     shards/NNNNN/ids.parquet      row, id, url, sha256, width, height, metadata (no vectors), in row
                                   groups of BATCH_ROWS: one neighbours part's rows
     shards/NNNNN/vectors.npy      float32 (count, dim), in row order
+    shards/NNNNN/filters.parquet, ranges.parquet   its metadata's dictionaries (imgsim.index.filters)
 
 Rows are ordered by id, so a shard's content does not depend on the order in
 which its rows arrived. Shards re-order with float32 vectors (or score by
@@ -22,7 +23,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from imgsim.index import artifact
+from imgsim.index import artifact, filters
 from imgsim.index.searcher import IndexOptions
 from imgsim.index.shard_neighbors import BATCH_ROWS
 from imgsim.index.tuning import RecallPartial, RecallQueries, ladder, recall_partial
@@ -56,6 +57,7 @@ class StagedShard:
     config: dict  # the shard's ScaNN configuration
     files: dict  # artifact path -> {"sha256", "bytes"}
     recall: RecallPartial
+    filters: dict  # the shard's filterable columns (imgsim.index.filters)
 
 
 def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: RecallQueries, recall_k: int,
@@ -75,13 +77,14 @@ def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: Re
     np.save(os.path.join(directory, VECTORS), np.ascontiguousarray(data), allow_pickle=False)
     artifact.write_table(table.add_column(0, "row", pa.array(np.arange(count, dtype=np.int64))),
                          os.path.join(directory, IDS), row_group_rows=BATCH_ROWS)  # a neighbours part's ids
+    filterable = filters.write(table, directory)
     recall = recall_partial(number, searcher, data, table.column("id").to_numpy(zero_copy_only=False),
                             queries, recall_k, config.to_dict(), tuning_steps(options))
     files = {}
     for name in artifact.local_files(directory):
         path = os.path.join(directory, *name.split("/"))
         files[f"{rel}/{name}"] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
-    return StagedShard(number, count, {**config.to_dict(), "count": count}, files, recall)
+    return StagedShard(number, count, {**config.to_dict(), "count": count}, files, recall, filterable)
 
 
 def tuning_steps(options: IndexOptions) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@
     shard_neighbors units -> offers packed per query shard -> merge -> neighbors/part-*.parquet
         (each part also checked against the recall queries' exact answers: neighbors.recall)
     pairs among the neighbour lists -> connected groups -> groups.parquet
+    each item's outlier score from its list -> the most isolated -> outliers.parquet
     sharded_fields -> manifest (format 2)
 
 The pipeline (transforms/sharded_index.py) runs each step on workers, and no
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.embed.signature import ModelSignature
-from imgsim.index import artifact
+from imgsim.index import artifact, filters, outliers
 from imgsim.index.exact import connected_groups
 from imgsim.index.fanout import Candidates, route
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
@@ -78,6 +79,7 @@ class ShardedOutcome:
     curve: list  # recall@k when searching 1, 2, ... shards (at the chosen search parameters)
     recall: dict  # the manifest's recall report
     truth: TableTruth  # what the neighbours table is checked against
+    filters: dict  # the columns every shard can filter (imgsim.index.filters)
     refused: Optional[str] = None  # why the index is not published (recall below --min-recall)
 
     def shard_data(self, number: int, vectors: np.ndarray) -> ShardData:
@@ -122,7 +124,8 @@ def finish_shards(staged: Sequence[StagedShard], partitions: Partitions, setting
         offset += shard.count
     recall = {**choice.report(k, len(queries), settings.min_recall), "shards_searched": searched}
     truth = TableTruth.of(partials, {e["shard"]: e["offset"] for e in entries}, queries, k)
-    return ShardedOutcome(entries, centroids, offset, searched, curve, recall, truth, choice.refused)
+    return ShardedOutcome(entries, centroids, offset, searched, curve, recall, truth,
+                          filters.combine([s.filters for s in staged]), choice.refused)
 
 
 def uses_exact_neighbors(settings, count: int) -> bool:
@@ -138,7 +141,7 @@ def groups_result(pairs: Pairs, threshold: float, ids_of: IdsOf) -> tuple[pa.Tab
 
 def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings, plan: ShardPlan,
                    partitions: Partitions, *, run_id: str, input_description: dict, counts: dict,
-                   groups: dict, table_hits: Sequence, model: Optional[dict] = None) -> dict:
+                   groups: dict, table_hits: Sequence, outliers_kept: int, model: Optional[dict] = None) -> dict:
     """The manifest's fields (format 2) besides shards and files; table_hits: the parts'
     (TableTruth.hits)."""
     from imgsim.index.build import scann_version
@@ -164,6 +167,8 @@ def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings,
                       "recall": table_report(table_hits, outcome.recall["k"],
                                              uses_exact_neighbors(settings, outcome.count))},
         "groups": groups,
+        "filters": outcome.filters,
+        "outliers": outliers.report(outcome.count, outliers_kept),
         "input": input_description,
         "counts": counts,
         **({"model": model} if model else {}),
@@ -200,20 +205,23 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
         for q, offers in offers_by_query_shard(target_answers(outcome, settings, target, shards, searcher)):
             packs.setdefault(q, []).append(pack_offers(offers))
     k = neighbors_k(settings, outcome.count)
-    pairs, hits = [], []
+    pairs, hits, isolated = [], [], []
     for query in shards:
         for b, batch, merged in merged_batches(query.count, k, packs.pop(query.number)):
             first_row = query.offset + batch.start
             pairs.append(pairs_from_candidates(first_row, merged, settings.duplicate_threshold))
             hits.append(outcome.truth.hits(first_row, merged.rows, merged.scores))
+            isolated.append(part_outliers(first_row, merged))
             write_part(staging, query.number, b, ids_of(query.offset + np.arange(batch.start, batch.stop)), merged,
                        ids_of)
     table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold, ids_of)
     artifact.write_table(table_, os.path.join(staging, "groups.parquet"))
+    rows, values = outliers.merge_most_isolated(isolated)
+    artifact.write_table(outliers.table(rows, values, ids_of), os.path.join(staging, outliers.OUTLIERS))
     write_centroids(os.path.join(staging, CENTROIDS), outcome.centroids)
     fields = sharded_fields(outcome, signature, settings, plan, partitions, run_id=run_id,
                             input_description=input_description, counts=counts, groups=report, table_hits=hits,
-                            model=model)
+                            outliers_kept=len(rows), model=model)
     return artifact.write_manifest(staging, fields, shards=outcome.entries), None
 
 
@@ -238,6 +246,11 @@ def offers_by_query_shard(answers: Iterable[tuple[int, int, Offer]]) -> Iterator
     (batch, offer) list), one query shard at a time."""
     for q, group in itertools.groupby(answers, key=lambda answer: answer[0]):
         yield q, [(b, offer) for _, b, offer in group]
+
+
+def part_outliers(first_row: int, merged: Candidates) -> tuple[np.ndarray, np.ndarray]:
+    """A neighbours part's most isolated rows (global) and their outlier scores."""
+    return outliers.most_isolated(first_row + np.arange(len(merged)), outliers.scores(merged.scores))
 
 
 def read_shard(root: str, outcome: ShardedOutcome, entry: dict, dim: int, with_vectors: bool = True) -> ShardData:

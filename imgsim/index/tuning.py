@@ -49,6 +49,18 @@ class SearchParams:
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def widened(self, k: int, config: dict, leaves_factor: int = 1) -> "SearchParams":
+        """These parameters for a query asking k results of a searcher built as config says: at least
+        k candidates re-ordered, so that all k come with exact scores, and leaves_factor times the
+        leaves searched (a filtered query over-fetches past what the searcher was built for)."""
+        if config.get("mode") in (None, "brute_force"):
+            return self
+        reorder = max(k, self.reorder or config["reorder"])
+        leaves = self.leaves_to_search
+        if config["mode"] == "tree_ah" and leaves_factor > 1:
+            leaves = min(config["num_leaves"], (leaves or config["leaves_to_search"]) * leaves_factor)
+        return SearchParams(leaves, reorder if reorder != config["reorder"] or self.reorder else None)
+
     @classmethod
     def from_dict(cls, value) -> "SearchParams":
         """From a manifest's `search` entry; ValueError unless it has only positive integers."""

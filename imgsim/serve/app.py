@@ -1,11 +1,19 @@
 """The HTTP service over one published index (FastAPI), for downstream apps and the explorer.
 
-    GET  /healthz, /api/healthz          {"ok", "run_id", "count", "search"}
-    GET  /api/similar/{id}?k=10          the k items most like id (itself first), best first
+    GET  /healthz, /api/healthz          {"ok", "run_id", "count", "search", "filters"}
+    GET  /api/similar/{id}?k=10          the k items most like id, best first (rank 1; itself left out
+                                         unless include_self=true, then rank 0); order=least: least like it
     GET  /api/items/{id}                 an item's metadata and its precomputed neighbours
     POST /api/search?k=10                an uploaded image (multipart field `image`), or an image URL
                                          (form field or JSON `url`), embedded with the index's model
+    POST /api/recommend                  JSON {"positive": [ids], "negative": [ids], "k": 10}: more like
+                                         these and unlike those (never the examples themselves)
+    GET  /api/outliers?k=50              the most isolated items, most first
     GET  /                               the explorer (static files), which then offers search by image
+
+Every query takes filter=COLUMN:VALUE (repeatable; a column's values OR-ed, columns AND-ed) and
+range=COLUMN:LOW..HIGH (numbers or ISO dates, either end open); /api/recommend also takes them as
+JSON lists "filter" and "range". An unknown column or a malformed value is a 400 naming it.
 
 Why these bounds: a search decodes an untrusted image and runs VGG16, the most
 expensive thing a request can ask for. So the body is cut off past
@@ -19,10 +27,12 @@ the service starts. Every error is JSON: {"error": message, "status": code}.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from typing import Optional
+
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,9 +44,12 @@ from imgsim.embed.reproduce import ModelMismatch
 from imgsim.failures import StageError
 from imgsim.fetch.http import FetchConfig, Fetcher
 from imgsim.index.consumer import ImageIndex
+from imgsim.index.filtered import ORDERS
+from imgsim.index.filters import Filter, FilterError
 
 _LOG = logging.getLogger("imgsim.serve")
 MAX_K = 1000
+ORDER_PATTERN = "^(" + "|".join(ORDERS) + ")$"
 # What a failed image costs the caller: their image is bad (422), too big (413), or not reachable (502).
 _STATUS_OF_REASON = {"too_large": 413, "decompression_bomb": 413, "blocked_address": 400, "invalid_url": 400,
                      "unsupported_scheme": 400, "dns_error": 502, "connection_error": 502, "timeout": 504,
@@ -77,18 +90,40 @@ def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, 
         return _error(422, problems or "invalid request")
 
     def health():
-        return {"ok": True, "run_id": index.run_id, "count": len(index), "search": searchable}
+        return {"ok": True, "run_id": index.run_id, "count": len(index), "search": searchable,
+                "filters": index.filterable}
 
     app.get("/healthz")(health)
     app.get("/api/healthz")(health)
 
     @app.get("/api/similar/{item_id:path}")
-    def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K), include_self: bool = False):
-        try:
-            matches = index.similar(item_id, k, include_self=include_self)
-        except KeyError:
-            raise ApiError(404, f"no item {item_id!r} in this index") from None
-        return {"id": item_id, "k": k, "results": [m.to_dict() for m in matches]}
+    def similar(item_id: str, k: int = Query(10, ge=1, le=MAX_K), include_self: bool = False,
+                order: str = Query("most", pattern=ORDER_PATTERN), filter: list[str] = Query([]),
+                range: list[str] = Query([])):
+        with _answering():
+            matches = index.similar(item_id, k, include_self=include_self, order=order,
+                                    **_where(filter, range))
+        return {"id": item_id, "k": k, "order": order, "results": [m.to_dict() for m in matches]}
+
+    @app.post("/api/recommend")
+    async def recommend(request: Request):
+        body = await _json_object(request)
+        positive, negative = body.get("positive"), body.get("negative", [])
+        k = body.get("k", 10)
+        if not _ids(positive) or not positive or not _ids(negative):
+            raise ApiError(400, 'give {"positive": [ids], "negative": [ids], "k": 10}: lists of item ids, at least '
+                                'one positive')
+        if type(k) is not int or not 1 <= k <= MAX_K:
+            raise ApiError(400, f"k must be an integer from 1 to {MAX_K}")
+        with _answering():
+            matches = index.recommend(positive, negative, k, **_where(body.get("filter", []), body.get("range", [])))
+        return {"positive": positive, "negative": negative, "k": k, "results": [m.to_dict() for m in matches]}
+
+    @app.get("/api/outliers")
+    def outliers(k: int = Query(50, ge=1, le=MAX_K), filter: list[str] = Query([]), range: list[str] = Query([])):
+        with _answering():
+            matches = index.outliers(k, **_where(filter, range))
+        return {"k": k, "score": "1 - mean cosine of the 10 nearest other items", "results": [m.to_dict() for m in matches]}
 
     @app.get("/api/items/{item_id:path}")
     def item(item_id: str):
@@ -100,7 +135,11 @@ def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, 
         return {"id": item_id, "metadata": metadata, "neighbors": [m.to_dict() for m in neighbours]}
 
     @app.post("/api/search")
-    async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K)):
+    async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K), order: str = Query("most", pattern=ORDER_PATTERN),
+                     filter: list[str] = Query([]), range: list[str] = Query([])):
+        where = _where(filter, range)
+        with _answering():  # a bad filter is refused before the image is read
+            index.check_filters(**where)
         if not searchable:
             raise ApiError(501, "this index's vectors were not made by a model imgsim can run: search by "
                                 "image is not available")
@@ -111,7 +150,7 @@ def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, 
             import anyio.to_thread
 
             return await anyio.to_thread.run_sync(_search, index, fetcher, data, url, k, max_pixels, weights,
-                                                  backend, max_upload_bytes)
+                                                  backend, max_upload_bytes, order, where)
         finally:
             slots.release()
 
@@ -121,7 +160,8 @@ def create_app(index: ImageIndex, *, fetch: FetchConfig, max_upload_bytes: int, 
 
 
 def _search(index: ImageIndex, fetcher: Fetcher, data: Optional[bytes], url: Optional[str], k: int,
-            max_pixels: int, weights: Optional[str], backend: Optional[str], max_bytes: int) -> dict:
+            max_pixels: int, weights: Optional[str], backend: Optional[str], max_bytes: int, order: str,
+            where: dict) -> dict:
     source = "upload"
     try:
         if data is None:
@@ -129,14 +169,53 @@ def _search(index: ImageIndex, fetcher: Fetcher, data: Optional[bytes], url: Opt
             data = fetcher.fetch(url).data
         if len(data) > max_bytes:
             raise StageError("too_large", f"the image is {len(data)} bytes, more than {max_bytes}")
-        matches = index.search_image(data, k, weights=weights, backend=backend, max_pixels=max_pixels)
+        matches = index.search_image(data, k, weights=weights, backend=backend, max_pixels=max_pixels, order=order,
+                                     **where)
     except StageError as e:
-        raise ApiError(_STATUS_OF_REASON.get(e.reason, 422), f"{e.reason}: {e}") from None
+        raise ApiError(_STATUS_OF_REASON.get(e.reason, 422), str(e)) from None  # "reason: detail"
     except ModelMismatch as e:
         raise ApiError(501, str(e)) from None
     except ValueError as e:  # an all-zero embedding
         raise ApiError(422, str(e)) from None
-    return {"source": source, "url": url, "k": k, "results": [m.to_dict() for m in matches]}
+    return {"source": source, "url": url, "k": k, "order": order, "results": [m.to_dict() for m in matches]}
+
+
+def _where(filters, ranges) -> dict:
+    """filter=COLUMN:VALUE and range=COLUMN:LOW..HIGH as the consumer's filters and ranges (400 if malformed)."""
+    if not _ids(filters) or not _ids(ranges):
+        raise ApiError(400, "filter and range are lists of strings: COLUMN:VALUE, COLUMN:LOW..HIGH")
+    try:
+        where = Filter.parse(filters, ranges)
+    except FilterError as e:
+        raise ApiError(400, str(e)) from None
+    return {"filters": where.values, "ranges": where.ranges}
+
+
+def _ids(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+@contextlib.contextmanager
+def _answering():
+    """The consumer's refusals as JSON errors: unknown ids 404, filters and bad values 400."""
+    try:
+        yield
+    except KeyError as e:
+        raise ApiError(404, str(e.args[0]) if e.args else "no such item") from None
+    except FilterError as e:
+        raise ApiError(400, str(e)) from None
+
+
+async def _json_object(request: Request) -> dict:
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise ApiError(415, "send a JSON object (Content-Type: application/json)")
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the JSON body does not parse") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the JSON body must be an object")
+    return body
 
 
 async def _image_or_url(request: Request, max_bytes: int) -> tuple[Optional[bytes], Optional[str]]:

@@ -1,0 +1,79 @@
+"""Searching within the rows a filter allows, on a searcher that knows nothing of filters.
+
+ScaNN has no filtering, and post-filtering its top k loses most answers under a selective
+filter. So: when few rows are allowed (up to EXACT_MAX), they are scored exactly (their vectors
+gathered a block at a time); otherwise the searcher is asked for enough candidates that k allowed
+ones are expected among them (k / selectivity, twice over), re-ordering all of them exactly and
+searching 1 / selectivity times the leaves (and, sharded, the shards), and a query that still
+comes back short is scored exactly. Rows to leave out (the query items
+themselves) are never returned. numpy only; the reader is imgsim.index.readers'.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from imgsim.index.exact import similarity_blocks, top_k
+from imgsim.index.fanout import Candidates, merge
+
+ORDERS = ("most", "least")  # the most similar first, or the least
+EXACT_MAX = 50_000
+OVERFETCH = 2.0
+_GATHER_ROWS = 65_536
+
+
+def search(reader, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None,
+           allowed: Optional[np.ndarray] = None, exclude: Sequence[int] = (), exact_max: int = EXACT_MAX
+           ) -> Candidates:
+    """Each query's k best rows among the allowed ones (all, when allowed is None), none of exclude."""
+    n = reader.count
+    exclude = np.unique(np.asarray(list(exclude), np.int64))
+    if allowed is None:
+        if not len(exclude):
+            return reader.search(queries, max(1, min(k, n)), shards_to_search)
+        found = reader.search(queries, max(1, min(n, k + len(exclude))), shards_to_search)
+        return _kept(found, ~np.isin(found.rows, exclude), k)
+    allowed = np.array(allowed, bool)
+    allowed[exclude] = False
+    rows = np.flatnonzero(allowed)
+    if not len(rows):
+        return Candidates.empty(len(queries), max(1, k))
+    if len(rows) <= exact_max:
+        return exact(reader, queries, rows, k)
+    want = min(n, math.ceil(k * n / len(rows) * OVERFETCH) + k + len(exclude))
+    found = reader.search(queries, want, shards_to_search, widen=math.ceil(n / len(rows)))
+    out = _kept(found, found.valid & allowed[np.maximum(found.rows, 0)], k)
+    short = np.flatnonzero(out.valid.sum(axis=1) < min(k, len(rows)))
+    if len(short):  # rare: the neighbourhood held fewer allowed rows than expected
+        again = exact(reader, queries[short], rows, k)
+        out.rows[short], out.scores[short] = again.rows, again.scores
+    return out
+
+
+def exact(reader, queries: np.ndarray, rows: np.ndarray, k: int) -> Candidates:
+    """Each query's k best of `rows` (global, sorted), exactly, a block of rows at a time."""
+    best = Candidates.empty(len(queries), k)
+    for start in range(0, len(rows), _GATHER_ROWS):
+        block = rows[start:start + _GATHER_ROWS]
+        vectors = reader.vectors_of(block)
+        found = Candidates.empty(len(queries), k)
+        for first, sims in similarity_blocks(vectors, queries):
+            idx, vals = top_k(sims, k)
+            width = idx.shape[1]
+            found.rows[first:first + len(sims), :width] = block[idx]
+            found.scores[first:first + len(sims), :width] = vals
+        best = merge([best, found], k)
+    return best
+
+
+def _kept(found: Candidates, keep: np.ndarray, k: int) -> Candidates:
+    """The first k candidates of each query where keep is true, in their order."""
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(keep, order, 1)
+    out = Candidates.empty(len(found), k)
+    width = order.shape[1]
+    out.rows[:, :width] = np.where(kept, np.take_along_axis(found.rows, order, 1), -1)
+    out.scores[:, :width] = np.where(kept, np.take_along_axis(found.scores, order, 1), -np.inf)
+    return out
