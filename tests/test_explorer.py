@@ -156,6 +156,18 @@ def test_the_groups_view_shows_the_planted_near_duplicate_pair(page, site):
     shot(page, site, "groups")
 
 
+def test_the_outliers_view_lists_the_most_isolated_first(page, site):
+    """Isolation from the neighbours table: 1 - the mean cosine of an item's 10 nearest."""
+    isolation = {i: 1 - np.mean(n["scores"][:10]) for i, n in site["neighbours"].items()}
+    open_view(page, site, "#view=outliers", "outliers")
+    shown = page.eval_on_selector_all("#outliers a.card", "cs => cs.map(c => [c.dataset.id, +c.dataset.score])")
+    assert sorted(i for i, _ in shown) == sorted(isolation)
+    assert [s for _, s in shown] == pytest.approx(sorted(isolation.values(), reverse=True), abs=1e-3)
+    assert all(s == pytest.approx(isolation[i], abs=1e-3) for i, s in shown)
+    assert page.inner_text("#outliers a.card .score").startswith("isolation ")
+    shot(page, site, "outliers")
+
+
 def test_a_title_search_finds_its_item_and_a_facet_selection_downloads_as_csv(page, site):
     open_view(page, site, "", "collection")
     page.fill("#search", "sharkey")

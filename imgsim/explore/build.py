@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from imgsim.explore import projection
 from imgsim.explore import site_format as fmt
 from imgsim.explore.source import IndexContents
+from imgsim.index import outliers
 from imgsim.storage import ObjectStore, is_gcs, join
 
 _LOG = logging.getLogger("imgsim.explore")
@@ -116,6 +117,7 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
         buckets = _write_items(writer, order, site_of, ids, urls, widths, heights, thumbs, fields, values,
                                neighbor_rows, neighbor_scores, group_of)
         group_pages = _write_groups(writer, groups, site_of)
+        isolated = _write_outliers(writer, neighbor_scores, site_of)
         search_shards = _write_search(writer, order, ids, card_fields, card_values)
         facets = _write_facets(writer, order, fields, values, settings.facets, n)
         writer.put("data/map.bin", xy[order].astype("<u2").tobytes())
@@ -145,6 +147,7 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
             "thumbs": {"pack": fmt.THUMB_PACK, "count": int(thumbs["count"]), "format": thumbs["format"],
                        "mime": thumbs["mime"]},
             "neighbors": {"k": int(neighbor_rows.shape[1])},
+            "outliers": {"count": isolated, "score": f"1 - mean cosine of the {outliers.OUTLIER_K} nearest"},
         }
         writer.wait()
         writer.put("data/site.json", json.dumps(site, ensure_ascii=False, separators=(",", ":")).encode())
@@ -305,6 +308,14 @@ def _write_groups(writer, groups, site_of) -> int:
                           "rows": [int(s) for s in members[:fmt.GROUP_MEMBERS_SHOWN]]})
         writer.put(f"data/groups/{fmt.shard_name(page, '.json')}", _json(chunk))
     return pages
+
+
+def _write_outliers(writer, neighbor_scores, site_of) -> int:
+    """The OUTLIERS_SHOWN most isolated items, most first: [[site row, score]...]."""
+    rows, values = outliers.most_isolated(np.arange(len(site_of)), outliers.scores(neighbor_scores),
+                                          fmt.OUTLIERS_SHOWN)
+    writer.put("data/outliers.json", _json([[int(site_of[r]), round(float(v), 4)] for r, v in zip(rows, values)]))
+    return len(rows)
 
 
 def _write_search(writer, order, ids, card_fields, card_values) -> int:

@@ -8,6 +8,7 @@
                                           {id: {r, id, url, w, h, th, m, n: [[site row, score]...], g}}
     SITE/data/groups/NNNNN.json           GROUP_PAGE near-duplicate groups per file, largest first:
                                           [{g, size, rows: [site rows]}]
+    SITE/data/outliers.json               the OUTLIERS_SHOWN most isolated items, most first: [[site row, score]]
     SITE/data/search/NNNNN.txt            SEARCH_ROWS lines per file: the item's id and text, lower case
     SITE/data/map.bin                     uint16 x, y per item (little-endian, site order)
     SITE/data/clusters.bin                uint8 cluster per item
@@ -30,6 +31,7 @@ ITEMS_PER_BUCKET = 64
 THUMB_PACK = 64
 GROUP_PAGE = 40
 GROUP_MEMBERS_SHOWN = 100
+OUTLIERS_SHOWN = 500
 SEARCH_ROWS = 16384
 FACET_MAX_VALUES = 64
 CARD_TEXT = 160  # characters of a metadata value on a card (the item view has DETAIL_TEXT)

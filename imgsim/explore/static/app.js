@@ -1,6 +1,6 @@
 // imgsim explorer: a static site over an index's data files (see imgsim/explore/site_format.py).
 // Plain JavaScript, no framework and nothing fetched from elsewhere. Every view loads only the
-// small files it shows; addresses are #item=ID, #view=collection|map|groups|upload, so links can be
+// small files it shows; addresses are #item=ID, #view=collection|map|groups|outliers|upload, so links can be
 // shared and the back button walks back.
 "use strict";
 (() => {
@@ -348,6 +348,23 @@
     }
   }
 
+  async function viewOutliers(token) {
+    const o = S.site.outliers || { count: 0 };
+    const grid = el("div", { class: "grid", id: "outliers" });
+    main.replaceChildren(el("div", { class: "toolbar" }, el("h2", {
+      text: o.count ? `The ${fmtInt(o.count)} items least like any other` : "No outlier scores in this site",
+    })), el("p", { class: "note", text: "Most isolated first: blank frames, mis-scans and wrongly catalogued items tend to gather here. Isolation is " + (o.score || "") + "." }), grid);
+    if (!o.count) return;
+    const list = await getJSON("data/outliers.json");
+    const cards = await Promise.all(list.map(([row]) => card(row)));
+    if (token !== S.token) return;
+    cards.forEach((c, i) => {
+      const node = cardLink(c, el("span", { class: "score", text: `isolation ${list[i][1].toFixed(2)}` }));
+      node.dataset.score = list[i][1];
+      grid.append(node);
+    });
+  }
+
   async function loadMap() {
     if (!S.map) {
       S.map = (async () => {
@@ -577,6 +594,7 @@
       if (view === "item") await viewItem(id, token);
       else if (view === "map") await viewMap(token);
       else if (view === "groups") await viewGroups(token);
+      else if (view === "outliers") await viewOutliers(token);
       else if (view === "upload" && S.served) await viewUpload(token);
       else await viewCollection(token);
       if (token === S.token) main.dataset.ready = view;
