@@ -32,6 +32,7 @@ METADATA_SCHEMA = pa.schema([
     ("technique", pa.string()),
     ("creators", pa.list_(pa.string())),
     ("creation_date", pa.string()),
+    ("creation_year", pa.int32()),  # creation_date_earliest: a number to filter ranges on (creation_date is text)
     ("record_url", pa.string()),  # the artwork's page on clevelandart.org (the record's `url`)
 ])
 
@@ -119,7 +120,8 @@ def record_to_row(record, position: int,
         return read_failure("missing_url", record_id, None, "the record has no images.web.url")
     raw = {"title": record.get("title"), "type": record.get("type"), "department": record.get("department"),
            "technique": record.get("technique"), "creators": _creators(record.get("creators")),
-           "creation_date": record.get("creation_date"), "record_url": record.get("url")}
+           "creation_date": record.get("creation_date"), "creation_year": _year(record.get("creation_date_earliest")),
+           "record_url": record.get("url")}
     try:
         metadata = normalise_metadata(raw, METADATA_SCHEMA, max_metadata_bytes)
     except InvalidValue as e:
@@ -144,3 +146,10 @@ def _creators(value) -> list:
     items = value if isinstance(value, list) else [value]
     descriptions = [item.get("description") if isinstance(item, dict) else item for item in items]
     return [d for d in descriptions if d not in (None, "")]
+
+
+def _year(value) -> Optional[int]:
+    """A year the API gives as a number, or None (anything else: a string, a bool, out of int32)."""
+    if type(value) is int and -(2 ** 31) < value < 2 ** 31:
+        return value
+    return None
