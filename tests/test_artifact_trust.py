@@ -92,6 +92,24 @@ def test_a_symlink_inside_a_local_artifact_is_refused_not_followed(out, tmp_path
     assert_one_line_refusals(out, tmp_path, capsys, "symbolic link")
 
 
+@pytest.mark.parametrize("via", ["LATEST", "run id"])
+def test_a_run_directory_that_links_into_another_output_root_is_refused(out, pristine, tmp_path, capsys, via):
+    """runs/r2 links to another root's complete, valid run: LATEST's pin would match it, so only the
+    link itself can give it away."""
+    other = str(tmp_path / "other")
+    shutil.copytree(pristine, other, symlinks=True)
+    os.symlink(os.path.join(other, "runs", "r1"), os.path.join(out, "runs", "r2"))
+    if via == "LATEST":
+        latest = json.load(open(os.path.join(out, "LATEST")))
+        json.dump({**latest, "run_id": "r2", "index": "runs/r2/index"}, open(os.path.join(out, "LATEST"), "w"))
+    run_id = None if via == "LATEST" else "r2"
+    with pytest.raises(ArtifactError, match=r"runs/r2 in .* is a symbolic link"):
+        ImageIndex.open(out, run_id=run_id, cache_dir=str(tmp_path / "cache"))
+    assert_one_line_refusals(out, tmp_path, capsys, "is a symbolic link", run_id=run_id)
+    assert main(["rollback", "--output", out, "--run-id", "r2"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+
+
 def test_a_symlink_in_the_cache_is_replaced_never_written_through(out, tmp_path):
     """A link planted in the cache must not make open() write the artifact over the file it names."""
     cache = tmp_path / "cache"

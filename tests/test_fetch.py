@@ -476,6 +476,26 @@ def test_a_malformed_content_length_is_a_protocol_error(server, value):
     assert server.hits("/odd") == 1 and not sleeps
 
 
+@pytest.mark.parametrize("name", ["\u00b2".encode("utf-8"), b"bad name", b"\xff"])
+def test_a_malformed_header_name_is_a_protocol_error_not_lost_headers(server, name):
+    """Python's parser stops at a malformed header line and silently drops the rest (Content-Length
+    included): the response cannot be trusted."""
+    url = server.route("/odd-name", raw_response(b"Content-Type: image/jpeg", name + b": x",
+                                                 b"Content-Length: 16"))
+    f, sleeps = fetcher()
+    error = failure(f, url)
+    assert (error.reason, error.attempts) == ("protocol_error", 1), error
+    assert "malformed header line" in error.detail and "headers after it would be lost" in error.detail
+    assert server.hits("/odd-name") == 1 and not sleeps
+
+
+def test_a_redirect_whose_location_is_not_utf8_fails_with_a_clear_reason(server):
+    url = server.route("/moved", lambda h: h.raw(b"HTTP/1.1 302 Found\r\nLocation: /\xff\xfe(x.jpg\r\n"
+                                                 b"Content-Length: 0\r\n\r\n"))
+    error = failure(fetcher()[0], url)
+    assert error.reason == "invalid_url" and "Location that is not UTF-8" in error.detail, error
+
+
 def test_a_repeated_equal_content_length_is_fine(server):
     url = server.route("/twice", raw_response(b"Content-Length: 16, 16", b"Content-Length: 16"))
     assert fetcher()[0].fetch(url).data == b"x" * 16
@@ -552,12 +572,15 @@ def test_a_robots_txt_that_breaks_http_disallows_its_host(server, photos):
     "2002:c0a8:0101::", "2002:7f00:1::1", "2002:a9fe:a9fe::",  # 6to4 of 192.168.1.1, 127.0.0.1, 169.254.169.254
     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo whose client is 127.0.0.1
     "::ffff:10.0.0.1",
+    "::ffff:0:7f00:1", "::ffff:0:a00:1",  # IPv4-translated (SIIT, RFC 6145) loopback and private
+    "fec0::1", "fec0:1234::5",  # site-local (deprecated, still routed inside some networks)
 ])
 def test_ipv6_addresses_that_embed_a_private_ipv4_address_are_blocked(address):
     assert netguard.is_blocked(address)
 
 
-@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:0808:0808::", "::ffff:8.8.8.8", "::8.8.8.8"])
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:0808:0808::", "::ffff:8.8.8.8", "::8.8.8.8",
+                                     "::ffff:0:808:808"])
 def test_ipv6_addresses_that_embed_a_public_ipv4_address_are_public(address):
     assert not netguard.is_blocked(address)
 

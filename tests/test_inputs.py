@@ -139,9 +139,19 @@ def test_cma_pages_cover_the_limit_and_carry_the_filters():
                          department="Prints", limit=2500, page_size=1000)
     assert cma.plan_pages(41000, query) == [cma.Page(0, 1000), cma.Page(1000, 1000), cma.Page(2000, 500)]
     assert cma.plan_pages(30, query) == [cma.Page(0, 30)]
+    assert cma.plan_pages(10 ** 9, query)[-1] == cma.Page(2000, 500)  # the limit bounds a huge total
+    assert cma.plan_pages(-5, query) == []
     url = query.page_url(1000, 1000)
     for part in ("has_image=1", "limit=1000", "skip=1000", "cc0=1", "type=Painting", "department=Prints"):
         assert part in url
+
+
+def test_an_api_total_past_the_bound_is_refused_without_a_limit():
+    """10^9 reported records would plan a million page requests at a museum's API."""
+    query = cma.CmaQuery(api_url="http://127.0.0.1:9/api/artworks/", page_size=1000)
+    with pytest.raises(ValueError, match=r"the API reports 1,000,000,000 records, more than the 2,000,000 .*--limit"):
+        cma.plan_pages(10 ** 9, query)
+    assert len(cma.plan_pages(cma.MAX_RECORDS, query)) == cma.MAX_RECORDS // 1000
 
 
 # --- bad records: each fails alone, as invalid_record, with its line and its id -------------------

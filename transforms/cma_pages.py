@@ -67,7 +67,10 @@ class _ApiDoFn(beam.DoFn):
 class _PlanPages(_ApiDoFn):
     def process(self, _):
         total, _ = self._get_page(0, 1)
-        yield from cma.plan_pages(total, self._query)
+        try:
+            yield from cma.plan_pages(total, self._query)
+        except ValueError as e:
+            raise CmaApiError(f"{self._query.api_url}: {e}") from None
 
 
 class _FetchPage(_ApiDoFn):

@@ -24,6 +24,7 @@ from imgsim.records import CatalogueRow
 
 DEFAULT_API_URL = "https://openaccess-api.clevelandart.org/api/artworks/"
 MAX_PAGE_SIZE = 1000  # the API's own cap on `limit`
+MAX_RECORDS = 2_000_000  # the most records a run plans without --limit (the museum has ~69,000)
 
 METADATA_SCHEMA = pa.schema([
     ("title", pa.string()),
@@ -74,8 +75,13 @@ class Page:
 
 
 def plan_pages(total: int, query: CmaQuery) -> list[Page]:
-    """The page requests covering min(total, query.limit) records."""
-    wanted = total if query.limit is None else min(total, query.limit)
+    """The page requests covering min(total, query.limit) records. ValueError when the API reports
+    more than MAX_RECORDS and no limit was given: a total the API got wrong (or was made to get
+    wrong) would otherwise plan millions of requests (the museum has about 69,000 records)."""
+    wanted = max(0, total) if query.limit is None else max(0, min(total, query.limit))
+    if wanted > MAX_RECORDS:
+        raise ValueError(f"the API reports {total:,} records, more than the {MAX_RECORDS:,} imgsim plans for "
+                         "without --limit; pass --limit N to read the first N")
     return [Page(skip, min(query.page_size, wanted - skip)) for skip in range(0, wanted, query.page_size)]
 
 

@@ -231,8 +231,10 @@ class Fetcher:
         timeout = (min(self.config.connect_timeout, left + _DEADLINE_SLACK),
                    min(self.config.read_timeout, left + _DEADLINE_SLACK))
         try:
-            return self._session.get(url, headers=dict(headers), stream=True, allow_redirects=False,
-                                     timeout=timeout)
+            response = self._session.get(url, headers=dict(headers), stream=True, allow_redirects=False,
+                                         timeout=timeout)
+        except UnicodeDecodeError as e:  # requests decodes a redirect's Location as UTF-8, even unfollowed
+            raise StageError("invalid_url", f"redirect to a Location that is not UTF-8 ({_short(e)})") from None
         except netguard.BlockedPeer as e:
             raise StageError("blocked_address", str(e)) from None
         except DeadlinePassed:
@@ -254,6 +256,14 @@ class Fetcher:
             if self._is_past(download):
                 raise self._past_deadline("the response") from None
             raise _Retryable(StageError("connection_error", _short(e))) from None
+        try:
+            check_header_lines(response)
+        except StageError:
+            response.close()
+            if self._is_past(download):  # the watchdog cut the headers short
+                raise self._past_deadline("the response") from None
+            raise
+        return response
 
     def _raise_for_status(self, response: requests.Response) -> None:
         status = response.status_code
@@ -362,6 +372,20 @@ def _make_session(config: FetchConfig, pool_size: int, attach: Callable[[object]
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def check_header_lines(response: requests.Response) -> None:
+    """protocol_error for a response whose header lines did not all parse: Python's parser stops at
+    the first malformed line (a name such as `²`) and drops every header after it, Content-Length
+    included, so what follows cannot be trusted. urllib3 only logs this."""
+    message = getattr(getattr(response.raw, "_original_response", None), "msg", None)
+    if not isinstance(message, http.client.HTTPMessage) or message.is_multipart():
+        return
+    unparsed = message.get_payload()
+    if isinstance(unparsed, (bytes, str)) and unparsed.strip():
+        first = unparsed.strip().splitlines()[0]
+        raise StageError("protocol_error", f"malformed header line {first[:100]!r}: the headers after it "
+                         "would be lost", http_status=response.status_code)
 
 
 def content_length(value: Optional[str], http_status: Optional[int] = None) -> Optional[int]:

@@ -6,8 +6,8 @@ outside, so by default only globally routable addresses are fetched. The host
 is checked twice: after DNS resolution, to give a clear reason early, and on
 the socket's actual peer address when a connection opens, which also catches
 DNS rebinding and every redirect hop. IPv6 addresses that lead to an IPv4
-host (NAT64, 6to4, IPv4-compatible or -mapped, Teredo) are judged by that
-host's address as well.
+host (NAT64, 6to4, IPv4-compatible, -mapped or -translated, Teredo) are
+judged by that host's address as well, and site-local IPv6 is refused.
 
 The same connection classes tie each connection to the download using it
 (see imgsim.fetch.deadline), so a download's deadline can end its socket.
@@ -50,6 +50,8 @@ def split_url(url) -> tuple[str, str, int]:
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # The local-use NAT64 prefix (RFC 8215): not globally reachable, whatever it embeds.
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+# IPv4-translated addresses (SIIT, RFC 6145): ::ffff:0:a.b.c.d is translated to a.b.c.d.
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 
 
 def is_blocked(address: str) -> bool:
@@ -79,13 +81,15 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> Optional[ipaddress.IPv4Address]:
         return ip.sixtofour
     if ip.teredo is not None:  # 2001:0::/32: (server, client); the client is where packets go
         return ip.teredo[1]
-    if ip in _NAT64 or int(ip) >> 32 == 0:  # NAT64, or IPv4-compatible ::a.b.c.d (deprecated)
+    if ip in _NAT64 or ip in _TRANSLATED or int(ip) >> 32 == 0:  # NAT64, SIIT, IPv4-compatible ::a.b.c.d
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
 
 def _not_public(ip) -> bool:
-    return (not ip.is_global) or ip.is_multicast
+    # site-local fec0::/10 is deprecated (RFC 3879) but still routed inside some networks, and
+    # Python counts it as global
+    return (not ip.is_global) or ip.is_multicast or (ip.version == 6 and ip.is_site_local)
 
 
 def resolve(host: str, port: int) -> list[str]:

@@ -320,6 +320,18 @@ def check_scann_assets(text: str, listed, scann_dir: str = SCANN_DIR) -> list[st
 
 # reading an artifact's files --------------------------------------------------------------------
 
+def check_no_links(root: str, rel: str) -> None:
+    """ArtifactError if any part of rel under the local directory root is a symbolic link: a run's
+    directory that links into another output root would make LATEST, or a run id, open an index
+    published elsewhere."""
+    path = root
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            raise ArtifactError(f"{os.path.relpath(path, root)} in {root} is a symbolic link; imgsim never follows "
+                                "links in an output root: put the run itself there")
+
+
 def open_inside(root: str, rel: str) -> int:
     """A read-only descriptor of the regular file rel under root, reached without following any
     symbolic link below root (each directory is opened relative to the last, so nothing can be

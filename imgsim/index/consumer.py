@@ -70,12 +70,17 @@ class IndexLocation:
 def locate_index(store: ObjectStore, location: str, run_id: Optional[str] = None) -> IndexLocation:
     """The index directory for an output root (via LATEST or run_id) or an index directory itself."""
     if run_id:
-        return IndexLocation(RunLayout(location, run_id).index_dir)
+        index_dir = RunLayout(location, run_id).index_dir
+        if not is_gcs(location):
+            artifact.check_no_links(location, os.path.relpath(index_dir, location).replace(os.sep, "/"))
+        return IndexLocation(index_dir)
     if store.exists(join(location, artifact.MANIFEST)):
         return IndexLocation(location)
     latest = read_latest(store, location)
     if latest is None:
         raise ArtifactError(f"no index at {location}: neither LATEST nor {artifact.MANIFEST} exists")
+    if not is_gcs(location):
+        artifact.check_no_links(location, latest.index)
     return IndexLocation(join(location, latest.index), latest.manifest_sha256)
 
 

@@ -18,8 +18,8 @@ import shutil
 import tempfile
 from typing import Callable, Optional
 
-from imgsim.index.artifact import (MANIFEST, ArtifactError, fetch_artifact, fetch_files, file_problem, is_sharded,
-                                   local_files, parse_manifest, read_manifest, self_query_check, verify_local)
+from imgsim.index.artifact import (MANIFEST, ArtifactError, check_no_links, fetch_artifact, fetch_files, file_problem,
+                                   is_sharded, local_files, parse_manifest, read_manifest, self_query_check, verify_local)
 from imgsim.index.latest import Latest, latest_path, read_latest, swap_latest
 from imgsim.runs.layout import RunLayout, check_run_id, runs_dir
 from imgsim.storage import ObjectStore, PreconditionFailed, WriterBusy, is_gcs, join
@@ -146,6 +146,8 @@ def rollback(store: ObjectStore, output: str, run_id: str) -> Latest:
     Raises ArtifactError (no such index, damaged) or PreconditionFailed."""
     _, generation = store.read_with_generation(latest_path(output))
     index_dir = RunLayout(output, run_id).index_dir
+    if not is_gcs(output):
+        check_no_links(output, os.path.relpath(index_dir, output).replace(os.sep, "/"))
     if not store.exists(join(index_dir, MANIFEST)):
         raise ArtifactError(f"run {run_id!r} has no published index under {output}")
     manifest_bytes, _ = read_manifest(store, index_dir)
