@@ -40,24 +40,27 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: getattr(item.module, "__name__", None) not in COLLECTED_FIRST)
 
 
-def pytest_configure(config):
-    if not (SHARED / "models" / "vgg16_imagenet_notop.weights.h5").is_file():
-        raise pytest.UsageError(f"the shared assets are missing: expected {SHARED} (set IMGSIM_SHARED_DIR)")
+MISSING_SHARED = (f"the shared assets are missing: expected {SHARED} (set IMGSIM_SHARED_DIR; README, "
+                  "'Test assets')")
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
+    """../shared; a test that needs it is skipped, with the reason, where it is missing (the unit
+    tests that do not, run)."""
+    if not (SHARED / "models" / "vgg16_imagenet_notop.weights.h5").is_file():
+        pytest.skip(MISSING_SHARED)
     return SHARED
 
 
 @pytest.fixture(scope="session")
-def notop_weights() -> str:
-    return str(SHARED / "models" / "vgg16_imagenet_notop.weights.h5")
+def notop_weights(shared) -> str:
+    return str(shared / "models" / "vgg16_imagenet_notop.weights.h5")
 
 
 @pytest.fixture(scope="session")
-def photos() -> dict[str, bytes]:
-    return {p.stem: p.read_bytes() for p in sorted((SHARED / "data" / "photos").glob("*.jpg"))}
+def photos(shared) -> dict[str, bytes]:
+    return {p.stem: p.read_bytes() for p in sorted((shared / "data" / "photos").glob("*.jpg"))}
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -101,7 +100,7 @@ def test_budget_waits_for_room_and_refuses_what_can_never_fit():
     with budget.reserve(70):
         waiter = threading.Thread(target=lambda: (budget.reserve(50).__enter__(), order.append("second")))
         waiter.start()
-        time.sleep(0.2)
+        assert budget.wait_for_waiters(1, timeout=10) and order == []  # it waits for room
         order.append("first done")
     waiter.join(5)
     assert order == ["first done", "second"] and budget.peak <= 100

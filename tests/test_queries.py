@@ -147,10 +147,11 @@ def test_more_like_these_and_not_those(collection):
         index.recommend([], k=3)
 
 
-def test_the_least_similar_in_order(collection):
+@pytest.mark.parametrize("exact_max", [None, 100], ids=["scored exactly", "searched, widened"])
+def test_the_least_similar_in_order(collection, exact_max):
     vectors = collection["vectors"]
     for kind in ("one", "sharded"):
-        index = open_index(collection, kind)
+        index = open_index(collection, kind, exact_max)
         got = index.similar("item-5", k=10, order="least")
         sims = vectors @ vectors[5]
         truth = [f"item-{i}" for i in np.argsort(sims, kind="stable")[:10]]

@@ -31,6 +31,7 @@ class DecodeBudget:
         self.limit = limit_bytes
         self._in_use = 0
         self._peak = 0
+        self._waiting = 0
         self._changed = threading.Condition()
 
     @property
@@ -39,6 +40,18 @@ class DecodeBudget:
         with self._changed:
             return self._peak
 
+    @property
+    def waiting(self) -> int:
+        """How many decodes are waiting for room now."""
+        with self._changed:
+            return self._waiting
+
+    def wait_for_waiters(self, count: int, timeout: float) -> bool:
+        """Until `count` decodes wait for room (True), or timeout seconds pass (False): what a test
+        orders threads by, instead of sleeping."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._waiting >= count, timeout)
+
     @contextmanager
     def reserve(self, cost: int):
         """Hold `cost` bytes of the budget while decoding; waits until they are free."""
@@ -46,8 +59,14 @@ class DecodeBudget:
             raise StageError("decompression_bomb", f"decoding would take {cost // MB} MB, more than the "
                              f"{self.limit // MB} MB decode budget (--decode-memory-mb)")
         with self._changed:
-            while self._in_use + cost > self.limit:
-                self._changed.wait()
+            if self._in_use + cost > self.limit:
+                self._waiting += 1
+                self._changed.notify_all()
+                try:
+                    while self._in_use + cost > self.limit:
+                        self._changed.wait()
+                finally:
+                    self._waiting -= 1
             self._in_use += cost
             self._peak = max(self._peak, self._in_use)
         try:

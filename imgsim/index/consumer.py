@@ -234,9 +234,8 @@ class ImageIndex:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
         allowed = self._allowed(where) if where else None
-        # the least similar to q are the most similar to -q
-        return search_filtered(self._reader, -queries if order == "least" else queries, k, shards_to_search,
-                               allowed, exclude, self.exact_filtered_max)
+        return search_filtered(self._reader, queries, k, shards_to_search, allowed, exclude, self.exact_filtered_max,
+                               order)
 
     def _matches(self, found, order: str) -> list[list[Match]]:
         sign = -1.0 if order == "least" else 1.0

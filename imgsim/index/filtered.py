@@ -20,20 +20,31 @@ from imgsim.index.fanout import Candidates, merge
 
 ORDERS = ("most", "least")  # the most similar first, or the least
 EXACT_MAX = 50_000
+LEAST_WIDEN = 16
 OVERFETCH = 2.0
 _GATHER_ROWS = 65_536
 
 
 def search(reader, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None,
-           allowed: Optional[np.ndarray] = None, exclude: Sequence[int] = (), exact_max: int = EXACT_MAX
-           ) -> Candidates:
-    """Each query's k best rows among the allowed ones (all, when allowed is None), none of exclude."""
+           allowed: Optional[np.ndarray] = None, exclude: Sequence[int] = (), exact_max: int = EXACT_MAX,
+           order: str = "most") -> Candidates:
+    """Each query's k best rows among the allowed ones (all, when allowed is None), none of exclude.
+
+    order="least": the k least similar, which are the most similar to -q; but -q lies where the
+    collection is not, so the searcher's routing and tuning, made for queries like its items, do
+    not hold: up to exact_max allowed rows are scored exactly, above that LEAST_WIDEN times the
+    leaves and shards are searched."""
     n = reader.count
     exclude = np.unique(np.asarray(list(exclude), np.int64))
+    if order == "least":
+        queries = -queries
+        if allowed is None and n <= exact_max:
+            allowed = np.ones(n, bool)
     if allowed is None:
+        widen = LEAST_WIDEN if order == "least" else 1
         if not len(exclude):
-            return reader.search(queries, max(1, min(k, n)), shards_to_search)
-        found = reader.search(queries, max(1, min(n, k + len(exclude))), shards_to_search)
+            return reader.search(queries, max(1, min(k, n)), shards_to_search, widen=widen)
+        found = reader.search(queries, max(1, min(n, k + len(exclude))), shards_to_search, widen=widen)
         return _kept(found, ~np.isin(found.rows, exclude), k)
     allowed = np.array(allowed, bool)
     allowed[exclude] = False
@@ -43,7 +54,8 @@ def search(reader, queries: np.ndarray, k: int, shards_to_search: Optional[int] 
     if len(rows) <= exact_max:
         return exact(reader, queries, rows, k)
     want = min(n, math.ceil(k * n / len(rows) * OVERFETCH) + k + len(exclude))
-    found = reader.search(queries, want, shards_to_search, widen=math.ceil(n / len(rows)))
+    widen = max(math.ceil(n / len(rows)), LEAST_WIDEN if order == "least" else 1)
+    found = reader.search(queries, want, shards_to_search, widen=widen)
     out = _kept(found, found.valid & allowed[np.maximum(found.rows, 0)], k)
     short = np.flatnonzero(out.valid.sum(axis=1) < min(k, len(rows)))
     if len(short):  # rare: the neighbourhood held fewer allowed rows than expected
