@@ -45,6 +45,21 @@ def _error(command: str, error: Exception) -> int:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("apache_beam").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_known_noise)
+
+
+# Warnings that say nothing to an imgsim user, by the start of their message. Beam's RunInference
+# imports `resource` together with its optional torch model manager, so without torch it believes
+# the platform has no `resource` module and says so (to the root logger) at every model load.
+KNOWN_NOISE = ("Resource module is not available for current platform",)
+
+
+def _known_noise(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop) for KNOWN_NOISE below --log-level DEBUG."""
+    if record.levelno >= logging.ERROR or logging.getLogger().level <= logging.DEBUG:
+        return True
+    return not str(record.msg).startswith(KNOWN_NOISE)
 
 
 def _print(document) -> None:
@@ -137,8 +152,19 @@ def _evaluate(parsed) -> int:
         result = evaluate_options(parsed.options)
     except (ArtifactError, ModelMismatch, ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
-    _print(result)
+    _print(rounded(result))
     return 0
+
+
+def rounded(document, digits: int = 4):
+    """document with every float rounded to `digits` places: metrics, not float noise."""
+    if isinstance(document, float):
+        return round(document, digits)
+    if isinstance(document, dict):
+        return {key: rounded(value, digits) for key, value in document.items()}
+    if isinstance(document, (list, tuple)):
+        return [rounded(value, digits) for value in document]
+    return document
 
 
 def _explore(parsed) -> int:

@@ -7,6 +7,7 @@ in test_cli.py's clip-art run). The report is opened in Chromium when the machin
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 
@@ -62,16 +63,18 @@ def labelled(tmp_path):
 def test_retrieval_metrics_match_a_direct_numpy_computation(labelled, capsys, tmp_path):
     assert main(["evaluate", "--index", labelled["out"], "--labels", labelled["labels"],
                  "--cache-dir", str(tmp_path / "cache")]) == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    result = json.loads(printed)
     expected = numpy_metrics(labelled["vectors"], labelled["names"])
-    for key, value in expected.items():
-        assert result[key] == pytest.approx(value, abs=1e-9), key
+    for key, value in expected.items():  # printed to 4 places: metrics, not float noise
+        assert result[key] == round(value, 4), key
+    assert not re.search(r"\d\.\d{5,}", printed), "unrounded floats in the printed report"
     assert result["labelled"] == 240 and result["missing"] == 1 and result["singletons"] == 0
     assert set(result["per_label"]) == set(labelled["names"]) and len(result["per_label"]) > 5
     counts = [v["count"] for v in result["per_label"].values()]
     assert sum(counts) == 240
     assert np.average([v["precision_at_5"] for v in result["per_label"].values()], weights=counts) == pytest.approx(
-        result["precision_at_5"])
+        result["precision_at_5"], abs=1e-4)
     assert result["confused_pairs"] and all(len(set(p["labels"])) == 2 for p in result["confused_pairs"])
 
 

@@ -98,7 +98,8 @@ class _BuildIndexFn(beam.DoFn):
 
     def process(self, _, files, counts, plan=None):
         if plan is not None and plan.sharded:
-            return  # the workers build it (BuildShardedIndex)
+            # the workers build it (BuildShardedIndex)
+            return
         try:
             tables = read_tables(sorted(files), self._store)
             report = build_and_publish(self._store, tables, self._settings, self._layout, self._generation,
