@@ -37,7 +37,8 @@ def run(input: str, output: str, *, beam_options: Union[Sequence[str], Mapping[s
     beam_options: Beam's own pipeline options, as flags (["--runner", "DataflowRunner", ...]) or a
     mapping ({"runner": "DataflowRunner", "project": "p"}). On a local runner this waits and returns
     the RunSummary; on Dataflow it returns the LaunchedJob (or, with wait=True, the RunSummary).
-    Raises ConfigError before any work starts, RunFailed if the job ends without a summary."""
+    Raises ConfigError before any work starts; RunFailed (or RunInterrupted) if the job ends without a
+    summary: its cause, the next step, and the run's error.txt (imgsim.runs.stops)."""
     return run_options(RunOptions(input=input, output=output, **options), beam_args(beam_options), store)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from typing import Optional
 
@@ -68,13 +69,18 @@ def _print(document) -> None:
 
 def _run(parsed) -> int:
     from imgsim.api import run_options
-    from imgsim.runs.summary import RunFailed, RunSummary
+    from imgsim.runs.stops import RunInterrupted, RunStopped
+    from imgsim.runs.summary import RunSummary
 
     try:
         outcome = run_options(parsed.options, parsed.beam_args)
-    except RunFailed as e:
-        print(f"imgsim run: {e}", file=sys.stderr)
-        return 1
+    except RunStopped as e:
+        lines = e.lines()
+        if isinstance(e, RunInterrupted):
+            lines[1] = f"resume: {resume_command(parsed.argv, e.run_id)}"
+        for line in lines:
+            print(f"imgsim run: {line}", file=sys.stderr)
+        return e.exit_code
     _print(outcome.report())
     if not isinstance(outcome, RunSummary):
         return 0
@@ -154,6 +160,22 @@ def _evaluate(parsed) -> int:
         raise ConfigError(str(e)) from None
     _print(rounded(result))
     return 0
+
+
+def resume_command(argv, run_id: str) -> str:
+    """The command line that resumes a run: the same arguments, with --run-id run_id."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--run-id", "--run_id"):
+            skip = True
+            continue
+        if arg.startswith(("--run-id=", "--run_id=")):
+            continue
+        args.append(arg)
+    return shlex.join(["imgsim", *args, "--run-id", run_id])
 
 
 def rounded(document, digits: int = 4):

@@ -31,6 +31,8 @@ def pipeline_options(beam_args: Sequence[str], command: str = "run") -> Pipeline
     if stray:
         raise ConfigError(f"unexpected argument(s): {' '.join(stray)} (see imgsim {command} --help)")
     options = PipelineOptions(args)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "DirectRunner"  # said, so Beam does not log that it chose it
     if not is_local(options):
         _fill_setup_file(options)
     return options

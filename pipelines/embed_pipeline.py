@@ -99,7 +99,8 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
             thumbnail_files.append(part | f"WriteThumbnails[{name}]" >> WriteThumbnails(plan.layout, name))
         if o.checkpoint_rows and name != RESUMED:  # resumed rows are in the checkpoint already
             part | f"WriteCheckpoint[{name}]" >> WriteCheckpoint(plan.layout, schema, o.checkpoint_rows,
-                                                                  thumbnails=o.thumbnails)
+                                                                  thumbnails=o.thumbnails,
+                                                                  seconds=o.checkpoint_seconds)
     embedding_files = embedding_files | "AllEmbeddingFiles" >> beam.Flatten()
     failure_files = failures | "WriteFailures" >> WriteFailures(plan.layout)
     written = (embedding_files, failure_files, *thumbnail_files) | "AllWritten" >> beam.Flatten()

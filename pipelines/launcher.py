@@ -7,9 +7,12 @@ job (LaunchedJob) unless --wait follows it to its end.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import signal
+import threading
 from typing import Optional, Sequence, Union
 
 from apache_beam.ml.inference.base import ModelHandler
@@ -18,7 +21,9 @@ from imgsim.config.options import RunOptions
 from imgsim.config.preflight import preflight
 from imgsim.pipelines.beam_options import is_local, pipeline_options
 from imgsim.pipelines.embed_pipeline import run_plan
-from imgsim.runs.summary import RunFailed, RunSummary
+from imgsim.runs.stops import (RunFailed, RunInterrupted, checkpointed_rows, failure_of, mark_started,
+                               resume_hint, stopped)
+from imgsim.runs.summary import RunSummary
 from imgsim.storage import ObjectStore
 
 _LOG = logging.getLogger("imgsim")
@@ -36,22 +41,64 @@ class LaunchedJob:
         return {"run_id": self.run_id, "job_id": self.job_id, "run_dir": self.run_dir}
 
 
+@contextlib.contextmanager
+def _interrupts():
+    """An Event set on Ctrl-C, which still raises KeyboardInterrupt. Beam's runners catch it in the
+    step running, log it with a traceback as an error in every step it unwinds, and re-raise it
+    wrapped: the event tells an interrupt from a failure, and Beam's logs are silenced once it
+    came. The run unwinds once the downloads in flight end (at most --download-deadline); a second
+    Ctrl-C ends the process at once (the signal's default). Outside the main thread (no signals
+    there) nothing changes."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    beam_log = logging.getLogger("apache_beam")
+    level = beam_log.level
+
+    def on_interrupt(signum, frame):
+        interrupted.set()
+        beam_log.setLevel(logging.CRITICAL + 1)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        beam_log.setLevel(level)
+
+
 def launch(options: RunOptions, beam_args: Sequence[str], store: ObjectStore,
            handler: Optional[ModelHandler] = None) -> Union[RunSummary, LaunchedJob]:
-    """Run imgsim: ConfigError before any work starts, RunFailed when the job ends without a summary."""
+    """Run imgsim: ConfigError before any work starts; once it has started, RunFailed (the cause and
+    the next step, the traceback in runs/RUN_ID/error.txt) or RunInterrupted (Ctrl-C: what is safe
+    and how to resume) when the job ends without a summary."""
     beam_options = pipeline_options(beam_args)
     local = is_local(beam_options)
-    plan = preflight(options, store, remote_workers=not local)
-    _LOG.info("run %s: input %s -> %s", plan.layout.run_id, json.dumps(plan.input.describe()), plan.layout.run_dir)
-    result = run_plan(plan, beam_options, store, handler=handler)
-    if not local and not options.wait:
-        try:
-            job = result.job_id()
-        except AttributeError:  # Beam only wrote the job file (a Flex Template launch): the service submits it
-            job = None
-        return LaunchedJob(plan.layout.run_id, job, plan.layout.run_dir)
-    state = result.wait_until_finish()
-    path = plan.layout.summary_path
+    plan = preflight(options, store, remote_workers=not local, check_weights_fit=handler is None)
+    layout = plan.layout
+    _LOG.info("run %s: input %s -> %s", layout.run_id, json.dumps(plan.input.describe()), layout.run_dir)
+    mark_started(store, layout, {"input": plan.input.describe()})
+    try:
+        with _interrupts() as interrupted:
+            result = run_plan(plan, beam_options, store, handler=handler)
+            if not local and not options.wait:
+                try:
+                    job = result.job_id()
+                except AttributeError:  # Beam only wrote the job file (a Flex Template launch): the service submits it
+                    job = None
+                return LaunchedJob(layout.run_id, job, layout.run_dir)
+            state = result.wait_until_finish()
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or interrupted.is_set():  # Beam wraps it in its own error
+            raise stopped(store, layout, RunInterrupted(layout.run_id, checkpointed_rows(store, layout))) from None
+        if not isinstance(e, Exception):
+            raise
+        raise stopped(store, layout, failure_of(e, layout, store)) from None
+    path = layout.summary_path
     if not store.exists(path):
-        raise RunFailed(f"the job ended ({state}) without writing {path}")
+        raise stopped(store, layout, RunFailed(f"the job ended ({state}) without writing {path}",
+                                               resume_hint(layout.run_id)))
     return RunSummary.from_document(json.loads(store.read_bytes(path)), path, index_expected=plan.index is not None)

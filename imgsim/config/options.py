@@ -80,6 +80,8 @@ class OutputFlags(Flags):
                       "LATEST points at", label="Full rebuild")
     checkpoint_rows: int = flag(500, "checkpoint embeddings every N rows so that a restart with the same "
                                 "--run-id resumes (0: no checkpoint)", minimum=0, label="Checkpoint rows")
+    checkpoint_seconds: float = flag(60.0, "and at least every this many seconds while embeddings arrive, so "
+                                     "small runs resume too", positive=True, label="Checkpoint seconds")
     progress_interval: float = flag(
         10.0, "seconds between progress lines on local runners (0: none)", minimum=0, template=False,
         template_excluded="progress lines are printed on local runners only; on Dataflow the counters in "

@@ -92,6 +92,7 @@ class Parsed:
     options: Any  # the command's options class
     common: CommonFlags
     beam_args: tuple[str, ...] = ()  # `imgsim run` only: flags left for Beam
+    argv: tuple[str, ...] = ()  # the command line as given (what a resume repeats)
 
 
 def build_parser() -> FlagParser:
@@ -116,7 +117,7 @@ def parse(argv: list[str]) -> Parsed:
     if extra and not command.passes_beam_options:
         raise ConfigError(f"unknown option(s): {' '.join(extra)} (see imgsim {command.name} --help)")
     return Parsed(command.name, from_namespace(command.options, namespace),
-                  from_namespace(CommonFlags, namespace), tuple(extra))
+                  from_namespace(CommonFlags, namespace), tuple(extra), tuple(argv))
 
 
 def parse_index_args(argv: list[str]) -> tuple[IndexCommandOptions, list[str]]:

@@ -16,7 +16,9 @@ import dataclasses
 import time
 from typing import Optional
 
-from imgsim.catalogue.inputs import InputSpec, resolve_input
+from imgsim.catalogue import cma
+from imgsim.catalogue.cma import CmaQuery
+from imgsim.catalogue.inputs import CmaInput, InputSpec, resolve_input
 from imgsim.catalogue.manifest import ManifestError
 from imgsim.config.calibration import QuantizedModel, prepare_int8
 from imgsim.config.flags import ConfigError
@@ -25,7 +27,8 @@ from imgsim.embed import weights
 from imgsim.embed.decode import DecodeConfig
 from imgsim.embed.model import ARCHITECTURE, ModelSpec, build_model
 from imgsim.embed.signature import ModelSignature
-from imgsim.fetch.http import FetchConfig
+from imgsim.failures import StageError
+from imgsim.fetch.http import FetchConfig, Fetcher
 from imgsim.index.artifact import ArtifactError
 from imgsim.index.build import IndexSettings
 from imgsim.index.latest import read_latest
@@ -97,6 +100,8 @@ def _preflight(options: RunOptions, store: ObjectStore, remote_workers: bool, ch
         check_openvino()
     checksum = weights_checksum(store, model, download=not remote_workers or model.precision == "int8",
                                 check_fit=check_weights_fit)
+    if isinstance(spec, CmaInput):  # after the local checks: the network is the slowest to say no
+        check_api(spec.query, options.api_fetch_config())
     quantized = None
     if model.precision == "int8":
         quantized = prepare_int8(store, model, weights.resolve(model.weights, model.include_top, store).path,
@@ -140,11 +145,31 @@ def check_reachable_from_workers(options: RunOptions) -> None:
                               "use a gs:// location")
 
 
+def check_api(query: CmaQuery, fetch: FetchConfig) -> int:
+    """The museum API answers a one-record page (its total within the planning bound), or a one-line
+    ConfigError: a blocked or unreachable API is found here, not in a worker's traceback."""
+    url = query.page_url(0, 1)
+    fetcher = Fetcher(fetch, pool_size=1)
+    try:
+        total, _ = cma.load_page(fetcher.fetch(url, headers={"Accept": "application/json"}).data)
+        cma.plan_pages(total, query)
+    except StageError as e:
+        raise ConfigError(f"--input cma: the API at {query.api_url} cannot be read ({e}); check the address "
+                          "(--cma-api-url) and this machine's network") from None
+    except ValueError as e:
+        raise ConfigError(f"--input cma: {query.api_url}: {e}") from None
+    finally:
+        fetcher.close()
+    return total
+
+
 def check_output(store: ObjectStore, layout: RunLayout) -> None:
+    """The run has not finished already and the output root is writable. The probe goes to the root,
+    so that a start that fails leaves no empty run directory behind."""
     if store.exists(layout.summary_path):
         raise ConfigError(f"run {layout.run_id!r} already finished under {layout.output}; "
                           "choose another --run-id")
     try:
-        store.check_writable(layout.run_dir)
+        store.check_writable(layout.output)
     except Exception as e:
         raise ConfigError(f"--output {layout.output!r} is not writable ({type(e).__name__}: {e})") from None

@@ -4,6 +4,9 @@
     OUT/runs/RUN_ID/embeddings/*.parquet
     OUT/runs/RUN_ID/failures/*.parquet
     OUT/runs/RUN_ID/thumbnails/*.parquet  thumbnail packs (imgsim.thumbnails.packs)
+    OUT/runs/RUN_ID/started.json        written when the work starts: run id, input, output, when
+    OUT/runs/RUN_ID/stopped.json        written when a run fails or is interrupted: why, and the next step
+    OUT/runs/RUN_ID/error.txt           the full traceback of a run that failed
     OUT/runs/RUN_ID/summary.json        written last: the run's data is complete
     OUT/runs/RUN_ID/checkpoint/         embeddings so far, while the run works (restarts resume)
     OUT/runs/RUN_ID/index/              the index artifact
@@ -74,6 +77,18 @@ class RunLayout:
     @property
     def summary_path(self) -> str:
         return join(self.run_dir, "summary.json")
+
+    @property
+    def started_path(self) -> str:
+        return join(self.run_dir, "started.json")
+
+    @property
+    def stopped_path(self) -> str:
+        return join(self.run_dir, "stopped.json")
+
+    @property
+    def error_path(self) -> str:
+        return join(self.run_dir, "error.txt")
 
     @property
     def index_dir(self) -> str:

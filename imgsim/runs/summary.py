@@ -50,10 +50,6 @@ def _iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-class RunFailed(RuntimeError):
-    """The pipeline ended without writing its summary (the job failed or was cancelled)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
     """A finished run, as summary.json records it (what `imgsim.run` returns and `imgsim run` prints)."""
