@@ -88,6 +88,19 @@ def server():
     s.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """imgsim's cache (weights copies, index copies, int8 calibrations) is the session's own, never
+    the developer's: what one test leaves there is what a later test of the session may find."""
+    saved = os.environ.get("IMGSIM_CACHE_DIR")
+    os.environ["IMGSIM_CACHE_DIR"] = str(tmp_path_factory.mktemp("imgsim-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("IMGSIM_CACHE_DIR", None)
+    else:
+        os.environ["IMGSIM_CACHE_DIR"] = saved
+
+
 @pytest.fixture(autouse=True)
 def anonymous_google(monkeypatch):
     """Without this, every google-auth lookup retries the metadata server for ~20 s."""
@@ -139,5 +152,5 @@ def gcs():
 @pytest.fixture
 def weights_cache(tmp_path, monkeypatch):
     """A private cache for gs:// weights copies."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("IMGSIM_CACHE_DIR", str(tmp_path / "cache" / "imgsim"))
     return tmp_path / "cache"

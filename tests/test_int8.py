@@ -77,6 +77,13 @@ def test_an_int8_run_names_its_calibration_and_its_index_embeds_queries_with_it(
     with pytest.raises(ModelMismatch, match="use backend 'openvino'"):
         index.search_image(str(query), k=3, backend="keras")
 
+    # a fresh output on the same collection takes the calibration from imgsim's cache
+    other = {**catalogue, "out": str(tmp_path / "other-out")}
+    assert run(other, notop_weights, "int8", *INT8) == 0
+    again = read_run(other["out"], "int8")
+    assert again["signature"].quantization == signature.quantization
+    assert "(calibrated before: " in again["summary"]["model"]["calibration"]
+
 
 def test_an_incremental_int8_run_keeps_the_calibration_and_reuses_unchanged_images(catalogue, notop_weights,
                                                                                     shared, tmp_path):

@@ -34,7 +34,7 @@ from apache_beam.utils import shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from imgsim.embed.decode import DecodeConfig
-from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB, DecodeBudget
+from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB, DecodeBudget, limit_arenas
 from imgsim.fetch.acquire import Acquired, Reused, acquire
 from imgsim.fetch.http import FetchConfig, Fetcher, shared_politeness
 from imgsim.records import DecodedImage, CatalogueRow
@@ -93,6 +93,7 @@ class _DownloadFn(beam.DoFn):
         self._no_thumbnail = Metrics.counter(NAMESPACE, "thumbnail_failed")
 
     def setup(self):
+        limit_arenas()  # before this DoFn's download threads start (imgsim.embed.memory)
         politeness = self._shared_politeness.acquire(lambda: shared_politeness(self._config),
                                                      tag=repr(self._config))
         self._budget = self._shared_budget.acquire(lambda: DecodeBudget(self._decode_memory),

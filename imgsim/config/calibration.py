@@ -9,6 +9,10 @@ The model is, in order of preference:
   neither --full nor --calibration asks for a new one. Scheduled incremental runs then keep one
   calibration, so their unchanged images are reused instead of all being embedded again; a new
   calibration (--full, or --calibration) changes the signature and re-embeds everything;
+- one made before, by any run on this machine, from the same images: calibrations are kept in
+  imgsim's cache (~/.cache/imgsim/int8/KEY), keyed by everything they depend on (layer, weights,
+  preprocessing, the calibration and evaluation images' pixels, OpenVINO's and NNCF's versions), so
+  a fresh output on the same collection skips the minute of quantisation;
 - a new calibration on the first --calibration-size images of the input (downloaded and decoded
   exactly as the pipeline does; rows that fail are skipped), or on the images --calibration names.
 The agreement with fp32 is always measured on images of the input, so a calibration set that does
@@ -17,9 +21,11 @@ not represent the collection is caught by --min-int8-agreement.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from typing import Iterator, Optional
 
@@ -28,19 +34,20 @@ import numpy as np
 from imgsim.catalogue import cma, manifest
 from imgsim.catalogue.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
 from imgsim.config.flags import ConfigError
-from imgsim.embed.calibration import Agreement, calibrate, int8_acceleration
+from imgsim.embed.calibration import Agreement, calibrate, int8_acceleration, ir_present
 from imgsim.embed.decode import DecodeConfig, decode_image
 from imgsim.embed.model import ModelSpec
-from imgsim.embed.openvino_backend import IR_FILES
+from imgsim.embed.openvino_backend import IR_FILES, ir_checksum
 from imgsim.failures import Failure
 from imgsim.fetch.acquire import acquire
 from imgsim.fetch.http import FetchConfig, Fetcher
 from imgsim.records import CatalogueRow, DecodedImage
 from imgsim.runs.layout import RunLayout
-from imgsim.storage import ObjectStore, join
+from imgsim.storage import ObjectStore, cache_dir, join, replacing
 
 _LOG = logging.getLogger("imgsim.calibration")
 CALIBRATION_JSON = "calibration.json"
+CACHE = "int8"  # under imgsim's cache: one directory per calibration key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,16 +115,62 @@ def _calibrate(store, spec, weights_path, directory, source, fetch, api_fetch, d
     else:
         calibration = evaluation
         described = f"the first {len(evaluation)} images of the input"
-    with tempfile.TemporaryDirectory(prefix="imgsim-int8-") as work:
-        checksum, agreement = calibrate(spec, weights_path, calibration, evaluation, work)
-        for name in IR_FILES:
-            store.upload_file(os.path.join(work, name), join(directory, name))
-    record = {"checksum": checksum, "agreement": agreement.to_dict(), "source": described,
-              "base": base, "evaluated_on": evaluation_ids}
+    key = calibration_key(base, calibration, evaluation)
+    cached = cache_dir(CACHE, key)
+    record = _cached(cached, key)
+    if record is None:
+        with tempfile.TemporaryDirectory(prefix="imgsim-int8-") as work:
+            checksum, agreement = calibrate(spec, weights_path, calibration, evaluation, work)
+            record = {"checksum": checksum, "agreement": agreement.to_dict(), "source": described,
+                      "base": base, "evaluated_on": evaluation_ids, "key": key}
+            _keep(work, cached, record)
+        _LOG.info("int8: calibrated on %s; agreement with fp32 %s", described, record["agreement"])
+    else:
+        record = {**record, "source": f"{described} (calibrated before: {cached})"}
+        _LOG.info("int8: the calibration on %s is in the cache (%s)", described, cached)
+    for name in IR_FILES:
+        store.upload_file(os.path.join(cached, name), join(directory, name))
     store.write_bytes(join(directory, CALIBRATION_JSON), json.dumps(record, indent=2).encode(),
                       content_type="application/json")
-    _LOG.info("int8: calibrated on %s; agreement with fp32 %s", described, agreement.to_dict())
-    return QuantizedModel(directory, checksum, agreement, described)
+    return QuantizedModel(directory, record["checksum"], Agreement.from_dict(record["agreement"]), record["source"])
+
+
+def calibration_key(base: dict, calibration: np.ndarray, evaluation: np.ndarray) -> str:
+    """What a calibration depends on, hashed: the model it quantises, the images it is made and
+    checked on (decoded pixels: the same URL with other bytes is another calibration), and the
+    versions of the tools that make it."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(json.dumps(base, sort_keys=True).encode())
+    for name in ("openvino", "nncf"):
+        digest.update(f"{name}={version(name)}".encode())
+    for images in (calibration, evaluation):
+        digest.update(repr(images.shape).encode())
+        digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _cached(directory: str, key: str) -> Optional[dict]:
+    """The cached calibration's record, if it is complete and its files are the ones it names."""
+    path = os.path.join(directory, CALIBRATION_JSON)
+    if not os.path.isfile(path) or not ir_present(directory):
+        return None
+    try:
+        record = json.loads(open(path, encoding="utf-8").read())
+    except ValueError:
+        return None
+    if record.get("key") != key or ir_checksum(directory) != record.get("checksum"):
+        return None
+    return record
+
+
+def _keep(work: str, directory: str, record: dict) -> None:
+    """Put a new calibration into the cache; the record last, so a half-written entry is never used."""
+    os.makedirs(directory, exist_ok=True)
+    for name in IR_FILES:
+        shutil.copyfile(os.path.join(work, name), os.path.join(directory, name))
+    with replacing(os.path.join(directory, CALIBRATION_JSON)) as f:
+        f.write(json.dumps(record, indent=2).encode())
 
 
 def sample_input(store: ObjectStore, source: InputSpec, fetch: FetchConfig, api_fetch: FetchConfig,

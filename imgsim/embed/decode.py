@@ -43,7 +43,12 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 _DECODE_OVERHEAD = 8 * 1024 * 1024
 # Pixels converted at a time: a strip's temporaries are a few MB whatever the image.
 _STRIP = 1 << 20
-_WORST_BYTES_PER_PIXEL = 12
+# Rows a decoder holds at once (a PNG decoder: the row being unfiltered and the one before).
+_ROW_BUFFERS = 2
+# A rotated RGBA image: 4 bytes a pixel decoded, 4 converted, 4 rotated; plus row buffers of at
+# most 1 byte a pixel for an image at least 8 rows high. Flatter banners are estimated exactly
+# and, where over the budget, refused as decompression bombs.
+_WORST_BYTES_PER_PIXEL = 13
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -130,18 +135,22 @@ def decode_image(data: bytes, config: DecodeConfig = DecodeConfig(),
 def decode_cost(img: Image.Image, orientation=None) -> int:
     """Bytes decoding img takes at its peak (after JPEG draft): the decoded pixels as Pillow stores
     them (1 byte a pixel for 1/L/P, 2 for 16-bit, else 4), plus the converted full-size image
-    (RGB is stored in 4 bytes a pixel, L in 1), plus a fixed allowance for decoder state and strips."""
+    (RGB is stored in 4 bytes a pixel, L in 1), plus the decoder's row buffers (a PNG decoder
+    holds two rows: nothing for most images, all of it for an 89-megapixel banner one pixel
+    high, which was estimated 2.7x low without them), plus a fixed allowance for decoder state
+    and strips."""
     mode = img.mode
     stored = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
     grey = mode == "L" or mode.startswith("I") or mode == "F"
     converted = 0 if (mode == "RGB" and "transparency" not in img.info) or mode == "L" else 1 if grey else 4
     rotated = 0 if orientation in (None, 1) else 1 if grey else 4  # EXIF orientation: one more full copy
-    return img.size[0] * img.size[1] * (stored + converted + rotated) + _DECODE_OVERHEAD
+    rows = _ROW_BUFFERS * img.size[0] * stored
+    return img.size[0] * img.size[1] * (stored + converted + rotated) + rows + _DECODE_OVERHEAD
 
 
 def max_decode_cost(max_pixels: int) -> int:
-    """decode_cost's worst case within the pixel cap: a rotated RGBA image (4 bytes a pixel
-    decoded, 4 converted, 4 rotated)."""
+    """decode_cost's worst case within the pixel cap for an image at least 8 rows high: a rotated
+    RGBA image (_WORST_BYTES_PER_PIXEL)."""
     return max_pixels * _WORST_BYTES_PER_PIXEL + _DECODE_OVERHEAD
 
 
@@ -223,15 +232,14 @@ def _orientation(img: Image.Image):
 
 
 def _in_strips(img: Image.Image, mode: str, convert) -> Image.Image:
-    """convert(strip) for horizontal strips of img, pasted into one image of `mode`: the
-    full-size result plus one strip of temporaries, instead of whole-image temporaries."""
+    """convert(strip) for strips of img (rows, or pieces of a row wider than a strip), pasted into
+    one image of `mode`: the full-size result plus one strip of temporaries, instead of whole-image
+    temporaries."""
     if img.size[0] * img.size[1] <= _STRIP:
         return convert(img)
     out = Image.new(mode, img.size)
-    top = 0
-    for strip in _strips(img):
-        out.paste(convert(strip), (0, top))
-        top += strip.size[1]
+    for (left, top), strip in _strips(img):
+        out.paste(convert(strip), (left, top))
     return out
 
 
@@ -247,17 +255,21 @@ def _high_depth_step(img: Image.Image) -> int:
     """How the image's values map to 8 bits, decided on the whole image: 16-bit and wide integer
     images are scaled by 1/257 (not clipped); float images in [0, 1] by 255, others by 1."""
     if img.mode == "F":
-        top = max(float(np.nanmax(np.asarray(strip), initial=0.0)) for strip in _strips(img))
+        top = max(float(np.nanmax(np.asarray(strip), initial=0.0)) for _, strip in _strips(img))
         return 255 if top <= 1.0 else 1
     high = img.getextrema()[1]
     return 257 if img.mode.startswith("I;16") or high > 255 else 1
 
 
 def _strips(img: Image.Image):
+    """((left, top), piece) covering img, each at most _STRIP pixels: whole rows, or, for an image
+    wider than a strip (an 89-megapixel, 1-pixel-high banner), pieces of a row."""
     width, height = img.size
-    rows = max(1, _STRIP // max(1, width))
+    columns = min(width, _STRIP)
+    rows = max(1, _STRIP // max(1, columns))
     for top in range(0, height, rows):
-        yield img.crop((0, top, width, min(height, top + rows)))
+        for left in range(0, width, columns):
+            yield (left, top), img.crop((left, top, min(width, left + columns), min(height, top + rows)))
 
 
 def _high_depth_to_uint8(img: Image.Image, step: int) -> np.ndarray:

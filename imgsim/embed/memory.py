@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from imgsim.failures import StageError
 
 MB = 1024 * 1024
+# A decode that reserved this much hands its freed memory back to the system when it ends.
+RELEASE_FROM = 32 * MB
+# glibc malloc arenas for a process that decodes on many threads (see limit_arenas).
+DECODE_ARENAS = 2
 # Enough for the worst image within Pillow's default pixel cap (imgsim.embed.decode.max_decode_cost),
 # so that at defaults decoding adds at most about 1.5 GB to a worker process.
 DEFAULT_DECODE_MEMORY_MB = 1200
@@ -72,6 +76,38 @@ class DecodeBudget:
         try:
             yield
         finally:
+            if cost >= RELEASE_FROM:
+                release_to_system()
             with self._changed:
                 self._in_use -= cost
                 self._changed.notify_all()
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+def release_to_system() -> None:
+    """glibc keeps what a decode freed in the malloc arena of the thread that freed it, for reuse:
+    with 16 download threads, a worker held 2.6 GB resident under a 1.2 GB budget. malloc_trim
+    returns the free pages of every arena to the system (a no-op elsewhere than glibc)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def limit_arenas(arenas: int = DECODE_ARENAS) -> None:
+    """Cap glibc's malloc arenas for this process (M_ARENA_MAX), for the threads created from now
+    on: each thread otherwise gets an arena of its own, which keeps memory a large decode freed
+    (measured: 16 threads of 16-megapixel decodes, 1,460 MB resident for a 1,170 MB budget peak,
+    1,223 MB with two arenas). Call it before the download threads start."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
