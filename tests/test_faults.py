@@ -113,6 +113,7 @@ def fault_run(servers, photos, notop_weights, tmp_path_factory):
         "--weights", notop_weights, "--layer", "pool", "--respect-robots",
         "--connect-timeout", "1", "--read-timeout", "1", "--download-deadline", "6", "--max-retries", "2",
         "--retry-after-max", "1", "--max-download-mb", "1", "--max-image-pixels", "100000000",
+        "--decode-memory-mb", "1300",
         "--max-redirects", "5", "--no-index", handler=FakeModelHandler())
     return {"rows": rows, "expected": expected, "result": result, "servers": servers}
 

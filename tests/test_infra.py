@@ -438,7 +438,7 @@ def test_boolean_parameters_reach_imgsim_as_flex_templates_pass_them():
             assert getattr(options, name) is expected, (name, value)
 
 
-def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch):
+def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult
@@ -447,7 +447,9 @@ def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch):
     from imgsim.pipelines import launcher
     from imgsim.storage import ObjectStore
 
-    layout = SimpleNamespace(run_id="20261125T030000Z", run_dir="gs://b/imgsim/runs/20261125T030000Z")
+    layout = SimpleNamespace(run_id="20261125T030000Z", run_dir="gs://b/imgsim/runs/20261125T030000Z",
+                             output="gs://b/imgsim", started_path=str(tmp_path / "started.json"),
+                             stopped_path=str(tmp_path / "stopped.json"))
     plan = SimpleNamespace(layout=layout, input=SimpleNamespace(describe=lambda: {"kind": "cma"}))
     monkeypatch.setattr(launcher, "preflight", lambda *a, **k: plan)
     # what DataflowRunner.run_pipeline returns when create_job only wrote the template file
@@ -455,6 +457,7 @@ def test_launcher_returns_when_beam_only_writes_the_job_file(monkeypatch):
     job = launcher.launch(RunOptions(input="cma", output="gs://b/imgsim"),
                           ["--runner=DataflowRunner", "--template_location=gs://b/staging/job_object"], ObjectStore())
     assert job.run_id == layout.run_id and job.job_id is None and job.report()["run_dir"] == layout.run_dir
+    assert json.loads((tmp_path / "started.json").read_text())["run_id"] == layout.run_id
 
 
 # --- images --------------------------------------------------------------------------------------

@@ -44,20 +44,20 @@ def prepare(settings: ServeSettings, store: Optional[ObjectStore] = None):
 
     store = store or ObjectStore()
     index = ImageIndex.open(settings.index, run_id=settings.run_id, cache_dir=settings.cache_dir, store=store)
+    searchable = True
+    try:
+        index.load_model(settings.weights, settings.backend)  # once, now: the first search does not wait for it
+    except ModelMismatch as e:
+        if settings.backend is not None:  # asked for explicitly: a wrong backend is bad configuration, refused
+            raise ValueError(str(e)) from None  # before any work (building the explorer)
+        _LOG.warning("search by image is off: %s", e)
+        searchable = False
     site = settings.site or _published_site(index)
     if site is None and index.sharded:
         _LOG.warning("no explorer at /: the explorer reads an index of one searcher, and this one is sharded "
                      "(the HTTP API serves it all)")
     elif site is None:
         site = _cached_site(settings, index, store)
-    searchable = True
-    try:
-        index.load_model(settings.weights, settings.backend)  # once, now: the first search does not wait for it
-    except ModelMismatch as e:
-        if settings.backend is not None:  # asked for explicitly: a wrong backend is bad configuration
-            raise ValueError(str(e)) from None
-        _LOG.warning("search by image is off: %s", e)
-        searchable = False
     app = create_app(index, fetch=settings.fetch, max_upload_bytes=settings.max_upload_bytes,
                      max_pixels=settings.max_pixels, max_concurrent=settings.max_concurrent, site_dir=site,
                      weights=settings.weights, backend=settings.backend, searchable=searchable)
