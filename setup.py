@@ -15,7 +15,7 @@ setup(
     version="0.1.0",
     description="Find similar images in large collections: VGG16 embeddings, Apache Beam, ScaNN.",
     python_requires=">=3.11,<3.12",
-    # Every subpackage (imgsim.index, imgsim.explore, ...), not only the top level: a non-editable
+    # Every subpackage (imgsim.index, imgsim.explorer, ...), not only the top level: a non-editable
     # install (the Flex Template image) needs them all.
     packages=find_packages(include=["imgsim", "imgsim.*"]) + ["imgsim.pipelines", "imgsim.transforms"],
     package_dir={
@@ -47,6 +47,6 @@ setup(
                  "playwright>=1.49,<2", "httpx>=0.27"],  # httpx: FastAPI's TestClient
     },
     # The explorer's page, script and style sheet, copied into every site.
-    package_data={"imgsim.explore": ["static/*"]},
+    package_data={"imgsim.explorer": ["static/*"]},
     entry_points={"console_scripts": ["imgsim=imgsim.cli:main"]},
 )

@@ -5,7 +5,7 @@
 The collection is synthetic (clustered random 64-d vectors, fake neighbours drawn from each item's
 cluster, pairs as near-duplicate groups, titles, creators, types and departments), written in the
 index artifact's own table formats, with a thumbnail pack of generated WebPs (or no thumbnails:
-the site then shows each item's URL). The site is built by imgsim.explore exactly as `imgsim
+the site then shows each item's URL). The site is built by imgsim.explorer exactly as `imgsim
 explore` builds it, served by Python's http.server (no Range support: the slower path for
 thumbnails), and opened in Debian's Chromium through Playwright: the times are from navigation to
 the collection view rendered with its first thumbnails decoded, to an item view with its
@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgsim.explore.build import build_site
-from imgsim.explore.source import IndexContents
+from imgsim.explorer.build import build_site
+from imgsim.explorer.source import IndexContents
 from imgsim.storage import ObjectStore
 from imgsim.thumbnails.packs import SCHEMA as PACK_SCHEMA
 

@@ -183,8 +183,8 @@ def explore(index: str, output: str, *, run_id: Optional[str] = None, store: Opt
 
 def explore_options(options: ExploreOptions, store: Optional[ObjectStore] = None) -> dict:
     """`explore` for already parsed options (the CLI's path)."""
-    from imgsim.explore.build import build_site
-    from imgsim.explore.source import IndexContents
+    from imgsim.explorer.build import build_site
+    from imgsim.explorer.source import IndexContents
     from imgsim.index.artifact import ArtifactError
 
     store = store or ObjectStore()
@@ -206,17 +206,22 @@ def serve(index: str, *, ready=None, store: Optional[ObjectStore] = None, **opti
 def serve_options(options: ServeOptions, ready=None, store: Optional[ObjectStore] = None) -> None:
     """`serve` for already parsed options (the CLI's path)."""
     try:
-        from imgsim.serve.server import ServeSettings, serve as run_server
+        from imgsim.service.edge import EdgeSettings
+        from imgsim.service.server import ServeSettings, serve as run_server
     except ImportError as e:
         raise ConfigError(f"imgsim serve needs the serve extra: pip install 'imgsim[serve]' ({e})") from None
     from imgsim.index.artifact import ArtifactError
 
+    edge = EdgeSettings.for_address(options.host, options.allowed_hosts, cors_origins=options.cors_origin,
+                                    header_timeout=options.header_timeout,
+                                    min_body_rate=options.min_body_rate_kb * 1024)
     settings = ServeSettings(index=options.index, run_id=options.run_id, host=options.host, port=options.port,
                              site=options.site, weights=options.weights, backend=options.backend,
                              fetch=options.fetch_config(),
                              max_upload_bytes=int(options.max_upload_mb * 1024 * 1024),
                              max_pixels=options.max_image_pixels, max_concurrent=options.max_concurrent_searches,
-                             cache_dir=options.cache_dir)
+                             decode_memory_mb=options.decode_memory_mb, cache_dir=options.cache_dir,
+                             refresh_seconds=options.refresh_seconds, workers=options.workers, edge=edge)
     try:
         run_server(settings, ready, store)
     except (ArtifactError, ValueError, FileNotFoundError) as e:

@@ -1,4 +1,5 @@
 """The Python API (`imgsim.run`, `imgsim.build_index`) and the package's front door."""
+import importlib
 import json
 import os
 import subprocess
@@ -47,6 +48,20 @@ def test_build_index_from_vectors_in_memory(tmp_path):
     assert index.signature.model == "custom"
     with pytest.raises(Exception, match="cannot embed images comparably"):  # no VGG16 behind these vectors
         index.search_image(b"\xff\xd8", k=1)
+
+
+def test_the_api_names_stay_functions_after_their_modules_load(tmp_path):
+    """imgsim.explore and imgsim.serve were replaced by the subpackages of the same name once those
+    were imported: a second imgsim.explore() raised "'module' object is not callable"."""
+    imgsim.build_index(str(tmp_path / "out"), ids=[f"v{i}" for i in range(60)], vectors=clustered(60, dim=8),
+                       run_id="api", neighbors_k=3)
+    for attempt in ("first", "second"):
+        report = imgsim.explore(str(tmp_path / "out"), str(tmp_path / f"site-{attempt}"))
+        assert report["count"] == 60
+    importlib.import_module("imgsim.service.server")  # the service's modules, loaded
+    for name in imgsim.__all__:
+        if name != "__version__":
+            assert callable(getattr(imgsim, name)), name
 
 
 @pytest.mark.parametrize("kwargs, message", [

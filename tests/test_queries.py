@@ -174,7 +174,7 @@ def test_outliers_find_the_isolated_items(collection):
 def test_the_same_answers_over_python_the_command_line_and_http(collection, capsys):
     from fastapi.testclient import TestClient
 
-    from imgsim.serve.server import ServeSettings, prepare
+    from imgsim.service.server import ServeSettings, prepare
 
     out = collection["out"]["sharded"]
     index = open_index(collection, "sharded")
@@ -184,7 +184,7 @@ def test_the_same_answers_over_python_the_command_line_and_http(collection, caps
                  "year:1850..1950", "--cache-dir", str(collection["root"] / "cli")]) == 0
     cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     app, _, _ = prepare(ServeSettings(index=out, cache_dir=str(collection["root"] / "http")))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")
     http = client.get("/api/similar/item-8", params={"k": 5, "filter": "type:common",
                                                      "range": "year:1850..1950"}).json()["results"]
     assert python == cli == http and len(python) == 5

@@ -1,4 +1,5 @@
 """`imgsim serve` over real HTTP: a real `imgsim serve` process on 127.0.0.1, asked with requests."""
+import json
 import os
 import queue
 import signal
@@ -141,15 +142,32 @@ def test_a_sharded_index_is_served_without_an_explorer(tmp_path, caplog):
     """The HTTP API reads a sharded index whole; the explorer (one searcher's files) is not offered."""
     from fastapi.testclient import TestClient
 
-    from imgsim.serve.server import ServeSettings, prepare
+    from imgsim.service.server import ServeSettings, prepare
 
     ids = [f"s{i}" for i in range(600)]
     imgsim.build_index(str(tmp_path / "out"), ids=ids, vectors=clustered(600, dim=16, seed=3), neighbors_k=5,
                        run_id="sh1", index_shards=3)
-    app, index, site = prepare(ServeSettings(index=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
-    assert index.sharded and site is None and "the explorer reads an index of one searcher" in caplog.text
-    client = TestClient(app)
+    app, follower, site = prepare(ServeSettings(index=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
+    with follower.use() as served:
+        assert served.index.sharded
+    assert site is None and "the explorer reads an index of one searcher" in caplog.text
+    client = TestClient(app, base_url="http://localhost")
     assert client.get("/healthz").json()["count"] == 600
     similar = client.get("/api/similar/s42", params={"k": 3}).json()["results"]
     assert "s42" not in [r["id"] for r in similar] and [r["rank"] for r in similar] == [1, 2, 3]
     assert client.get("/").status_code == 404
+
+
+def test_two_output_roots_with_the_same_run_id_get_their_own_explorers(tmp_path, monkeypatch):
+    """The explorer cache was keyed by run id alone: two roots with a run r1 showed each other's."""
+    from imgsim.service.server import ServeSettings, prepare
+
+    monkeypatch.setenv("IMGSIM_CACHE_DIR", str(tmp_path / "imgsim-cache"))
+    sites = {}
+    for name, n in (("a", 40), ("b", 50)):
+        imgsim.build_index(str(tmp_path / name), ids=[f"{name}{i}" for i in range(n)],
+                           vectors=clustered(n, dim=8, seed=n), run_id="r1", neighbors_k=3)
+        _, _, sites[name] = prepare(ServeSettings(index=str(tmp_path / name), cache_dir=str(tmp_path / "c")))
+    assert sites["a"] != sites["b"]
+    counts = {name: json.load(open(os.path.join(site, "data", "site.json")))["count"] for name, site in sites.items()}
+    assert counts == {"a": 40, "b": 50}

@@ -1,7 +1,7 @@
 """`imgsim run --site`: the explorer built beside the index just published, on a worker.
 
 It waits for the index step's report. When the index was published, it builds
-the static site into runs/RUN_ID/site/ (imgsim.explore) and, if LATEST still
+the static site into runs/RUN_ID/site/ (imgsim.explorer) and, if LATEST still
 points at this run, points OUT/site/index.html at it, so a scheduled run
 refreshes the explorer together with LATEST. A site that cannot be built is
 reported in the summary, never a reason to fail a run whose index is good.
@@ -12,13 +12,13 @@ import logging
 
 import apache_beam as beam
 
-from imgsim.explore.build import ExploreSettings, build_site
-from imgsim.explore.forward import point_site_at
-from imgsim.explore.source import IndexContents
+from imgsim.explorer.build import ExploreSettings, build_site
+from imgsim.explorer.forward import point_site_at
+from imgsim.explorer.source import IndexContents
 from imgsim.runs.layout import RunLayout
 from imgsim.storage import ObjectStore
 
-_LOG = logging.getLogger("imgsim.explore")
+_LOG = logging.getLogger("imgsim.explorer")
 
 
 class BuildSite(beam.PTransform):

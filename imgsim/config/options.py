@@ -20,7 +20,7 @@ from imgsim.embed.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, DecodeConfig, 
 from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB
 from imgsim.embed.model import BACKENDS, LAYER_DIMS, PRECISIONS, ModelSpec
 from imgsim.embed.weights import IMAGENET
-from imgsim.explore.build import ExploreSettings
+from imgsim.explorer.build import ExploreSettings
 from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
 from imgsim.index.build import IndexSettings
 from imgsim.index.filtered import ORDERS
@@ -384,9 +384,19 @@ class ServeOptions(Flags):
 
     index: Optional[str] = flag(None, "an output root (follows LATEST) or an index directory, local or gs://",
                                 required=True)
-    run_id: Optional[str] = flag(None, "serve this run instead of the one LATEST points at")
+    run_id: Optional[str] = flag(None, "serve this run and no other (LATEST is followed otherwise)")
+    refresh_seconds: float = flag(30.0, "how often to check LATEST for a new run to swap in", positive=True)
     host: str = flag("127.0.0.1", "the address to listen on (0.0.0.0: every interface)")
     port: int = flag(8000, "the port to listen on (0: any free port)", minimum=0, maximum=65535)
+    workers: int = flag(1, "worker processes behind the port, sharing one copy of the index", minimum=1,
+                        maximum=64)
+    allowed_hosts: tuple[str, ...] = flag((), "a Host the service answers to, besides the bind address, localhost, "
+                                          "127.0.0.1 and ::1 (repeatable; * for any)", metavar="HOST")
+    cors_origin: tuple[str, ...] = flag((), "an origin whose pages may call the API (repeatable; none by default)",
+                                        metavar="ORIGIN")
+    header_timeout: float = flag(10.0, "seconds a connection has to send complete request headers (and the "
+                                 "longest pause in a body)", positive=True)
+    min_body_rate_kb: float = flag(8.0, "the slowest an upload may arrive, in KB/s, after 3 s", minimum=0)
     weights: Optional[str] = flag(None, "for search by image: the weights file, when the manifest's is not "
                                   "reachable here", default_text="the file the index was built with")
     backend: Optional[str] = flag(None, "for search by image: the inference backend (refused unless the index's)",
@@ -396,16 +406,19 @@ class ServeOptions(Flags):
     max_upload_mb: float = flag(10.0, "the largest image a search may upload or fetch, in MB", positive=True)
     max_image_pixels: int = flag(50_000_000, "the most pixels a searched image may have", minimum=1)
     max_concurrent_searches: int = flag(2, "searches by image at once; more are answered 503", minimum=1)
-    download_deadline: float = flag(30.0, "seconds to fetch an image URL for a search", positive=True)
+    url_deadline: float = flag(10.0, "seconds to fetch an image URL for a search (outside the model's slots)",
+                               positive=True)
+    decode_memory_mb: int = flag(DEFAULT_DECODE_MEMORY_MB, "memory the service may spend decoding searched "
+                                 "images at once", minimum=64)
     allow_private_addresses: bool = flag(False, "let searches fetch URLs on loopback, private or link-local "
                                          "addresses: unsafe in clouds")
     cache_dir: Optional[str] = flag(None, "where the index is copied to", default_text="~/.cache/imgsim/index")
 
     def fetch_config(self) -> FetchConfig:
         """Image URLs given to a search: the pipeline's address guard and limits, one image's worth."""
-        return FetchConfig(deadline=self.download_deadline, max_bytes=int(self.max_upload_mb * 1024 * 1024),
-                           read_timeout=min(30.0, self.download_deadline), max_retries=1,
-                           allow_private_addresses=self.allow_private_addresses)
+        return FetchConfig(deadline=self.url_deadline, max_bytes=int(self.max_upload_mb * 1024 * 1024),
+                           read_timeout=min(30.0, self.url_deadline), connect_timeout=min(10.0, self.url_deadline),
+                           max_retries=1, allow_private_addresses=self.allow_private_addresses)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,18 @@ def decode_config_for(preprocessing: str) -> DecodeConfig:
                         f"that built the index")
 
 
+def check_reproducible(signature: ModelSignature, backend: Optional[str] = None) -> DecodeConfig:
+    """The signature's preprocessing, once what can be checked without building the model holds:
+    a VGG16 signature, and the backend asked for (if any) is the signature's; ModelMismatch else."""
+    if signature.model != ARCHITECTURE:
+        raise ModelMismatch(f"the index holds {signature.model!r} vectors, not {ARCHITECTURE} ones: "
+                            "imgsim cannot embed images comparably")
+    if backend is not None and backend != signature.backend:
+        raise ModelMismatch(f"the index was embedded through {signature.backend} ({signature.precision}); "
+                            f"vectors from {backend} would not compare with it: use backend {signature.backend!r}")
+    return decode_config_for(signature.preprocessing)
+
+
 def embedder_for(signature: ModelSignature, store: ObjectStore, weights: Optional[str] = None,
                  model_dir: Optional[str] = None, backend: Optional[str] = None) -> tuple[Embedder, DecodeConfig]:
     """The embedder and preprocessing of a signature; ModelMismatch when they cannot be reproduced.
@@ -41,13 +53,7 @@ def embedder_for(signature: ModelSignature, store: ObjectStore, weights: Optiona
     weights: where the signature's weights file is now (default: where the signature says);
     model_dir: the local directory of an int8 run's quantised model (an index artifact keeps it);
     backend: the backend the caller asks for (default: the signature's; another one is refused)."""
-    if signature.model != ARCHITECTURE:
-        raise ModelMismatch(f"the index holds {signature.model!r} vectors, not {ARCHITECTURE} ones: "
-                            "imgsim cannot embed images comparably")
-    if backend is not None and backend != signature.backend:
-        raise ModelMismatch(f"the index was embedded through {signature.backend} ({signature.precision}); "
-                            f"vectors from {backend} would not compare with it: use backend {signature.backend!r}")
-    decode_config = decode_config_for(signature.preprocessing)
+    decode_config = check_reproducible(signature, backend)
     spec = ModelSpec(layer=signature.layer, weights=weights or signature.weights, precision=signature.precision,
                      backend=signature.backend)
     try:

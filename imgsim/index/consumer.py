@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.embed.decode import decode_image
-from imgsim.embed.reproduce import embedder_for  # TensorFlow only when a model is built
+from imgsim.embed.reproduce import check_reproducible, embedder_for  # TensorFlow only when a model is built
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.artifact import ArtifactError
@@ -112,18 +112,41 @@ class ImageIndex:
 
     @classmethod
     def open(cls, location: str, run_id: Optional[str] = None, cache_dir: Optional[str] = None,
-             store: Optional[ObjectStore] = None, shards_to_search: Optional[int] = None) -> "ImageIndex":
+             store: Optional[ObjectStore] = None, shards_to_search: Optional[int] = None,
+             manifest_sha256: Optional[str] = None) -> "ImageIndex":
         """Open the index at an output root (LATEST, or run_id) or an index directory, local or gs://.
 
         shards_to_search: for a sharded index, how many of the nearest shards a query searches
-        (default: the number chosen when it was built, from its recall)."""
+        (default: the number chosen when it was built, from its recall). manifest_sha256: refuse
+        a manifest with another digest (LATEST's pin, read earlier)."""
         store = store or ObjectStore()
         found = locate_index(store, location, run_id)
         if not is_gcs(found.index_dir) and not os.path.isdir(found.index_dir):
             raise ArtifactError(f"no index at {found.index_dir}")
         local = local_copy_dir(found.index_dir, cache_dir)
-        manifest = artifact.fetch_artifact(store, found.index_dir, local, found.manifest_sha256)
+        manifest = artifact.fetch_artifact(store, found.index_dir, local, manifest_sha256 or found.manifest_sha256)
         return cls(local, manifest, found.index_dir, store, shards_to_search)
+
+    @classmethod
+    def follow(cls, location: str, refresh_seconds: float = 30.0, **options):
+        """An IndexFollower (imgsim.index.follower): the index LATEST names, swapped for the next one a
+        run publishes, for a long-lived process. `with follower.use() as served:` served.index is
+        the index to ask. options: run_id (pins it), cache_dir, store, prepare."""
+        from imgsim.index.follower import IndexFollower
+
+        return IndexFollower.open(location, refresh_seconds=refresh_seconds, **options)
+
+    def warm(self) -> None:
+        """A probe query, so the first request does not pay for loading the searcher (a sharded
+        index: the shard the first item's query routes to)."""
+        if len(self):
+            self.search(self._reader.vector(0)[None, :], k=1)
+
+    def close(self) -> None:
+        """Let go of the searchers, vectors and model (the index cannot be asked afterwards)."""
+        with self._lock:
+            self._reader = None
+            self._embedder = None
 
     def __len__(self) -> int:
         return self._reader.count
@@ -131,6 +154,13 @@ class ImageIndex:
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
+
+    @property
+    def manifest_sha256(self) -> str:
+        """The sha256 of the manifest's bytes: the artifact's identity (two output roots can hold
+        runs of the same id; LATEST pins this)."""
+        with open(os.path.join(self.local_dir, artifact.MANIFEST), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
 
     @property
     def sharded(self) -> bool:
@@ -244,18 +274,20 @@ class ImageIndex:
 
     def search_image(self, image: Union[str, bytes], k: int = 10, weights: Optional[str] = None,
                      backend: Optional[str] = None, max_pixels: Optional[int] = None, filters: Filters = None,
-                     ranges: Ranges = None, order: str = "most") -> list[Match]:
+                     ranges: Ranges = None, order: str = "most", decode_budget=None) -> list[Match]:
         """Embed an image (path, gs:// URI or bytes) with the index's model, then search (filters,
         ranges and order as for `similar`).
 
         backend: refuse unless it is the backend the index was embedded through (default: that one);
         an int8 index embeds with the quantised model it carries.
-        max_pixels: refuse larger images (StageError decompression_bomb) before decoding them."""
+        max_pixels: refuse larger images (StageError decompression_bomb) before decoding them.
+        decode_budget: an imgsim.embed.memory.DecodeBudget the decode reserves its memory from (a
+        service's, shared by its searches, as a pipeline worker's is)."""
         data = image if isinstance(image, (bytes, bytearray)) else self._store.read_bytes(image)
         embedder, decode_config = self._model(weights, backend)
         if max_pixels is not None:
             decode_config = dataclasses.replace(decode_config, max_pixels=min(max_pixels, decode_config.max_pixels))
-        vectors, valid = embedder(decode_image(bytes(data), decode_config).pixels[None])
+        vectors, valid = embedder(decode_image(bytes(data), decode_config, decode_budget).pixels[None])
         if not valid[0]:
             raise ValueError("the image gives an all-zero embedding; it cannot be searched")
         return self.search(vectors, k, filters=filters, ranges=ranges, order=order)[0]
@@ -264,6 +296,11 @@ class ImageIndex:
         """Build the model search_image uses now rather than on the first search (ModelMismatch when
         the index's vectors cannot be reproduced, or backend is not the index's)."""
         self._model(weights, backend)
+
+    def check_model(self, backend: Optional[str] = None) -> None:
+        """ModelMismatch unless search_image could embed for this index, as far as that can be told
+        without building the model (load_model builds it)."""
+        check_reproducible(self.signature, backend)
 
     def metadata(self, item_id: str) -> dict:
         """An item's metadata (url, sha256, width, height and the input's columns); KeyError if unknown."""

@@ -3,9 +3,9 @@
     build_site(contents, "site/")   # contents: IndexContents.open("out/")
 
 The site needs no server code: any static host serves it (a bucket,
-`python -m http.server`). Its data is cut into small files (imgsim.explore.
+`python -m http.server`). Its data is cut into small files (imgsim.explorer.
 site_format) so that opening it and each view read only what they show, and
-the map is computed here, once (imgsim.explore.projection). Files are written
+the map is computed here, once (imgsim.explorer.projection). Files are written
 locally directly, or to gs:// by a pool of uploads; site.json and index.html
 go last, so a site being rewritten never opens half-built data.
 """
@@ -28,13 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from imgsim.explore import projection
-from imgsim.explore import site_format as fmt
-from imgsim.explore.source import IndexContents
+from imgsim.explorer import projection
+from imgsim.explorer import site_format as fmt
+from imgsim.explorer.source import IndexContents
 from imgsim.index import outliers
 from imgsim.storage import ObjectStore, is_gcs, join
 
-_LOG = logging.getLogger("imgsim.explore")
+_LOG = logging.getLogger("imgsim.explorer")
 STATIC_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 _TYPES = {".json": "application/json", ".txt": "text/plain; charset=utf-8", ".bin": "application/octet-stream"}
@@ -417,4 +417,4 @@ def _morton(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _static(name: str) -> bytes:
-    return importlib.resources.files("imgsim.explore").joinpath("static").joinpath(name).read_bytes()
+    return importlib.resources.files("imgsim.explorer").joinpath("static").joinpath(name).read_bytes()
