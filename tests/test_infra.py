@@ -90,7 +90,7 @@ def dockerfile(name: str) -> dict:
         lines.append(current + stripped)
         current = ""
     doc = {"args": {}, "from": [], "workdir": None, "env": {}, "copy": [], "copy_from": [], "run": [],
-           "entrypoint": None}
+           "entrypoint": None, "cmd": None, "user": None}
     for line in lines:
         instruction, _, rest = line.partition(" ")
         instruction, rest = instruction.upper(), rest.strip()
@@ -102,8 +102,13 @@ def dockerfile(name: str) -> dict:
         elif instruction == "WORKDIR":
             doc["workdir"] = rest
         elif instruction == "ENV":
-            key, value = re.split(r"[= ]", rest, maxsplit=1)
-            doc["env"][key] = value.strip().strip('"')
+            for key, value in re.findall(r'(\w+)=("[^"]*"|\S+)', rest) if "=" in rest.split()[0] else \
+                    [re.split(r" ", rest, maxsplit=1)]:
+                doc["env"][key] = value.strip().strip('"')
+        elif instruction == "CMD":
+            doc["cmd"] = rest
+        elif instruction == "USER":
+            doc["user"] = rest
         elif instruction == "COPY":
             words = rest.split()
             if words[0].startswith("--from="):
@@ -523,7 +528,7 @@ def test_dockerignore_keeps_the_context_small_but_complete():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".git", ".venv", "tests", "benchmarks/results", "**/__pycache__"} <= ignored
-    for name in DOCKERFILES:
+    for name in (*DOCKERFILES, "Dockerfile.serve"):
         for sources, _ in dockerfile(name)["copy"]:
             assert not set(sources) & ignored, f"{name} copies something .dockerignore leaves out"
 
@@ -535,6 +540,50 @@ def test_cloudbuild_builds_an_existing_dockerfile():
     assert step["args"][:3] == ["build", "-f", "${_DOCKERFILE}"]
     assert (ROOT / doc["substitutions"]["_DOCKERFILE"]).is_file()
     assert doc["images"] == ["${_IMAGE}"]
+
+
+def test_serve_image_installs_the_service_and_follows_latest():
+    """infra/Dockerfile.serve: the package at CI's versions without Beam, a non-root user, and a
+    command that is a valid `imgsim serve` following IMGSIM_INDEX's LATEST on Cloud Run's PORT."""
+    import shlex
+
+    from imgsim.config.parser import parse
+
+    _, kwargs = setup_py()
+    doc = dockerfile("Dockerfile.serve")
+    python = re.search(r">=\s*3\.(\d+)", kwargs["python_requires"]).group(1)
+    assert doc["from"] == [f"python:3.{python}-slim"]
+    copied = {src for sources, _ in doc["copy"] for src in sources}
+    assert {"setup.py", "constraints.txt"} | set(kwargs["package_dir"].values()) <= copied
+    install = " && ".join(doc["run"])
+    assert '-c constraints.txt ".[serve]"' in install and "pip check" in install and "pipeline" not in install
+    assert doc["user"] and doc["user"] != "root"
+    env = {**doc["env"], "IMGSIM_INDEX": "gs://bucket/imgsim"}
+    words = shlex.split(re.sub(r'\$\{?(\w+)\}?', lambda m: env[m.group(1)], doc["cmd"]))
+    assert words[:3] == ["exec", "imgsim", "serve"]
+    options = parse(words[2:]).options
+    assert options.index == "gs://bucket/imgsim" and options.run_id is None  # follows LATEST
+    assert (options.host, options.port, options.refresh_seconds) == ("0.0.0.0", 8080, 30.0)
+
+
+def test_cloud_run_serves_the_output_root_the_schedule_publishes():
+    tf = terraform()
+    service = resources_of(tf, "google_cloud_run_v2_service")["serve"]
+    assert service["count"] == '${var.serve_image == "" ? 0 : 1}'
+    template = block(service, "template")
+    assert template["service_account"] == "${google_service_account.server[0].email}"
+    scaling = block(template, "scaling")
+    assert (scaling["min_instance_count"], scaling["max_instance_count"]) == (
+        "${var.serve_min_instances}", "${var.serve_max_instances}")
+    container = block(template, "containers")
+    assert container["image"] == "${var.serve_image}"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"IMGSIM_INDEX": "${local.output}", "IMGSIM_REFRESH_SECONDS": "${tostring(var.serve_refresh_seconds)}"}
+    assert set(dockerfile("Dockerfile.serve")["env"]) >= {"IMGSIM_REFRESH_SECONDS"}
+    assert block(block(container, "startup_probe"), "http_get")["path"] == "/healthz"
+    variables = tf["variable"]
+    assert variables["serve_image"]["default"] == "" and variables["serve_refresh_seconds"]["default"] == 30
+    assert variables["serve_public"]["default"] is False
 
 
 # --- Terraform -----------------------------------------------------------------------------------
@@ -585,8 +634,9 @@ def test_bucket_lifecycle():
 def test_service_accounts_have_least_privilege():
     tf = terraform()
     accounts = resources_of(tf, "google_service_account")
-    assert set(accounts) == {"worker", "scheduler"}
+    assert set(accounts) == {"worker", "scheduler", "server"}
     worker, scheduler = ("serviceAccount:${google_service_account.%s.email}" % n for n in ("worker", "scheduler"))
+    server = "serviceAccount:${google_service_account.server[0].email}"
 
     project_roles = {(b["role"], b["member"]) for b in resources_of(tf, "google_project_iam_member").values()}
     assert project_roles == {("roles/dataflow.worker", worker), ("roles/dataflow.developer", scheduler)}, \
@@ -598,6 +648,10 @@ def test_service_accounts_have_least_privilege():
         assert b["bucket"] == "${google_storage_bucket.imgsim.name}"
         if b["member"] == scheduler:  # the scheduler reads the template spec only
             assert b["role"] == "roles/storage.objectViewer" and "/objects/templates/" in block(b, "condition")["expression"]
+        if b["member"] == server:  # the service reads the output root only
+            assert b["role"] == "roles/storage.objectViewer"
+            assert "/objects/${var.output_prefix}/" in block(b, "condition")["expression"]
+    assert any(b["member"] == server for b in resources_of(tf, "google_storage_bucket_iam_member").values())
 
     (repo_binding,) = resources_of(tf, "google_artifact_registry_repository_iam_member").values()
     assert (repo_binding["role"], repo_binding["member"]) == ("roles/artifactregistry.reader", worker)

@@ -38,6 +38,7 @@ resource "google_project_service" "apis" {
     "compute.googleapis.com",
     "dataflow.googleapis.com",
     "iam.googleapis.com",
+    "run.googleapis.com",
     "storage.googleapis.com",
   ])
   service            = each.value

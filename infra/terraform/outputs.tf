@@ -28,3 +28,8 @@ output "scheduler_service_account" {
 output "scheduler_job" {
   value = google_cloud_scheduler_job.reprocess.name
 }
+
+output "serve_url" {
+  description = "The imgsim serve service (when serve_image is set)."
+  value       = var.serve_image == "" ? null : google_cloud_run_v2_service.serve[0].uri
+}

@@ -109,3 +109,50 @@ variable "job_name" {
     error_message = "job_name: lower-case letters, digits and '-', starting with a letter."
   }
 }
+
+variable "serve_image" {
+  description = "imgsim serve image (infra/Dockerfile.serve): when set, a Cloud Run service serves the published index and follows LATEST. Empty: no service."
+  type        = string
+  default     = ""
+}
+
+variable "serve_refresh_seconds" {
+  description = "How often the service checks LATEST for a new run to swap in."
+  type        = number
+  default     = 30
+}
+
+variable "serve_min_instances" {
+  description = "Cloud Run instances kept warm (1 keeps the index loaded between requests)."
+  type        = number
+  default     = 1
+}
+
+variable "serve_max_instances" {
+  description = "Cloud Run instances at most."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.serve_max_instances >= 1
+    error_message = "serve_max_instances must be at least 1."
+  }
+}
+
+variable "serve_cpu" {
+  description = "vCPUs per Cloud Run instance."
+  type        = string
+  default     = "2"
+}
+
+variable "serve_memory" {
+  description = "Memory per Cloud Run instance: the index (vectors, ids, searcher) and, for search by image, VGG16."
+  type        = string
+  default     = "4Gi"
+}
+
+variable "serve_public" {
+  description = "Let anyone call the service (roles/run.invoker for allUsers)."
+  type        = bool
+  default     = false
+}
