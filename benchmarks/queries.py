@@ -22,6 +22,7 @@ import argparse
 import datetime
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -60,7 +61,8 @@ def filtered(n: int, dim: int, work: Path, queries: int = 200) -> dict:
     for build, options in (("one_searcher", {}), ("sharded", {"index_shards": 4})):
         out = str(work / build)
         started = time.monotonic()
-        imgsim.build_index(out, ids=ids, vectors=vectors, metadata={"type": kinds}, run_id="f1", **options)
+        if not os.path.exists(os.path.join(out, "LATEST")):  # a --work directory keeps what was built
+            imgsim.build_index(out, ids=ids, vectors=vectors, metadata={"type": kinds}, run_id="f1", **options)
         seconds = time.monotonic() - started
         index = ImageIndex.open(out, cache_dir=str(work / f"cache-{build}"))
         index.similar("item-0", k=10, filters={"type": ["common"]})  # warm-up: loads searchers and filters
@@ -107,7 +109,6 @@ def filtered(n: int, dim: int, work: Path, queries: int = 200) -> dict:
                      "p50_ms": round(float(np.percentile(least, 50)), 2),
                      "p99_ms": round(float(np.percentile(least, 99)), 2)})
         print(json.dumps(rows[-1]), flush=True)
-        shutil.rmtree(work / build, ignore_errors=True)
     return {"n": n, "dim": dim, "queries": queries, "rows": rows}
 
 
@@ -162,8 +163,10 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    parser.add_argument("--work", help="keep the built indexes here (benchmarks.serve_speed reuses them)")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="imgsim-bench-queries-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="imgsim-bench-queries-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         if args.what == "filtered":
             result = {"filtered": filtered(args.n, args.dim, work)}
@@ -171,7 +174,8 @@ def main(argv=None) -> int:
             shared = Path(args.shared)
             result = {"outliers": outliers(shared, str(shared / "models" / "vgg16_imagenet_notop.weights.h5"), work)}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
     result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(json.dumps(result, indent=1))
     results = ROOT / "benchmarks" / "results"

@@ -27,7 +27,7 @@ from imgsim.index.exact import Neighbors, connected_groups, exact_neighbors_and_
 from imgsim.index.publish import publish
 from imgsim.index.searcher import IndexOptions
 from imgsim.index.shard_build import ShardingRefused, check_shardable, tuning_steps
-from imgsim.index.shard_neighbors import groups_report, groups_table
+from imgsim.index.shard_neighbors import BATCH_ROWS, groups_report, groups_table
 from imgsim.index.sharded import build_sharded_artifact
 from imgsim.index.sharding import ShardingOptions
 from imgsim.index.tuning import (RecallQueries, SearchParams, TableTruth, choose, params_for, recall_partial,
@@ -192,7 +192,9 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
     ids_of = np.asarray(ids.to_pylist(), object).__getitem__
     artifact.write_table(table.add_column(0, "row", pa.array(np.arange(n, dtype=np.int64))),
                          os.path.join(staging, "ids.parquet"))
-    artifact.write_table(neighbors_table(ids, neighbors), os.path.join(staging, "neighbors.parquet"))
+    # row groups of BATCH_ROWS: a consumer reads an item's list from one (imgsim.index.readers.RowGroups)
+    artifact.write_table(neighbors_table(ids, neighbors), os.path.join(staging, "neighbors.parquet"),
+                         row_group_rows=BATCH_ROWS)
     artifact.write_table(groups_table(groups, ids_of), os.path.join(staging, "groups.parquet"))
     filterable = filters.write(table, staging)
     isolated = outliers.most_isolated(np.arange(n), outliers.scores(neighbors.scores))

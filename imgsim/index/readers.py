@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imgsim.index import artifact
@@ -52,6 +53,7 @@ class SingleReader:
         self._lock = threading.Lock()
         self._allowed: Optional[Allowed] = None
         self._has_filters = VALUES_FILE in manifest["files"]
+        self._neighbors: Optional[RowGroups] = None
 
     @property
     def count(self) -> int:
@@ -107,8 +109,10 @@ class SingleReader:
         return info.pop("id"), info
 
     def neighbors(self, item_id: str, row: int) -> Optional[dict]:
-        table = pq.read_table(os.path.join(self.local_dir, "neighbors.parquet"), filters=[("id", "=", item_id)])
-        return table.to_pylist()[0] if table.num_rows else None
+        with self._lock:
+            if self._neighbors is None:
+                self._neighbors = RowGroups(os.path.join(self.local_dir, "neighbors.parquet"))
+        return self._neighbors.row(item_id, row)
 
     def groups(self) -> pa.Table:
         return pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
@@ -119,6 +123,39 @@ class SingleReader:
         for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
             table = pa.Table.from_batches([batch])
             yield table.drop_columns(["embedding"]), table_vectors(table)
+
+
+class RowGroups:
+    """Rows of a neighbours table by position (its rows are in the index's row order), a row group
+    at a time, the last few kept: an item's list without reading the table or scanning it. An
+    older table whose row there is another id is searched for the id instead."""
+
+    def __init__(self, path: str, keep: int = 8):
+        self._file = pq.ParquetFile(path)
+        sizes = [self._file.metadata.row_group(g).num_rows for g in range(self._file.metadata.num_row_groups)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._keep = keep
+        self._groups: dict = {}
+        self._lock = threading.Lock()
+
+    def row(self, item_id: str, position: int) -> Optional[dict]:
+        if 0 <= position < self._starts[-1]:
+            group = int(np.searchsorted(self._starts, position, side="right") - 1)
+            table = self._group(group)
+            found = table.slice(position - int(self._starts[group]), 1).to_pylist()[0]
+            if found["id"] == item_id:
+                return found
+        table = self._file.read()
+        matches = table.filter(pc.equal(table.column("id"), item_id))
+        return matches.to_pylist()[0] if matches.num_rows else None
+
+    def _group(self, group: int) -> pa.Table:
+        with self._lock:
+            if group not in self._groups:
+                if len(self._groups) >= self._keep:
+                    self._groups.pop(next(iter(self._groups)))
+                self._groups[group] = self._file.read_row_group(group)
+            return self._groups[group]
 
 
 class _Shard:
@@ -150,6 +187,7 @@ class ShardedReader:
         self._centroids: Optional[np.ndarray] = None
         self._ids: Optional[list] = None
         self._row_of: Optional[dict] = None
+        self._parts: dict = {}  # neighbours part -> its RowGroups
 
     @property
     def count(self) -> int:
@@ -290,11 +328,12 @@ class ShardedReader:
 
     def neighbors(self, item_id: str, row: int) -> Optional[dict]:
         slot = self._slot_of_row(row)
-        rel = part_name(self._entries[slot]["shard"], int(row - self._offsets[slot]) // BATCH_ROWS)
+        local = int(row - self._offsets[slot])
+        rel = part_name(self._entries[slot]["shard"], local // BATCH_ROWS)
         with self._lock:
             self._need(rel)
-        table = pq.read_table(self._path(rel), filters=[("id", "=", item_id)])
-        return table.to_pylist()[0] if table.num_rows else None
+            parts = self._parts.setdefault(rel, RowGroups(self._path(rel)))
+        return parts.row(item_id, local % BATCH_ROWS)
 
     def groups(self) -> pa.Table:
         with self._lock:
