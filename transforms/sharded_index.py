@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from imgsim.index import artifact, outliers
+from imgsim.index import artifact, outliers, strength
 from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
@@ -64,6 +64,7 @@ IDS_TAG = "ids"
 PAIRS = "pairs"
 HITS = "hits"
 ISOLATED = "isolated"
+SCORES = "scores"
 SAMPLE_OVERSHOOT = 1.2  # the Bernoulli pre-sample aims this much above the plan's sample size
 ID_BUCKETS_PER_MILLION = 1
 MIN_ID_BUCKETS = 16
@@ -151,7 +152,7 @@ class BuildShardedIndex(beam.PTransform):
         written = (answers
                    | "OffersByShard" >> beam.GroupByKey()  # file names only: the offers wait in index-work
                    | "WriteParts" >> beam.ParDo(_WriteParts(layout, settings), outcome=outcome_side).with_outputs(
-                       PAIRS, HITS, ISOLATED, main="files"))
+                       PAIRS, HITS, ISOLATED, SCORES, main="files"))
         pairs = written[PAIRS] | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view()
         isolated = (written[ISOLATED]
                     | "MostIsolated" >> beam.CombineGlobally(_MostIsolated()).without_defaults()
@@ -166,6 +167,7 @@ class BuildShardedIndex(beam.PTransform):
                     plan=plan, partitions=partitions_side, outcome=outcome_side,
                     parts=beam.pvalue.AsList(written.files), hits=beam.pvalue.AsList(written[HITS]),
                     groups=beam.pvalue.AsList(groups), isolated=beam.pvalue.AsList(isolated),
+                    scores=beam.pvalue.AsList(written[SCORES]),
                     counts=beam.pvalue.AsList(pcolls["counts"]), repeats=repeats).with_output_types(dict))
 
 
@@ -429,6 +431,7 @@ class _WriteParts(beam.DoFn):
             yield rel, meta
             yield beam.pvalue.TaggedOutput(HITS, outcome.truth.hits(first_row, found.rows, found.scores))
             yield beam.pvalue.TaggedOutput(ISOLATED, part_outliers(first_row, found))
+            yield beam.pvalue.TaggedOutput(SCORES, strength.histogram(found.scores))
             pairs = pairs_from_candidates(first_row, found, self._settings.duplicate_threshold)
             if len(pairs):
                 yield beam.pvalue.TaggedOutput(PAIRS, pairs)
@@ -527,7 +530,7 @@ class _Publish(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, plan, partitions, outcome, parts, hits, groups, isolated, counts, repeats):
+    def process(self, _, plan, partitions, outcome, parts, hits, groups, isolated, scores, counts, repeats):
         if outcome is None:
             return
         self._store.delete_prefix(self._layout.index_work_dir)  # the shards are built
@@ -554,7 +557,7 @@ class _Publish(beam.DoFn):
                                 counts={**add_counts(counts), "indexed": outcome.count,
                                         "repeated_ids": len(repeats)},
                                 groups=groups[0]["report"], table_hits=hits, outliers_kept=isolated[0]["kept"],
-                                model=self._model)
+                                score_counts=scores, model=self._model)
         manifest = artifact.manifest_document(fields, files, outcome.entries)
         result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,
                                   keep_runs=self._settings.keep_runs)

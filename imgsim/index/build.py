@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from imgsim.embed.openvino_backend import IR_FILES as QUANTIZED_FILES
 from imgsim.embed.signature import ModelSignature
-from imgsim.index import artifact, filters, outliers
+from imgsim.index import artifact, filters, outliers, strength
 from imgsim.index.exact import Neighbors, connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors
 from imgsim.index.publish import publish
 from imgsim.index.searcher import IndexOptions
@@ -208,7 +208,8 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
         "count": n,
         "scann": {**scann, "version": scann_version(), "distance": "dot_product"},
         "recall": recall_report,
-        "neighbors": {"k": neighbors.rows.shape[1], "exact": exact, "recall": table_recall},
+        "neighbors": {"k": neighbors.rows.shape[1], "exact": exact, "recall": table_recall,
+                      "score_quantiles": strength.quantiles(strength.histogram(neighbors.scores))},
         "groups": groups_report(groups, settings.duplicate_threshold),
         "filters": filterable,
         "outliers": outliers.report(n, len(isolated[0])),

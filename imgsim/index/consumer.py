@@ -35,6 +35,7 @@ from imgsim.index.filtered import EXACT_MAX, ORDERS
 from imgsim.index.filtered import search as search_filtered
 from imgsim.index.filters import Filter, check
 from imgsim.index.latest import read_latest
+from imgsim.index.strength import strength
 from imgsim.index.readers import ShardedReader, SingleReader
 from imgsim.runs.layout import RunLayout
 from imgsim.storage import ObjectStore, is_gcs, join
@@ -55,10 +56,13 @@ class Match:
     score: float
     rank: int
     metadata: dict
+    strength: Optional[dict] = None  # {"percentile", "label"} (imgsim.index.strength); None for outliers
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "score": round(float(self.score), 6), "rank": self.rank,
-                "metadata": self.metadata}
+        out = {"id": self.id, "score": round(float(self.score), 6), "rank": self.rank, "metadata": self.metadata}
+        if self.strength is not None:
+            out["strength"] = self.strength
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +252,8 @@ class ImageIndex:
         if where:
             keep = self._allowed(where)[rows]
             rows, scores = rows[keep], scores[keep]
-        return [self._match(int(r), float(s), rank) for rank, (r, s) in enumerate(zip(rows[:k], scores[:k]), 1)]
+        return [self._match(int(r), float(s), rank, similarity=False)
+                for rank, (r, s) in enumerate(zip(rows[:k], scores[:k]), 1)]
 
     def check_filters(self, filters: Filters = None, ranges: Ranges = None) -> None:
         """FilterError (one line) unless every column can be filtered so and every value parses."""
@@ -330,9 +335,11 @@ class ImageIndex:
         except KeyError:
             raise KeyError(f"id {item_id!r} is not in the index") from None
 
-    def _match(self, row: int, score: float, rank: int) -> Match:
+    def _match(self, row: int, score: float, rank: int, similarity: bool = True) -> Match:
         item_id, info = self._reader.info(row)
-        return Match(item_id, score, rank, info)
+        told = strength(score, (self.manifest.get("neighbors") or {}).get("score_quantiles") or [],
+                        (self.manifest.get("groups") or {}).get("threshold")) if similarity else None
+        return Match(item_id, score, rank, info, told)
 
     def _model(self, weights: Optional[str], backend: Optional[str] = None):
         with self._lock:

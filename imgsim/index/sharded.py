@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.embed.signature import ModelSignature
-from imgsim.index import artifact, filters, outliers
+from imgsim.index import artifact, filters, outliers, strength
 from imgsim.index.exact import connected_groups
 from imgsim.index.fanout import Candidates, route
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
@@ -141,7 +141,8 @@ def groups_result(pairs: Pairs, threshold: float, ids_of: IdsOf) -> tuple[pa.Tab
 
 def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings, plan: ShardPlan,
                    partitions: Partitions, *, run_id: str, input_description: dict, counts: dict,
-                   groups: dict, table_hits: Sequence, outliers_kept: int, model: Optional[dict] = None) -> dict:
+                   groups: dict, table_hits: Sequence, outliers_kept: int, score_counts: Sequence,
+                   model: Optional[dict] = None) -> dict:
     """The manifest's fields (format 2) besides shards and files; table_hits: the parts'
     (TableTruth.hits)."""
     from imgsim.index.build import scann_version
@@ -165,7 +166,9 @@ def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings,
         "neighbors": {"k": neighbors_k(settings, outcome.count),
                       "exact": uses_exact_neighbors(settings, outcome.count), "batch_rows": BATCH_ROWS,
                       "recall": table_report(table_hits, outcome.recall["k"],
-                                             uses_exact_neighbors(settings, outcome.count))},
+                                             uses_exact_neighbors(settings, outcome.count)),
+                      "score_quantiles": strength.quantiles(np.sum(list(score_counts), axis=0)
+                                                            if len(score_counts) else [])},
         "groups": groups,
         "filters": outcome.filters,
         "outliers": outliers.report(outcome.count, outliers_kept),
@@ -205,13 +208,14 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
         for q, offers in offers_by_query_shard(target_answers(outcome, settings, target, shards, searcher)):
             packs.setdefault(q, []).append(pack_offers(offers))
     k = neighbors_k(settings, outcome.count)
-    pairs, hits, isolated = [], [], []
+    pairs, hits, isolated, histograms = [], [], [], []
     for query in shards:
         for b, batch, merged in merged_batches(query.count, k, packs.pop(query.number)):
             first_row = query.offset + batch.start
             pairs.append(pairs_from_candidates(first_row, merged, settings.duplicate_threshold))
             hits.append(outcome.truth.hits(first_row, merged.rows, merged.scores))
             isolated.append(part_outliers(first_row, merged))
+            histograms.append(strength.histogram(merged.scores))
             write_part(staging, query.number, b, ids_of(query.offset + np.arange(batch.start, batch.stop)), merged,
                        ids_of)
     table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold, ids_of)
@@ -221,7 +225,7 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     write_centroids(os.path.join(staging, CENTROIDS), outcome.centroids)
     fields = sharded_fields(outcome, signature, settings, plan, partitions, run_id=run_id,
                             input_description=input_description, counts=counts, groups=report, table_hits=hits,
-                            outliers_kept=len(rows), model=model)
+                            outliers_kept=len(rows), score_counts=histograms, model=model)
     return artifact.write_manifest(staging, fields, shards=outcome.entries), None
 
 
