@@ -363,7 +363,10 @@ class ExploreOptions(Flags):
                                 required=True)
     run_id: Optional[str] = flag(None, "show this run instead of the one LATEST points at")
     output: Optional[str] = flag(None, "the site's directory, local or gs://", required=True, metavar="SITE")
-    title: Optional[str] = flag(None, "the site's title", default_text="imgsim explorer: RUN_ID")
+    title: Optional[str] = flag(None, "the site's title", default_text="the collection's name: the museum, the "
+                                "manifest's or the folder's")
+    originals: bool = flag(False, "let the site load items' original images from their own hosts (by default "
+                           "it asks nothing of any host but its own unless a visitor asks for an original)")
     facets: Optional[str] = flag(None, "comma-separated metadata fields offered as filters and map colours",
                                  default_text="text fields with 2 to 64 distinct values")
     clusters: int = flag(12, "colours of the map's clusters (k-means)", minimum=1, maximum=255)
@@ -375,7 +378,7 @@ class ExploreOptions(Flags):
 
     def explore_settings(self) -> ExploreSettings:
         facets = tuple(f.strip() for f in self.facets.split(",") if f.strip()) if self.facets else None
-        return ExploreSettings(title=self.title, facets=facets, clusters=self.clusters)
+        return ExploreSettings(title=self.title, facets=facets, clusters=self.clusters, originals=self.originals)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from imgsim.explorer import projection
 from imgsim.explorer import site_format as fmt
 from imgsim.explorer.source import IndexContents
-from imgsim.index import outliers
+from imgsim.index import outliers, strength
 from imgsim.storage import ObjectStore, is_gcs, join
 
 _LOG = logging.getLogger("imgsim.explorer")
@@ -50,6 +50,7 @@ class ExploreSettings:
 
     title: Optional[str] = None
     facets: Optional[tuple[str, ...]] = None
+    originals: bool = False  # load items' original images from their hosts without being asked
     clusters: int = 12
     seed: int = 0
     map_epochs: Optional[int] = None
@@ -127,7 +128,7 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
         signature = contents.manifest.get("model_signature", {})
         site = {
             "format": fmt.FORMAT_VERSION,
-            "title": settings.title or f"imgsim explorer: {contents.run_id}",
+            "title": settings.title or default_title(contents.manifest),
             "run_id": contents.run_id,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "index_created": contents.manifest.get("created"),
@@ -148,6 +149,11 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
                        "mime": thumbs["mime"]},
             "neighbors": {"k": int(neighbor_rows.shape[1])},
             "outliers": {"count": isolated, "score": f"1 - mean cosine of the {outliers.OUTLIER_K} nearest"},
+            # a neighbour's strength: its score's percentile among every neighbour score (imgsim.index.strength)
+            "strength": {"quantiles": strength.quantiles(strength.histogram(neighbor_scores[neighbor_rows >= 0])),
+                         "duplicate": contents.manifest.get("groups", {}).get("threshold"),
+                         "labels": [[floor, label] for floor, label in strength.LABELS]},
+            "originals": settings.originals,
         }
         writer.wait()
         writer.put("data/site.json", json.dumps(site, ensure_ascii=False, separators=(",", ":")).encode())
@@ -166,6 +172,19 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
     return {"site": output, "run_id": contents.run_id, "count": n, "thumbnails": int(thumbs["count"]),
             "groups": len(groups), "facets": [f["name"] for f in facets], "files": writer.files,
             "bytes": writer.bytes, "map": {"neighbourhood_kept": kept}, "seconds": timings}
+
+
+def default_title(manifest: dict) -> str:
+    """A title from what the index was made of: the museum, the manifest's or folder's name."""
+    source = manifest.get("input") or {}
+    kind = source.get("kind")
+    if kind == "cma":
+        return "Cleveland Museum of Art"
+    name = source.get("path") or source.get("pattern") or ""
+    stem = os.path.basename(name.replace("**", "").replace("*", "").rstrip("/")).split(".")[0]
+    if not stem and name:
+        stem = os.path.basename(os.path.dirname(name.replace("**", "").replace("*", "").rstrip("/")))
+    return stem.replace("_", " ").replace("-", " ").strip().capitalize() or "Collection"
 
 
 # --- writing ------------------------------------------------------------------------------------

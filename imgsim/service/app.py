@@ -36,6 +36,7 @@ import contextlib
 import html
 import json
 import logging
+import os
 import threading
 from typing import Optional
 
@@ -205,17 +206,23 @@ def create_app(follower: IndexFollower, *, fetch: FetchConfig, max_upload_bytes:
 
 
 class CurrentSite:
-    """The explorer of the run the API answers from (ASGI): the static app prepared for each artifact."""
+    """The explorer of the run the API answers from (ASGI): the static app prepared for each artifact.
+    Its page is marked as served (`<meta name="imgsim-api">`), so the explorer asks the API for
+    search by image here and never on a static host, where the request would only fail."""
 
     def __init__(self, follower: IndexFollower):
         self.follower = follower
 
     async def __call__(self, scope, receive, send):
         with self.follower.use() as served:
-            static = served.extras.static
+            static, site = served.extras.static, served.extras.site
             if static is None:
                 return await error_response(404, "no explorer for this index (a sharded index has none yet)")(
                     scope, receive, send)
+            if scope["type"] == "http" and scope["path"] in ("/", "/index.html"):
+                with open(os.path.join(site, "index.html"), encoding="utf-8") as f:
+                    page = f.read().replace("<head>", '<head>\n<meta name="imgsim-api" content="api/">', 1)
+                return await HTMLResponse(page, headers={"cache-control": "no-cache"})(scope, receive, send)
             return await static(scope, receive, send)
 
 

@@ -37,6 +37,30 @@
   const isHttp = (u) => typeof u === "string" && /^https?:\/\//i.test(u);
   const itemHref = (id) => "#item=" + encodeURIComponent(id);
   const fmtInt = (n) => Number(n).toLocaleString("en");
+  const plural = (n, one, many) => `${fmtInt(n)} ${Number(n) === 1 ? one : many || one + "s"}`;
+  // A long path-like id keeps its end (the file name), not its start: "…/IMG_1234.jpg".
+  const caption = (text) => {
+    const s = String(text);
+    const cut = s.lastIndexOf("/", s.length - 2);
+    return s.length > 28 && cut > 0 ? "…" + s.slice(cut) : s;
+  };
+  // A neighbour's strength in this collection's own terms (imgsim.index.strength): the score's
+  // percentile among every neighbour score, and a word for it.
+  function strengthOf(score) {
+    const st = S.site.strength || {};
+    const q = st.quantiles || [];
+    if (!q.length) return null;
+    let p = 100;
+    if (score <= q[0]) p = 0;
+    else for (let i = 1; i < q.length; i++) {
+      if (score <= q[i]) { p = ((i - 1) + (q[i] > q[i - 1] ? (score - q[i - 1]) / (q[i] - q[i - 1]) : 1)) * 100 / (q.length - 1); break; }
+    }
+    if (st.duplicate !== null && st.duplicate !== undefined && score >= st.duplicate) return { p, label: "near-duplicate" };
+    const label = (st.labels || []).find(([floor]) => p >= floor);
+    return { p, label: label ? label[1] : "" };
+  }
+  // Originals come from other hosts: loaded only where the site allows it or the visitor asked.
+  const originalsAllowed = () => Boolean(S.site.originals || S.showOriginals);
   function status(text) { statusLine.textContent = text || ""; }
 
   async function getJSON(path) {
@@ -120,10 +144,10 @@
                         dataset: { source: "none" }, text: "no image" });
   }
   function picture(c, cls) {
-    if (!c.thumb && !isHttp(c.url)) return noPicture(c, cls);
+    if (!c.thumb && !(isHttp(c.url) && originalsAllowed())) return noPicture(c, cls);
     const img = el("img", { class: cls || "thumb", alt: c.title || c.id, loading: "lazy", decoding: "async" });
     const original = () => {
-      if (isHttp(c.url) && img.dataset.source !== "url") {
+      if (isHttp(c.url) && originalsAllowed() && img.dataset.source !== "url") {
         img.dataset.source = "url";
         img.src = c.url;
       } else {
@@ -142,7 +166,7 @@
   function cardLink(c, extra) {
     return el("a", { class: "card", href: itemHref(c.id), title: c.title, dataset: { id: c.id, row: c.row } },
       el("span", { class: "frame" }, picture(c)),
-      el("span", { class: "caption" }, el("span", { class: "title", text: c.title }), extra || null));
+      el("span", { class: "caption" }, el("span", { class: "title", text: caption(c.title) }), extra || null));
   }
 
   // --- selection: search and facets --------------------------------------------------------------
@@ -194,8 +218,11 @@
     return rows;
   }
 
+  // A cell a spreadsheet shows and never runs: text starting with = + - @ (or a tab or carriage
+  // return before one) would be a formula there (OWASP's CSV injection), so it gets a leading '.
   function csvCell(value) {
-    const text = value === null || value === undefined ? "" : String(value);
+    let text = value === null || value === undefined ? "" : String(value);
+    if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;
     return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
   async function downloadCsv(rows, button) {
@@ -230,7 +257,8 @@
         list.append(el("li", {}, el("label", {},
           el("input", { type: "checkbox", checked: chosen.has(value), dataset: { facet: f.name, value },
             onchange: () => { location.hash = hashFor(q, next); } }),
-          ` ${value} `, el("span", { class: "count", text: fmtInt(f.counts[i]) }))));
+          ` ${value} `, el("span", { class: "count", dataset: { facet: f.name, index: i + 1 },
+                                      text: fmtInt(f.counts[i]) }))));
       });
       side.append(el("section", {}, el("h3", { text: f.name.replace(/_/g, " ") }), list));
     }
@@ -243,8 +271,9 @@
     const rows = await selectRows(q, facets, token);
     if (token !== S.token) return;
     const total = rows ? rows.length : S.site.count;
-    heading.textContent = rows ? `${fmtInt(total)} of ${fmtInt(S.site.count)} items` : `${fmtInt(total)} items`;
+    heading.textContent = rows ? `${fmtInt(total)} of ${plural(S.site.count, "item")}` : plural(total, "item");
     heading.dataset.count = total;
+    if (rows) countFacets(rows, side, token);
     csv.addEventListener("click", () => downloadCsv(rows, csv));
     let shown = 0;
     const showMore = async () => {
@@ -264,6 +293,19 @@
         if (entries.some((e) => e.isIntersecting) && shown < total) showMore();
       }, { rootMargin: "600px" });
       watcher.observe(more);
+    }
+  }
+
+  // Each facet value's count within the current selection, not the whole collection.
+  async function countFacets(rows, side, token) {
+    for (const f of S.site.facets) {
+      const codes = await facetCodes(f);
+      if (token !== S.token) return;
+      const counts = new Uint32Array(f.values.length + 1);
+      for (const row of rows) counts[codes[row]]++;
+      for (const span of side.querySelectorAll(`span.count[data-facet="${CSS.escape(f.name)}"]`)) {
+        span.textContent = fmtInt(counts[Number(span.dataset.index)]);
+      }
     }
   }
 
@@ -295,11 +337,22 @@
     const self = { id: it.id, url: it.url, thumb: it.th, title, row: it.r };
     const big = picture(self, "large");
     big.loading = "eager";
-    if (it.th && isHttp(it.url)) {  // the thumbnail at once, the original when it arrives
+    // The original comes from another host: only when the site allows it or the visitor asks.
+    const showOriginal = () => {
       const full = new Image();
-      full.onload = () => { if (token === S.token) { big.src = it.url; big.dataset.source = "url"; } };
+      full.onload = () => {
+        if (token !== S.token) return;
+        if (big.tagName === "IMG") { big.src = it.url; big.dataset.source = "url"; }
+        else big.replaceWith(el("img", { class: "large", src: it.url, alt: title, dataset: { source: "url" } }));
+      };
       full.src = it.url;
-    }
+    };
+    let host = "";
+    try { host = isHttp(it.url) ? new URL(it.url).host : ""; } catch (e) { host = ""; }
+    const askOriginal = host && !S.site.originals
+      ? el("button", { type: "button", class: "original", text: `Show the original (from ${host})`,
+                       onclick: (ev) => { ev.target.remove(); showOriginal(); } }) : null;
+    if (host && S.site.originals) showOriginal();
     const record = Object.entries(it.m).find(([k, v]) => /record_url|^url_|_url$|^link$/i.test(k) && isHttp(v));
     const links = el("p", { class: "links" },
       record ? el("a", { class: "record", href: record[1], rel: "noopener", target: "_blank", text: "View the record ↗" }) : null,
@@ -307,16 +360,20 @@
       it.g !== null && it.g !== undefined ? el("a", { href: `#view=groups&page=${Math.floor(it.g / S.site.groups.page)}&g=${it.g}`, text: "Its near-duplicates" }) : null);
     const list = el("div", { class: "grid neighbours", id: "neighbours" });
     main.replaceChildren(el("article", { class: "item", dataset: { id: it.id } },
-      el("div", { class: "figure" }, big),
+      el("div", { class: "figure" }, big, askOriginal),
       el("div", { class: "details" }, el("h1", { text: title }), links, metadataTable(it))),
-      el("h2", { text: it.n.length ? `Most similar (${it.n.length})` : "No neighbours" }), list);
+      el("h2", { text: it.n.length ? `The ${plural(it.n.length, "most similar item", "most similar items")}` : "No neighbours" }), list);
     const neighbours = [...it.n].sort((a, b) => b[1] - a[1]);
     const cards = await Promise.all(neighbours.map(([row]) => card(row)));
     if (token !== S.token) return;
     cards.forEach((c, i) => {
       const score = neighbours[i][1];
-      const node = cardLink(c, el("span", { class: "score", text: score.toFixed(3) }));
+      const st = strengthOf(score);
+      const label = st ? `${st.label} · top ${Math.max(1, Math.round(100 - st.p))}%` : score.toFixed(3);
+      const node = cardLink(c, el("span", { class: `score${st ? " " + st.label.replace(/[^a-z]+/g, "-") : ""}`,
+                                            title: `cosine ${score.toFixed(3)}`, text: label }));
       node.dataset.score = score;
+      if (st) { node.dataset.strength = st.label; node.dataset.percentile = st.p.toFixed(1); }
       list.append(node);
     });
   }
@@ -327,7 +384,7 @@
     const page = Math.max(0, Math.min(Number(params.get("page") || 0), Math.max(0, g.pages - 1)));
     const focus = params.get("g");
     const head = el("div", { class: "toolbar" }, el("h2", {
-      text: g.count ? `${fmtInt(g.count)} near-duplicate groups (${fmtInt(g.items)} items, cosine ≥ ${g.threshold})` : "No near-duplicate groups",
+      text: g.count ? `${plural(g.count, "near-duplicate group")} (${plural(g.items, "item")}, cosine ≥ ${g.threshold})` : "No near-duplicate groups",
     }));
     const list = el("div", { class: "groups", id: "groups" });
     const pager = el("p", { class: "pager" },
@@ -341,7 +398,7 @@
       const cards = await Promise.all(group.rows.map(card));
       const strip = el("div", { class: "strip" }, cards.map((c) => cardLink(c)));
       const section = el("section", { class: "group", id: `group-${group.g}`, dataset: { size: group.size } },
-        el("h3", { text: `Group ${group.g + 1} · ${group.size} items` + (group.size > group.rows.length ? ` (first ${group.rows.length} shown)` : "") }),
+        el("h3", { text: `Group ${group.g + 1} · ${plural(group.size, "item")}` + (group.size > group.rows.length ? ` (first ${group.rows.length} shown)` : "") }),
         strip);
       list.append(section);
       if (String(group.g) === focus) { section.classList.add("focus"); section.scrollIntoView({ block: "center" }); }
@@ -352,7 +409,7 @@
     const o = S.site.outliers || { count: 0 };
     const grid = el("div", { class: "grid", id: "outliers" });
     main.replaceChildren(el("div", { class: "toolbar" }, el("h2", {
-      text: o.count ? `The ${fmtInt(o.count)} items least like any other` : "No outlier scores in this site",
+      text: o.count ? `The ${plural(o.count, "item")} least like any other` : "No outlier scores in this site",
     })), el("p", { class: "note", text: "Most isolated first: blank frames, mis-scans and wrongly catalogued items tend to gather here. Isolation is " + (o.score || "") + "." }), grid);
     if (!o.count) return;
     const list = await getJSON("data/outliers.json");
@@ -480,7 +537,14 @@
     resize();
     let geometry = draw();
     fillLegend();
-    select.addEventListener("change", () => { colourBy = select.value; recolour(); });
+    select.addEventListener("change", () => {
+      colourBy = select.value;
+      const p = new URLSearchParams(location.hash.slice(1));
+      p.set("view", "map");
+      if (colourBy === "cluster") p.delete("color"); else p.set("color", colourBy);
+      history.replaceState(null, "", "#" + p.toString());  // kept in the address, without a redraw from scratch
+      recolour();
+    });
     const toData = (ev) => {
       const r = canvas.getBoundingClientRect();
       const x = (ev.clientX - r.left) * ratio, y = (ev.clientY - r.top) * ratio;
@@ -618,7 +682,8 @@
     });
     window.addEventListener("hashchange", route);
     route();
-    // Served by `imgsim serve`: search by an uploaded image too.
+    // Served by `imgsim serve` (which marks the page; a static host does not): search by image too.
+    if (!document.querySelector('meta[name="imgsim-api"]')) return;
     fetch("api/healthz").then((r) => (r.ok ? r.json() : null)).then((health) => {
       if (health && health.search) {
         S.served = true;
