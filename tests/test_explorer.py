@@ -39,9 +39,23 @@ def distinct_image(seed: int) -> bytes:
     return jpeg(Image.fromarray(grid).resize((320, 240), Image.Resampling.NEAREST))
 
 
+FORMULAS = {"1962.2": "=1+1", "1965.233": "@SUM(A1:A2)", "1977.43": "-2+3"}  # titles a spreadsheet would run
+
+
+def plant_formulas(records):
+    for record in records:
+        record["title"] = FORMULAS.get(record["accession_number"], record["title"])
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+
+def serve_directory(root: Path) -> http.server.ThreadingHTTPServer:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +64,16 @@ def site(shared, notop_weights, tmp_path_factory):
     records = json.loads((Path(shared) / "data" / "cma" / "artworks_page.json").read_text())["data"]
     urls = [server.file(f"/cdn/{i}.jpg", distinct_image(i)) for i in range(len(records))]
     urls[1] = urls[0]  # the planted pair: two records, the same bytes
-    api = cma_api(server, shared, urls)
+    api = cma_api(server, shared, urls, edit=plant_formulas)
     out = tmp_path_factory.mktemp("explorer-out")
     result = run_pipeline("--input", "cma", "--cma-api-url", api, "--output", str(out), "--run-id", "r1", "--site",
                           "--weights", notop_weights, "--layer", "pool", handler=FakeModelHandler())
     assert result["summary"]["site"]["built"] and result["summary"]["site"]["stable_site_updated"]
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(out)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = serve_directory(out)
     index = out / "runs" / "r1" / "index"
     neighbours = {r["id"]: r for r in pq.read_table(index / "neighbors.parquet").to_pylist()}
     yield {"base": f"http://127.0.0.1:{httpd.server_address[1]}", "records": records, "out": out,
+           "cdn": f"127.0.0.1:{server.port}",
            "neighbours": neighbours, "pair": {records[0]["accession_number"], records[1]["accession_number"]},
            "shots": tmp_path_factory.mktemp("screenshots")}
     httpd.shutdown()
@@ -221,3 +235,153 @@ def test_docs_screenshot_is_present():
     docs = Path(__file__).resolve().parents[1] / "docs"
     assert (docs / "explorer-item.png").stat().st_size > 10_000
     assert "docs/explorer-item.png" in (docs.parent / "README.md").read_text(encoding="utf-8")
+
+
+# --- every control right (a test per control a curator reported broken) ---------------------------
+
+@pytest.fixture(scope="module")
+def photos(shared, notop_weights, tmp_path_factory):
+    """A folder collection with path ids deep enough to be cut, more items than one page of the
+    grid (120), and a title of the user's own."""
+    root = tmp_path_factory.mktemp("fieldwork")
+    clipart = sorted((Path(shared) / "data" / "openclipart").glob("*.png"))[:130]
+    for i, source in enumerate(clipart):
+        folder = root / "2019 summer fieldwork" / f"box {i % 2 + 1:02d}" / "scans"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / source.name).write_bytes(source.read_bytes())
+    out = tmp_path_factory.mktemp("fieldwork-out")
+    result = run_pipeline("--input", f"{root}/**/*.png", "--output", str(out), "--run-id", "p1", "--site",
+                          "--title", "Fieldwork scans", "--weights", notop_weights, "--layer", "pool",
+                          handler=FakeModelHandler())
+    assert result["summary"]["site"]["built"]
+    httpd = serve_directory(out)
+    yield {"base": f"http://127.0.0.1:{httpd.server_address[1]}", "count": len(clipart)}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_show_more_is_there_only_while_there_is_more_and_loads_the_rest(page, site, photos):
+    open_view(page, site, "", "collection")
+    page.wait_for_function("() => document.querySelectorAll('#grid a.card').length === 36")
+    assert page.is_hidden("button.more")  # everything is shown: no button (a CSS rule once overrode [hidden])
+    page.goto(f"{photos['base']}/runs/p1/site/index.html")
+    page.wait_for_function("() => document.querySelectorAll('#grid a.card').length === 120", timeout=15000)
+    assert page.is_visible("button.more")
+    page.click("button.more")
+    page.wait_for_function(f"() => document.querySelectorAll('#grid a.card').length === {photos['count']}")
+    assert page.is_hidden("button.more")
+
+
+def test_path_ids_keep_their_file_name_and_the_site_has_its_title(page, site, photos):
+    page.goto(f"{photos['base']}/runs/p1/site/index.html")
+    page.wait_for_selector("main[data-ready='collection']", timeout=15000)
+    cards = page.eval_on_selector_all("#grid a.card", "cs => cs.map(c => [c.dataset.id, c.title, "
+                                      "c.querySelector('.caption .title').textContent])")
+    for item_id, title, caption in cards:
+        assert title == item_id and item_id.startswith("2019 summer fieldwork/box 0")
+        assert caption == "…/" + item_id.rsplit("/", 1)[1], caption  # the file name, not the folder
+    assert page.inner_text(".brand") == "Fieldwork scans" and page.title().startswith("Fieldwork scans")
+    open_view(page, site, "", "collection")  # no --title: the collection's name, not the run id
+    assert page.inner_text(".brand") == "Cleveland Museum of Art"
+
+
+def test_counts_read_as_one_item_and_many_items(page, site):
+    open_view(page, site, "#view=groups", "groups")
+    assert page.inner_text("main h2").startswith("1 near-duplicate group (2 items, cosine ≥ ")
+    open_view(page, site, "#q=sharkey", "collection")
+    page.wait_for_function("() => document.querySelector('h2.result-count').dataset.count === '1'")
+    assert page.inner_text("h2.result-count") == "1 of 36 items"
+    open_view(page, site, "#item=1915.534", "item")
+    assert "The 20 most similar items" in page.inner_text("main")
+
+
+def test_a_static_site_asks_no_api_and_no_other_host_until_the_visitor_asks(page, site):
+    """Served from a plain static host, no view requests /api (it would 404 in the console) or
+    anything from another host; the item page offers the original and only then fetches it."""
+    asked = []
+    page.on("request", lambda r: asked.append(r.url))
+    for hash_, view in (("", "collection"), ("#item=1915.534", "item"), ("#view=groups", "groups"),
+                        ("#view=outliers", "outliers"), ("#view=map", "map")):
+        open_view(page, site, hash_, view)
+        page.wait_for_load_state("networkidle")
+    foreign = [u for u in asked if not u.startswith(site["base"] + "/") and not u.startswith(("blob:", "data:"))]
+    assert not foreign and not [u for u in asked if "/api/" in u], (foreign, asked)
+
+    open_view(page, site, "#item=1922.1133", "item")
+    button = page.locator("button.original")
+    assert button.inner_text() == f"Show the original (from {site['cdn']})"
+    asked.clear()
+    button.click()
+    page.wait_for_function("() => { const i = document.querySelector('article img.large[data-source=url]');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    assert [u for u in asked if site["cdn"] in u and "/cdn/" in u]
+
+
+def test_each_views_state_is_in_the_address_and_survives_a_reload(page, site):
+    open_view(page, site, "#view=map", "map")
+    page.select_option("#color-by", "type")
+    page.wait_for_function("() => document.querySelectorAll('.legend span').length === 4")
+    assert "color=type" in page.url
+    page.reload()
+    page.wait_for_selector("main[data-ready='map']", timeout=15000)
+    assert page.eval_on_selector("#color-by", "s => s.value") == "type"
+    page.wait_for_function("() => document.querySelectorAll('.legend span').length === 4")
+
+    open_view(page, site, "", "collection")
+    page.fill("#search", "portrait")
+    page.press("#search", "Enter")
+    page.wait_for_function("() => document.querySelector('main').dataset.ready === 'collection' && "
+                           "document.querySelector('h2.result-count').dataset.count !== undefined")
+    page.check("input[data-facet='type'][data-value='Painting']")
+    page.wait_for_function("() => document.querySelector('input[data-facet=type][data-value=Painting]').checked")
+    count = page.get_attribute("h2.result-count", "data-count")
+    page.reload()
+    page.wait_for_selector("main[data-ready='collection']", timeout=15000)
+    page.wait_for_function(f"() => document.querySelector('h2.result-count').dataset.count === '{count}'")
+    assert page.is_checked("input[data-facet='type'][data-value='Painting']")
+    assert page.input_value("#search") == "portrait"
+
+
+def test_facet_counts_follow_the_current_selection(page, site):
+    open_view(page, site, "", "collection")
+    whole = {r["type"] for r in site["records"]}
+    counts = lambda: page.eval_on_selector_all(  # noqa: E731
+        "input[data-facet='type']", "xs => Object.fromEntries(xs.map(x => [x.dataset.value, "
+        "x.closest('label').querySelector('.count').textContent]))")
+    assert counts() == {t: str(sum(r["type"] == t for r in site["records"])) for t in whole}
+    page.fill("#search", "sharkey")
+    page.press("#search", "Enter")
+    page.wait_for_function("() => document.querySelector('h2.result-count').dataset.count === '1'")
+    page.wait_for_function("() => document.querySelector(\"input[data-value='Painting']\")"
+                           ".closest('label').querySelector('.count').textContent === '1'")
+    assert counts() == {t: "1" if t == "Painting" else "0" for t in whole}  # Stag at Sharkey's is a painting
+
+
+def test_csv_cells_are_never_formulas(page, site):
+    open_view(page, site, "", "collection")
+    page.wait_for_function("() => document.querySelector('h2.result-count').dataset.count === '36'")
+    with page.expect_download() as download:
+        page.click("button.csv")
+    text = Path(download.value.path()).read_text(encoding="utf-8")
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert len(rows) == 36
+    for item_id, formula in FORMULAS.items():
+        assert rows[item_id]["title"] == "'" + formula  # shown as text by Excel, LibreOffice and Sheets
+    assert all(not v.startswith(("=", "+", "-", "@")) for r in rows.values() for v in r.values() if v)
+
+
+def test_neighbours_say_how_strong_they_are_with_the_score_on_hover(page, site):
+    twin, other = sorted(site["pair"])
+    open_view(page, site, f"#item={twin}", "item")
+    page.wait_for_function("() => document.querySelectorAll('#neighbours a.card').length === 20")
+    cards = page.eval_on_selector_all("#neighbours a.card", "cs => cs.map(c => [c.dataset.id, c.dataset.strength, "
+                                      "+c.dataset.percentile, c.querySelector('.score').textContent, "
+                                      "c.querySelector('.score').title, +c.dataset.score])")
+    assert cards[0][0] == other and cards[0][1] == "near-duplicate"  # the planted pair
+    labels = {"near-duplicate", "very strong", "strong", "moderate", "weak"}
+    for _, label, share, text, hover, score in cards:
+        assert label in labels and text.startswith(label + " · top ") and hover == f"cosine {score:.3f}"
+    shares = [c[2] for c in cards]
+    assert shares == sorted(shares, reverse=True) and shares[-1] < shares[1]
+    assert {c[1] for c in cards[1:]} - {"near-duplicate"}  # the others are graded, not all the same word
+    shot(page, site, "strengths")

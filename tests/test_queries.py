@@ -171,6 +171,31 @@ def test_outliers_find_the_isolated_items(collection):
         assert all(m.metadata["type"] == "common" for m in filtered)
 
 
+def test_strengths_are_percentiles_of_the_collections_own_neighbour_scores(collection):
+    """A match's strength is where its score falls among every item's table neighbour scores (here
+    recomputed exactly), labelled by that percentile; the same for one searcher and shards."""
+    vectors = collection["vectors"]
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    told = {}
+    for kind in ("one", "sharded"):
+        index = open_index(collection, kind)
+        k = index.manifest["neighbors"]["k"]
+        every = np.sort(np.partition(sims, -k, axis=1)[:, -k:].ravel())
+        got = index.similar("item-11", k=20)
+        for m in got:
+            share = 100.0 * np.searchsorted(every, m.score, side="right") / every.size
+            assert m.strength["percentile"] == pytest.approx(share, abs=1.5), (m.score, share)
+            floor = {"very strong": 90, "strong": 70, "moderate": 40, "weak": 0}[m.strength["label"]]
+            assert floor <= m.strength["percentile"] + 1e-9
+        assert [m.strength["percentile"] for m in got] == sorted((m.strength["percentile"] for m in got), reverse=True)
+        assert all(m.strength is None for m in index.outliers(k=3))  # isolation is not a similarity
+        told[kind] = [m.strength["label"] for m in got]
+    assert told["one"] == told["sharded"]
+    least = open_index(collection, "one").similar("item-11", k=3, order="least")
+    assert {m.strength["label"] for m in least} == {"weak"} and least[0].strength["percentile"] == 0.0
+
+
 def test_the_same_answers_over_python_the_command_line_and_http(collection, capsys):
     from fastapi.testclient import TestClient
 

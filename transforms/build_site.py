@@ -24,19 +24,21 @@ _LOG = logging.getLogger("imgsim.explorer")
 class BuildSite(beam.PTransform):
     """index reports -> one site report dict."""
 
-    def __init__(self, layout: RunLayout):
+    def __init__(self, layout: RunLayout, settings: ExploreSettings = ExploreSettings()):
         super().__init__()
         self._layout = layout
+        self._settings = settings
 
     def expand(self, index_reports):
         return (index_reports.pipeline
                 | "Once" >> beam.Impulse()
-                | "BuildExplorer" >> beam.ParDo(_BuildSiteFn(self._layout), reports=beam.pvalue.AsList(index_reports)))
+                | "BuildExplorer" >> beam.ParDo(_BuildSiteFn(self._layout, self._settings), reports=beam.pvalue.AsList(index_reports)))
 
 
 class _BuildSiteFn(beam.DoFn):
-    def __init__(self, layout: RunLayout):
+    def __init__(self, layout: RunLayout, settings: ExploreSettings):
         self._layout = layout
+        self._settings = settings
 
     def setup(self):
         self._store = ObjectStore()
@@ -48,7 +50,7 @@ class _BuildSiteFn(beam.DoFn):
             return
         try:
             contents = IndexContents.open(self._layout.index_dir, store=self._store)
-            built = build_site(contents, self._layout.site_dir, ExploreSettings(), self._store)
+            built = build_site(contents, self._layout.site_dir, self._settings, self._store)
         except Exception as e:  # the run's data and index are good whatever happens here
             _LOG.exception("the explorer could not be built")
             yield {"built": False, "reason": f"{type(e).__name__}: {e}"[:500]}

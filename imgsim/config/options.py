@@ -94,6 +94,10 @@ class OutputFlags(Flags):
                             "for the model) to runs/RUN_ID/thumbnails/, for the explorer", label="Thumbnails")
     site: bool = flag(False, "after publishing, build the explorer (a static site) into runs/RUN_ID/site/ and "
                       "point OUTPUT/site/index.html at it", label="Explorer site")
+    title: Optional[str] = flag(None, "the explorer site's title (with --site)", label="Site title",
+                                default_text="the collection's name: the museum, the manifest's or the folder's")
+    originals: bool = flag(False, "let the explorer site load items' original images from their own hosts (with "
+                           "--site)", label="Site loads originals")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +233,8 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
             raise ConfigError("--min-batch-size and --max-batch-size need 1 <= min <= max")
         if self.site and self.no_index:
             raise ConfigError("--site shows the index: it cannot be combined with --no-index")
+        if (self.title is not None or self.originals) and not self.site:
+            raise ConfigError("--title and --originals describe the explorer site: add --site")
         if self.run_id is not None:
             _checked(check_run_id, self.run_id)
         worst = max_decode_cost(self.max_image_pixels)
@@ -238,6 +244,7 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
                               "--decode-memory-mb or lower --max-image-pixels")
         # Building the typed configurations checks whatever the flags alone could not.
         _checked(self.fetch_config)
+        _checked(self.site_settings)
         _checked(self.model_spec)
         _checked(self.decode_config)
         _checked(self.cma_query)
@@ -257,6 +264,9 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
         """The museum API's pages: the same guard and limits, a larger cap, never robots-gated."""
         fetch = self.fetch_config()
         return dataclasses.replace(fetch, max_bytes=max(fetch.max_bytes, API_MAX_BYTES), respect_robots=False)
+
+    def site_settings(self) -> ExploreSettings:
+        return ExploreSettings(title=self.title, originals=self.originals)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(layer=self.layer, weights=self.weights, precision=self.precision, backend=self.backend)

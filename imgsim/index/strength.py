@@ -34,7 +34,9 @@ def quantiles(counts: Sequence[int], points: int = 101) -> list[float]:
     edges = np.linspace(-1.0, 1.0, BINS + 1)
     targets = np.linspace(0.0, 1.0, points)
     at = np.searchsorted(cumulative, targets, side="left").clip(0, BINS - 1)
-    return [round(float(edges[i + 1]), 4) for i in at]
+    values = edges[at + 1]
+    values[0] = edges[np.flatnonzero(counts)[0]]  # 0%: the lowest score's bin starts, not the first bin's end
+    return [round(float(v), 4) for v in values]
 
 
 def percentile(score: float, score_quantiles: Sequence[float]) -> Optional[float]:
