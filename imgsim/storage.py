@@ -155,13 +155,18 @@ class ObjectStore:
 
     # writing
     def write_bytes(self, path: str, data: bytes, content_type: str = "application/octet-stream",
-                    if_generation_match: Optional[int] = None) -> None:
-        """Write whole. if_generation_match: compare-and-swap (0 = must not exist yet)."""
+                    if_generation_match: Optional[int] = None, cache_control: Optional[str] = None) -> None:
+        """Write whole. if_generation_match: compare-and-swap (0 = must not exist yet); cache_control:
+        the object's Cache-Control header on GCS (a local file has none)."""
         if is_gcs(path):
             from google.api_core.exceptions import PreconditionFailed as GcsPreconditionFailed
             kwargs = {} if if_generation_match is None else {"if_generation_match": if_generation_match}
+            blob = self._blob(path)
+            blob.content_type = content_type  # in the object's metadata too, parameters (charset) included
+            if cache_control is not None:
+                blob.cache_control = cache_control
             try:
-                self._blob(path).upload_from_string(data, content_type=content_type, **kwargs)
+                blob.upload_from_string(data, content_type=content_type, **kwargs)
             except GcsPreconditionFailed as e:
                 raise PreconditionFailed(f"{path} changed since it was read ({e.message})") from None
             return

@@ -111,7 +111,7 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
             plan.layout, plan.index, plan.input.describe(), plan.latest_generation, plan.model_report(),
             plan.quantized.directory if plan.quantized else None, sharding=index_sharding(p, plan))
         if o.site:
-            outputs["site"] = outputs["index"] | "BuildSite" >> BuildSite(plan.layout, o.site_settings())
+            outputs["site"] = outputs["index"] | "BuildSite" >> BuildSite(plan.layout, o.site_settings(), o.site_output)
     reuse_report = {"sources": [s.describe() for s in plan.reuse_sources], "notes": list(plan.reuse_notes)}
     outputs["summary"] = outputs | "WriteRunSummary" >> WriteRunSummary(
         plan.layout, plan.input.describe(), plan.signature.to_dict(), plan.started_at, reuse_report,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -97,3 +98,17 @@ def _read_dir(path: str) -> pa.Table:
 
 def by_id(table: pa.Table) -> dict:
     return {row["id"]: row for row in table.to_pylist()}
+
+
+def site_data(page: str, path: str = "data/site.json") -> str:
+    """Where a file of the build an explorer entry page names lives, relative to the site."""
+    from imgsim.explorer import site_format
+
+    build = site_format.build_of(page)
+    assert build, "the page names no build"
+    return site_format.build_dir(build) + path
+
+
+def local_site_json(site: str) -> dict:
+    with open(os.path.join(site, "index.html"), encoding="utf-8") as f:
+        return json.load(open(os.path.join(site, site_data(f.read()))))

@@ -76,6 +76,8 @@ def test_run_embeds_the_clip_art_benchmark_with_every_row_accounted(server, shar
     (["--input", "cma", "--output", "o", "--max-batch-size", "0"], "--max-batch-size"),
     (["--input", "cma", "--output", "o", "--run-id", "../escape"], "--run-id"),
     (["--input", "cma", "--output", "o", "--bogus-flag"], "unknown option"),
+    (["--input", "cma", "--output", "o", "--site-output", "gs://b/site"], "describe the explorer site: add --site"),
+    (["--input", "cma", "--output", "o", "--title", "T"], "describe the explorer site: add --site"),
 ])
 def test_bad_configuration_fails_fast_with_one_line(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -1,18 +1,27 @@
 """gs:// for real: a GCS API emulator on 127.0.0.1 behind Beam's sinks, the artifact and the consumer."""
+import io
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from imgsim.index.artifact import ArtifactError
 from imgsim.index.latest import read_latest
 from imgsim.index.consumer import ImageIndex
 from imgsim.storage import ObjectStore, PreconditionFailed
 from imgsim.cli import main
-from pipeline_helpers import read_run, write_manifest
+from pipeline_helpers import read_run, run_pipeline, site_data, write_manifest
 from test_index import FailingStore, clustered, embeddings_table, publish_table
+
+
+def client_blob(store: ObjectStore, path: str):
+    """The object's metadata as GCS stores it (content type, cache control)."""
+    bucket, name = path[len("gs://"):].split("/", 1)
+    return store.client.bucket(bucket).get_blob(name)
 
 
 @pytest.fixture
@@ -157,3 +166,71 @@ def test_a_sharded_index_on_gcs_is_verified_and_read_shard_by_shard(bucket, tmp_
         fresh.vectors()
     assert main(["verify", "--index", output]) == 1
     assert "vectors.npy does not match the manifest" in capsys.readouterr().err
+
+
+def test_the_explorer_publishes_to_a_bucket_with_content_types_and_cache_headers(bucket, tmp_path):
+    """`imgsim explore --output gs://...`: what a bucket's public website serves as is. Each build is
+    a folder cached for a year; the entry page, revalidated on every visit, names the newest; a
+    rebuild keeps the previous build for visitors still on the old page and deletes older ones."""
+    import imgsim
+    from imgsim.explorer import site_format
+    from imgsim.explorer.forward import point_site_at
+
+    output = f"{bucket}/museum"
+    imgsim.build_index(output, ids=[f"item-{i}" for i in range(300)], vectors=clustered(300, dim=16, seed=3),
+                       run_id="r1", neighbors_k=5)
+    site = f"{output}/site"
+    store = ObjectStore()
+    blob = lambda path: client_blob(store, path)  # noqa: E731
+    builds = []
+    for attempt in range(3):
+        assert main(["explore", "--index", output, "--output", site, "--title", f"Museum {attempt}",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+        page = store.read_bytes(f"{site}/index.html").decode()
+        builds.append(site_format.build_of(page))
+        entry = blob(f"{site}/index.html")
+        assert entry.content_type == "text/html; charset=utf-8" and entry.cache_control == "no-cache"
+        root = f"{site}/{site_format.build_dir(builds[-1])}"
+        assert f'src="{site_format.build_dir(builds[-1])}app.js"' in page
+        expected = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+                    "data/site.json": "application/json", "data/cards/00000.json": "application/json",
+                    "data/search/00000.txt": "text/plain; charset=utf-8", "data/map.bin": "application/octet-stream"}
+        for rel, content_type in expected.items():
+            got = blob(root + rel)
+            assert got is not None, (rel, store.list(root))
+            assert (got.content_type, got.cache_control) == (content_type, "public, max-age=31536000, immutable"), rel
+        assert json.loads(store.read_bytes(root + "data/site.json"))["title"] == f"Museum {attempt}"
+    assert len(set(builds)) == 3
+    left = {path[len(site) + 3:].split("/", 1)[0] for path in store.list(f"{site}/b")}
+    assert left == set(builds[1:])  # the newest and the one before it
+
+    assert point_site_at(store, output, "r1")  # `run --site`'s stable address: an entry point too
+    forwarder = blob(f"{output}/site/index.html")
+    assert forwarder.cache_control == "no-cache" and "runs/r1/site/index.html" in forwarder.download_as_text()
+
+
+def test_a_run_publishes_its_explorer_to_a_website_bucket(bucket, notop_weights):
+    """`run --site --site-output gs://...`: the scheduled run refreshes a public site in place."""
+    from fakes import FakeModelHandler
+    from imgsim.explorer import site_format
+
+    store = ObjectStore()
+    for i in range(12):
+        image = Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+        sink = io.BytesIO()
+        image.save(sink, format="PNG")
+        store.write_bytes(f"{bucket}/in/{i:02d}.png", sink.getvalue(), "image/png")
+    public = f"{bucket}/public-site"
+    builds = []
+    for run in ("w1", "w2"):
+        result = run_pipeline("--input", f"{bucket}/in/*.png", "--output", f"{bucket}/imgsim", "--run-id", run,
+                              "--site", "--site-output", public, "--title", "Scans", "--layer", "pool",
+                              "--weights", notop_weights,
+                              handler=FakeModelHandler())
+        site = result["summary"]["site"]
+        assert site["built"] and site["site"] == public and site["count"] == 12
+        page = store.read_bytes(f"{public}/index.html").decode()
+        builds.append(site_format.build_of(page))
+        assert json.loads(store.read_bytes(f"{public}/{site_data(page)}"))["run_id"] == run
+        assert client_blob(store, f"{public}/index.html").cache_control == "no-cache"
+    assert builds[0] != builds[1] and not store.exists(f"{bucket}/imgsim/runs/w2/site/index.html")

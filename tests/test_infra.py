@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -365,7 +366,8 @@ def test_every_template_parameter_is_accepted_as_templates_pass_it():
             value = "true"
         else:  # a number the flag accepts: its default, or above its minimum
             value = str(flag.field.default if flag.field.default is not None else max(3, flag.spec.minimum or 0))
-        options, beam_args = parse_run_args(["--input=cma", "--output=gs://b/o", f"--{name}={value}"])
+        needs = ["--site=true"] if name in ("title", "originals", "site_output") else []  # settings of the site
+        options, beam_args = parse_run_args(["--input=cma", "--output=gs://b/o", *needs, f"--{name}={value}"])
         assert beam_args == [], f"--{name} reached Beam instead of imgsim"
         assert str(getattr(options, name)).lower() == value.lower() or getattr(options, name) == type(
             getattr(options, name))(value), (name, value)
@@ -439,7 +441,8 @@ def test_boolean_parameters_reach_imgsim_as_flex_templates_pass_them():
         if flag.kind is not bool or name not in parameters():
             continue
         for value, expected in (("true", True), ("false", False)):
-            options, _ = parse_run_args(["--input=cma", "--output=gs://b/o", f"--{name}={value}"])
+            needs = ["--site=true"] if name == "originals" else []  # a setting of the site
+            options, _ = parse_run_args(["--input=cma", "--output=gs://b/o", *needs, f"--{name}={value}"])
             assert getattr(options, name) is expected, (name, value)
 
 
@@ -764,9 +767,14 @@ def test_runbook_imgsim_commands_are_real_commands():
     from imgsim.config.parser import parse
 
     text = (INFRA / "RUNBOOK.md").read_text(encoding="utf-8")
-    commands = re.findall(r"`(imgsim (?:runs|rollback|verify|query|template-metadata) [^`]*)`", text)
+    commands = re.findall(r"`(imgsim (?:runs|rollback|verify|query|explore|template-metadata) [^`]*)`", text)
     commands += re.findall(r"^\s*(imgsim (?:runs|rollback|verify|query) [^#\n]*)", text, re.M)
     assert len(commands) >= 6
     for command in commands:
-        argv = command.replace("$BUCKET", "bucket").replace("RUN_ID", "r1").replace("SOME_ID", "x").split()[1:]
+        argv = shlex.split(command.replace("$SITE_BUCKET", "site").replace("$BUCKET", "bucket")
+                           .replace("RUN_ID", "r1").replace("SOME_ID", "x"))[1:]
         parse(argv)  # raises ConfigError with what is wrong
+    # the schedule's extra_parameters shown for the site are template parameters
+    for names in re.findall(r"extra_parameters = \{([^}]*)\}", text):
+        for name in re.findall(r"(\w+) = ", names):
+            assert name in parameters(), f"RUNBOOK.md: extra_parameters.{name} is not a template parameter"

@@ -13,7 +13,7 @@ from PIL import Image
 
 import imgsim
 from conftest import jpeg
-from pipeline_helpers import run_pipeline, write_manifest
+from pipeline_helpers import local_site_json, run_pipeline, site_data, write_manifest
 from test_index import clustered
 
 
@@ -92,8 +92,11 @@ def test_errors_are_json_with_their_status(vectors_service, method, path, kwargs
 
 def test_the_explorer_is_served_at_the_root(vectors_service):
     page = requests.get(vectors_service, timeout=30)
-    assert page.status_code == 200 and '<script src="app.js">' in page.text
-    site = requests.get(vectors_service + "data/site.json", timeout=30).json()
+    assert page.status_code == 200 and 'app.js"></script>' in page.text
+    assert page.headers["cache-control"] == "no-cache"
+    data = requests.get(vectors_service + site_data(page.text), timeout=30)
+    assert data.headers["cache-control"] == "public, max-age=31536000, immutable"  # a build never changes
+    site = data.json()
     assert site["count"] == 120 and [f["name"] for f in site["facets"]] == ["type"]
 
 
@@ -169,5 +172,5 @@ def test_two_output_roots_with_the_same_run_id_get_their_own_explorers(tmp_path,
                            vectors=clustered(n, dim=8, seed=n), run_id="r1", neighbors_k=3)
         _, _, sites[name] = prepare(ServeSettings(index=str(tmp_path / name), cache_dir=str(tmp_path / "c")))
     assert sites["a"] != sites["b"]
-    counts = {name: json.load(open(os.path.join(site, "data", "site.json")))["count"] for name, site in sites.items()}
+    counts = {name: local_site_json(site)["count"] for name, site in sites.items()}
     assert counts == {"a": 40, "b": 50}

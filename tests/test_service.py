@@ -17,6 +17,7 @@ import imgsim
 from imgsim.cli import main
 from imgsim.index.latest import Latest, read_latest, swap_latest
 from imgsim.storage import ObjectStore
+from pipeline_helpers import site_data
 from test_index import clustered
 from test_serve import Served
 
@@ -118,13 +119,14 @@ def test_a_damaged_new_run_leaves_the_old_one_serving_and_healthz_says_why(servi
 
 def test_the_explorer_follows_the_api_and_survives_its_old_run_being_pruned(service):
     url, out = service["url"], service["out"]
-    assert json.loads(requests.get(url + "data/site.json", timeout=10).text)["run_id"] == "r1"
+    page = requests.get(url, timeout=10).text
+    assert requests.get(url + site_data(page), timeout=10).json()["run_id"] == "r1"
     build(out, "r2", seed=2)
     wait_for(lambda: requests.get(url + "healthz", timeout=10).json()["run_id"] == "r2")
     shutil.rmtree(out / "runs" / "r1")  # --keep-runs pruned it
     page = requests.get(url, timeout=10)
-    assert page.status_code == 200 and '<script src="app.js">' in page.text
-    assert requests.get(url + "data/site.json", timeout=10).json()["run_id"] == "r2"
+    assert page.status_code == 200 and 'app.js"></script>' in page.text
+    assert requests.get(url + site_data(page.text), timeout=10).json()["run_id"] == "r2"
 
 
 def test_slow_headers_foreign_hosts_and_cross_origin_posts_are_refused(service):

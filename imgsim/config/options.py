@@ -98,6 +98,10 @@ class OutputFlags(Flags):
                                 default_text="the collection's name: the museum, the manifest's or the folder's")
     originals: bool = flag(False, "let the explorer site load items' original images from their own hosts (with "
                            "--site)", label="Site loads originals")
+    site_output: Optional[str] = flag(None, "build the explorer here instead (local or gs://, e.g. a bucket with "
+                                      "website hosting); its entry page moves only while LATEST points at this run "
+                                      "(with --site)", label="Site output", metavar="SITE",
+                                      default_text="OUTPUT/runs/RUN_ID/site/, and OUTPUT/site/index.html forwards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,8 +237,8 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
             raise ConfigError("--min-batch-size and --max-batch-size need 1 <= min <= max")
         if self.site and self.no_index:
             raise ConfigError("--site shows the index: it cannot be combined with --no-index")
-        if (self.title is not None or self.originals) and not self.site:
-            raise ConfigError("--title and --originals describe the explorer site: add --site")
+        if (self.title is not None or self.originals or self.site_output) and not self.site:
+            raise ConfigError("--title, --originals and --site-output describe the explorer site: add --site")
         if self.run_id is not None:
             _checked(check_run_id, self.run_id)
         worst = max_decode_cost(self.max_image_pixels)

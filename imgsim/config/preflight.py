@@ -94,6 +94,12 @@ def _preflight(options: RunOptions, store: ObjectStore, remote_workers: bool, ch
                          max_metadata_bytes=options.max_metadata_bytes)
     layout = RunLayout(options.output, options.run_id or new_run_id())
     check_output(store, layout)
+    if options.site_output:
+        try:
+            store.check_writable(options.site_output)
+        except Exception as e:
+            raise ConfigError(f"--site-output {options.site_output!r} is not writable ({type(e).__name__}: {e})") \
+                from None
     latest = read_latest(store, options.output)
     model = options.model_spec()
     if model.backend == "openvino":
@@ -139,6 +145,7 @@ def check_openvino() -> None:
 
 def check_reachable_from_workers(options: RunOptions) -> None:
     for flag, value, allowed in (("--input", options.input, ("cma",)), ("--output", options.output, ()),
+                                 ("--site-output", options.site_output, ()),
                                  ("--weights", options.weights, (weights.IMAGENET,))):
         if value and value not in allowed and not is_gcs(value):
             raise ConfigError(f"{flag} {value!r} is a local path, which Dataflow workers cannot read: "

@@ -5,9 +5,11 @@
 The site needs no server code: any static host serves it (a bucket,
 `python -m http.server`). Its data is cut into small files (imgsim.explorer.
 site_format) so that opening it and each view read only what they show, and
-the map is computed here, once (imgsim.explorer.projection). Files are written
-locally directly, or to gs:// by a pool of uploads; site.json and index.html
-go last, so a site being rewritten never opens half-built data.
+the map is computed here, once (imgsim.explorer.projection). Each build goes
+to a folder of its own, written locally directly or to gs:// by a pool of
+uploads, each object with its content type and cache headers; the entry page
+goes last and names it, so a site being rebuilt never opens half-built data
+and a bucket's public website serves it as is.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -92,7 +95,8 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
     site_of = np.empty(n, dtype=np.int64)
     site_of[order] = np.arange(n)
 
-    writer = _SiteWriter(store, output)
+    build = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+    writer = _SiteWriter(store, join(output, fmt.build_dir(build)))
     try:
         t = time.monotonic()
         thumbs = _write_thumbnails(contents, site_of, writer)
@@ -155,21 +159,22 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
                          "labels": [[floor, label] for floor, label in strength.LABELS]},
             "originals": settings.originals,
         }
-        writer.wait()
         writer.put("data/site.json", json.dumps(site, ensure_ascii=False, separators=(",", ":")).encode())
-        writer.wait()
-        for name, content_type in STATIC_FILES.items():
-            if name != "index.html":
+        for name in STATIC_FILES:
+            if name != fmt.ENTRY:
                 writer.put(name, _static(name))
-        writer.wait()
-        writer.put("index.html", _static("index.html"))
         writer.wait()
     finally:
         writer.close()
+    entry = join(output, fmt.ENTRY)
+    previous = fmt.build_of(store.read_bytes(entry).decode("utf-8", "replace")) if store.exists(entry) else None
+    page = fmt.entry_page(_static(fmt.ENTRY).decode(), build).encode()
+    store.write_bytes(entry, page, STATIC_FILES[fmt.ENTRY], cache_control=fmt.ENTRY_CACHE)
+    removed = _drop_old_builds(store, output, keep={build, previous})
     timings["total"] = round(time.monotonic() - started, 2)
     _LOG.info("explorer: %d items, %d thumbnails, %d files -> %s (%.1f s)", n, thumbs["count"], writer.files,
               output, timings["total"])
-    return {"site": output, "run_id": contents.run_id, "count": n, "thumbnails": int(thumbs["count"]),
+    return {"site": output, "build": build, "builds_removed": removed, "run_id": contents.run_id, "count": n, "thumbnails": int(thumbs["count"]),
             "groups": len(groups), "facets": [f["name"] for f in facets], "files": writer.files,
             "bytes": writer.bytes, "map": {"neighbourhood_kept": kept}, "seconds": timings}
 
@@ -189,8 +194,23 @@ def default_title(manifest: dict) -> str:
 
 # --- writing ------------------------------------------------------------------------------------
 
+def _drop_old_builds(store: ObjectStore, output: str, keep: set) -> list[str]:
+    """Delete every build but those in keep (the new one, and the one the old entry page named,
+    which visitors may still be reading); returns the builds removed."""
+    root = join(output, fmt.BUILDS)
+    if is_gcs(root):
+        builds = {path[len(root) + 1:].split("/", 1)[0] for path in store.list(root)}
+    else:
+        builds = set(os.listdir(root)) if os.path.isdir(root) else set()
+    old = sorted(builds - keep)
+    for build in old:
+        store.delete_prefix(join(root, build))
+    return old
+
+
 class _SiteWriter:
-    """Writes a site's files: locally straight to disk, to gs:// through a pool of uploads."""
+    """Writes a build's files: locally straight to disk, to gs:// through a pool of uploads, each
+    object with its content type and a year's cache (a build is never rewritten)."""
 
     def __init__(self, store: ObjectStore, root: str):
         self.store = store
@@ -215,7 +235,8 @@ class _SiteWriter:
             with open(path, "wb") as f:
                 f.write(data)
             return
-        self._pending.append(self._pool.submit(self.store.write_bytes, join(self.root, rel), data, content_type))
+        self._pending.append(self._pool.submit(self.store.write_bytes, join(self.root, rel), data, content_type,
+                                               cache_control=fmt.BUILD_CACHE))
         if len(self._pending) > 256:
             self.wait()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 
+from imgsim.explorer import site_format as fmt
 from imgsim.index.latest import read_latest
 from imgsim.runs.layout import RunLayout
 from imgsim.storage import ObjectStore, join
@@ -36,6 +37,6 @@ def point_site_at(store: ObjectStore, output: str, run_id: str) -> bool:
     if latest is None or latest.run_id != run_id:
         return False
     RunLayout(output, run_id)  # checks the run id
-    store.write_bytes(join(output, SITE_DIR, "index.html"), forwarder_page(run_id).encode(),
-                      content_type="text/html; charset=utf-8")
+    store.write_bytes(join(output, SITE_DIR, fmt.ENTRY), forwarder_page(run_id).encode(),
+                      content_type="text/html; charset=utf-8", cache_control=fmt.ENTRY_CACHE)
     return True

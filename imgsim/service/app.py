@@ -48,6 +48,7 @@ from starlette.requests import ClientDisconnect
 
 from imgsim.embed.memory import DecodeBudget
 from imgsim.embed.reproduce import ModelMismatch
+from imgsim.explorer import site_format as fmt
 from imgsim.failures import StageError
 from imgsim.fetch.http import FetchConfig, Fetcher
 from imgsim.index.filtered import ORDERS
@@ -222,8 +223,18 @@ class CurrentSite:
             if scope["type"] == "http" and scope["path"] in ("/", "/index.html"):
                 with open(os.path.join(site, "index.html"), encoding="utf-8") as f:
                     page = f.read().replace("<head>", '<head>\n<meta name="imgsim-api" content="api/">', 1)
-                return await HTMLResponse(page, headers={"cache-control": "no-cache"})(scope, receive, send)
+                return await HTMLResponse(page, headers={"cache-control": fmt.ENTRY_CACHE})(scope, receive, send)
+            if scope["type"] == "http" and scope["path"].startswith(f"/{fmt.BUILDS}/"):
+                send = _with_header(send, b"cache-control", fmt.BUILD_CACHE.encode())  # a build never changes
             return await static(scope, receive, send)
+
+
+def _with_header(send, name: bytes, value: bytes):
+    async def sending(message):
+        if message["type"] == "http.response.start" and message.get("status") in (200, 206, 304):
+            message = {**message, "headers": [*message.get("headers", []), (name, value)]}
+        await send(message)
+    return sending
 
 
 def _fetch(fetcher: Fetcher, url: str) -> bytes:

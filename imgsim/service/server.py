@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 from imgsim.embed.memory import MB, DecodeBudget
 from imgsim.embed.reproduce import ModelMismatch
+from imgsim.explorer import site_format as fmt
 from imgsim.explorer.build import ExploreSettings, build_site
 from imgsim.explorer.source import IndexContents
 from imgsim.fetch.http import FetchConfig
@@ -279,14 +280,14 @@ def _published_site(index: ImageIndex) -> Optional[str]:
     if is_gcs(index.source):
         return None
     site = os.path.join(os.path.dirname(os.path.normpath(index.source)), "site")
-    return site if os.path.isfile(os.path.join(site, "data", "site.json")) else None
+    return site if os.path.isfile(os.path.join(site, fmt.ENTRY)) else None
 
 
 def _cached_site(index: ImageIndex, store: ObjectStore) -> str:
     """The explorer of the index, built once into the cache under the artifact's manifest digest
     (a run id names different artifacts in different output roots)."""
     site = cache_dir("sites", index.manifest_sha256[:32])
-    if not os.path.isfile(os.path.join(site, "data", "site.json")):
+    if not os.path.isfile(os.path.join(site, fmt.ENTRY)):
         build_site(IndexContents.open(index.source, cache_dir=os.path.dirname(index.local_dir), store=store), site,
                    ExploreSettings(), store)
     return site

@@ -1,4 +1,4 @@
-// imgsim explorer: a static site over an index's data files (see imgsim/explore/site_format.py).
+// imgsim explorer: a static site over an index's data files (see imgsim/explorer/site_format.py).
 // Plain JavaScript, no framework and nothing fetched from elsewhere. Every view loads only the
 // small files it shows; addresses are #item=ID, #view=collection|map|groups|outliers|upload, so links can be
 // shared and the back button walks back.
@@ -12,6 +12,8 @@
   const main = document.getElementById("main");
   const statusLine = document.getElementById("status");
   const GRID_PAGE = 120;
+  // The build this page belongs to (b/BUILD/): every data file is read from there, never rewritten.
+  const BUILD = (document.querySelector('meta[name="imgsim-build"]') || {}).content || "";
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf", "#393b79", "#e7ba52", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d",
     "#31a354", "#756bb1", "#636363"];
@@ -64,12 +66,12 @@
   function status(text) { statusLine.textContent = text || ""; }
 
   async function getJSON(path) {
-    const r = await fetch(path);
+    const r = await fetch(BUILD + path);
     if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
     return r.json();
   }
   async function getBytes(path) {
-    const r = await fetch(path);
+    const r = await fetch(BUILD + path);
     if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
     return r.arrayBuffer();
   }
@@ -106,7 +108,7 @@
   }
   function searchShard(n) {
     return cached(S.search, n, async () => {
-      const r = await fetch(`data/search/${pad(n)}.txt`);
+      const r = await fetch(`${BUILD}data/search/${pad(n)}.txt`);
       if (!r.ok) throw new Error(`search shard ${n}: HTTP ${r.status}`);
       return (await r.text()).split("\n");
     }, 64);
@@ -120,7 +122,7 @@
     if (S.rangeOk === null && S.probe) await S.probe.catch(() => {});
     if (S.rangeOk !== false) {
       const attempt = (async () => {
-        const r = await fetch(`thumbs/${pad(n)}.bin`, { headers: { Range: `bytes=${offset}-${offset + length - 1}` } });
+        const r = await fetch(`${BUILD}thumbs/${pad(n)}.bin`, { headers: { Range: `bytes=${offset}-${offset + length - 1}` } });
         if (!r.ok) throw new Error(`thumbnail pack ${n}: HTTP ${r.status}`);
         if (r.status === 206) { S.rangeOk = true; return r.arrayBuffer(); }
         S.rangeOk = false;
