@@ -7,9 +7,10 @@ cluster, pairs as near-duplicate groups, titles, creators, types and departments
 index artifact's own table formats, with a thumbnail pack of generated WebPs (or no thumbnails:
 the site then shows each item's URL). The site is built by imgsim.explorer exactly as `imgsim
 explore` builds it, served by Python's http.server (no Range support: the slower path for
-thumbnails), and opened in Debian's Chromium through Playwright: the times are from navigation to
-the collection view rendered with its first thumbnails decoded, to an item view with its
-neighbours' thumbnails, and to the map with every point drawn.
+thumbnails), and opened in Debian's Chromium through Playwright: the times run from navigation to
+each view's first screen: the collection and the outliers with their first thumbnails decoded, an
+item with its neighbours', the near-duplicate groups with their first, the map with every point
+drawn, and a search (which scans every search file) with its one answer.
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def synthetic_index(root: str, n: int, thumbnails: bool, seed: int = 0) -> Index
     return IndexContents(manifest, index_dir, index_dir, info.select(columns), ObjectStore())
 
 
-def measure(site: str, item_id: str, runs: int = 3) -> dict:
+def measure(site: str, item_id: str, runs: int = 3, thumbnails: bool = True) -> dict:
     from playwright.sync_api import sync_playwright
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -108,23 +109,35 @@ def measure(site: str, item_id: str, runs: int = 3) -> dict:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=site))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
-    first_images = ("() => { const imgs = [...document.querySelectorAll('#grid img')].slice(0, 24);"
-                    " return imgs.length === 24 && imgs.every(i => i.complete && i.naturalWidth > 0); }")
-    neighbour_images = ("() => { const imgs = [...document.querySelectorAll('#neighbours img')];"
-                        " return imgs.length === 20 && imgs.every(i => i.complete && i.naturalWidth > 0); }")
-    results = {"collection_s": [], "item_s": [], "map_s": []}
+    def pictures(selector: str, count: int) -> str:
+        """count cards shown, with their thumbnails decoded (or their "no image" frames, without)."""
+        if not thumbnails:
+            return f"() => document.querySelectorAll('{selector} .no-picture').length >= {count}"
+        return (f"() => {{ const imgs = [...document.querySelectorAll('{selector} img')].slice(0, {count});"
+                f" return imgs.length === {count} && imgs.every(i => i.complete && i.naturalWidth > 0); }}")
+    target = int(item_id.rsplit("-", 1)[1])
+    views = (("collection_s", "", pictures("#grid", 24)),
+             ("item_s", f"#item={item_id}", pictures("#neighbours", 20)),
+             ("map_s", "#view=map", "() => document.getElementById('map')?.dataset.points"),
+             ("groups_s", "#view=groups", pictures("#groups", 8)),  # the groups on the first screen
+             ("outliers_s", "#view=outliers", pictures("#outliers", 24)),
+             # the search box scans every search file: the one view that reads the whole collection
+             ("search_s", f"#view=collection&q=object+{target}+of",
+              "() => document.querySelector('h2.result-count')?.dataset.count === '1'"))
+    results = {key: [] for key, _, _ in views}
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             for _ in range(runs):
-                for key, hash_, ready in (("collection_s", "", first_images),
-                                          ("item_s", f"#item={item_id}", neighbour_images),
-                                          ("map_s", "#view=map", "() => document.getElementById('map')?.dataset.points")):
+                for key, hash_, ready in views:
                     context = browser.new_context(viewport={"width": 1280, "height": 900})  # a cold cache each time
                     page = context.new_page()
                     started = time.perf_counter()
                     page.goto(base + hash_)
-                    page.wait_for_function(ready, timeout=120_000, polling=20)
+                    try:
+                        page.wait_for_function(ready, timeout=120_000, polling=20)
+                    except Exception as e:
+                        raise RuntimeError(f"{key}: the view did not finish in 120 s") from e
                     results[key].append(round(time.perf_counter() - started, 3))
                     if key == "map_s":
                         results["map_points"] = int(page.get_attribute("#map", "data-points"))
@@ -150,7 +163,7 @@ def main(argv=None) -> dict:
         generated = time.perf_counter() - t
         site = args.keep or os.path.join(work, "site")
         report = build_site(contents, site)
-        timings = measure(site, contents.ids[args.items // 2], args.runs)
+        timings = measure(site, contents.ids[args.items // 2], args.runs, not args.no_thumbnails)
         result = {"items": args.items, "thumbnails": report["thumbnails"], "generate_s": round(generated, 1),
                   "build": report["seconds"], "site_files": report["files"],
                   "site_mb": round(report["bytes"] / 1e6, 1), "neighbourhood_kept": report["map"]["neighbourhood_kept"],
