@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -122,10 +123,35 @@ def test_search_by_upload_and_by_url_finds_the_image_itself_first(server, photos
         assert too_many.status_code == 413 and "decompression_bomb" in too_many.json()["error"]
     finally:
         guarded.stop()
-    trusting = Served("--index", str(out), "--allow-private-addresses", env=env)
+    trusting = Served("--index", str(out), "--allow-private-addresses", "--url-deadline", "15", env=env)
     try:
         by_url = requests.post(trusting.url + "api/search", json={"url": server.url("/img/eagle.jpg")}, timeout=120)
         assert by_url.status_code == 200 and by_url.json()["results"][0]["id"] == "eagle"
+
+        # a tarpit (headers, then a byte every half second) holds every URL slot; uploads still pass
+        tarpit = server.route("/tarpit.jpg", lambda h: h.trickle(every=0.5, total=100_000))
+        answers = {}
+
+        def by_tarpit(n):
+            answers[n] = requests.post(trusting.url + "api/search", json={"url": tarpit}, timeout=120)
+
+        held = [threading.Thread(target=by_tarpit, args=(n,)) for n in range(4)]  # the service's 4 URL slots
+        for thread in held:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while server.hits("/tarpit.jpg") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.hits("/tarpit.jpg") == 4
+        busy = requests.post(trusting.url + "api/search", json={"url": tarpit}, timeout=30)
+        assert busy.status_code == 503 and "busy" in busy.json()["error"]
+        upload = requests.post(trusting.url + "api/search", params={"k": 1}, timeout=60,
+                               files={"image": ("dog.jpg", photos["dog"], "image/jpeg")})
+        assert upload.status_code == 200 and upload.json()["results"][0]["id"] == "dog"
+        assert all(thread.is_alive() for thread in held)  # answered while the tarpit still held its slots
+        for thread in held:
+            thread.join(120)
+        assert sorted(a.status_code for a in answers.values()) == [504] * 4, [a.text for a in answers.values()]
+        assert all("deadline" in a.json()["error"] for a in answers.values())
     finally:
         trusting.stop()
 
