@@ -47,6 +47,6 @@ setup(
                  "playwright>=1.49,<2", "httpx>=0.27"],  # httpx: FastAPI's TestClient
     },
     # The explorer's page, script and style sheet, copied into every site.
-    package_data={"imgsim.explorer": ["static/*"]},
+    package_data={"imgsim.explorer": ["static/*"], "imgsim.planning": ["*.json"]},
     entry_points={"console_scripts": ["imgsim=imgsim.cli:main"]},
 )

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from imgsim.config.flags import ConfigError
 from imgsim.config.options import (EvaluateOptions, ExploreOptions, ExportOptions, IndexCommandOptions, IndexFlags,
-                                   RunOptions, ServeOptions)
+                                   PlanOptions, RunOptions, ServeOptions)
 from imgsim.embed.signature import ModelSignature
 from imgsim.index.build import RecallTooLow, build_and_publish
 from imgsim.index.latest import read_latest
@@ -193,6 +193,41 @@ def explore_options(options: ExploreOptions, store: Optional[ObjectStore] = None
         return build_site(contents, options.output, options.explore_settings(), store)
     except (ArtifactError, ValueError) as e:
         raise ConfigError(str(e)) from None
+
+
+def plan(input: str, *, store: Optional[ObjectStore] = None, **options) -> dict:
+    """Count input and estimate a run's time and cost; the Python form of `imgsim plan`.
+
+    options: the flags of `imgsim plan` with underscores (workers, precision, machine_type, prices, ...).
+    Returns {"input", "count", "measured", "prices", "estimates": [...]}; ConfigError for bad options."""
+    return plan_options(PlanOptions(input=input, **options), store)
+
+
+def plan_options(options: PlanOptions, store: Optional[ObjectStore] = None) -> dict:
+    """`plan` for already parsed options (the CLI's path)."""
+    from imgsim.catalogue.inputs import resolve_input
+    from imgsim.fetch.http import FetchConfig
+    from imgsim.planning.costs import PROFILES, Measured, Prices, estimate
+    from imgsim.planning.count import count_input
+
+    store = store or ObjectStore()
+    try:
+        prices = Prices.load(options.prices)
+        spec = resolve_input(options.input, store, limit=options.limit, cma_query=options.cma_query(),
+                             id_column=options.id_column, url_column=options.url_column,
+                             max_metadata_bytes=options.max_metadata_bytes)
+        count = count_input(spec, store, FetchConfig(allow_private_addresses=options.allow_private_addresses))
+        measured = Measured.packaged()
+        chosen = [options.precision] if options.precision else list(PROFILES)
+        rows = [estimate(count.images, p, options.workers, prices, measured,
+                         options.machine_type if p != "gpu" else None, options.disk_gb) for p in chosen]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {"input": options.input, "count": count.to_dict(),
+            "measured": {"date": measured.measured, "machine": measured.machine, "vcpus": measured.vcpus,
+                         "images_per_second": measured.images_per_second},
+            "prices": {"source": prices.source, "as_of": prices.as_of, "currency": prices.currency},
+            "estimates": [r.to_dict() for r in rows]}
 
 
 def serve(index: str, *, ready=None, store: Optional[ObjectStore] = None, **options) -> None:

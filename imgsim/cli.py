@@ -243,6 +243,40 @@ def _rollback(parsed) -> int:
     return 0
 
 
+def _plan(parsed) -> int:
+    from imgsim.api import plan_options
+
+    plan = plan_options(parsed.options)
+    if parsed.options.json:
+        _print(plan)
+        return 0
+    print(plan_table(plan))
+    return 0
+
+
+def plan_table(plan: dict) -> str:
+    count, measured, prices = plan["count"], plan["measured"], plan["prices"]
+    lines = [f"{count['images']:,} images ({count['how']})"
+             + (f"; {count['refused']:,} {'row' if count['refused'] == 1 else 'rows'} the run would refuse"
+                if count["refused"] else ""),
+             f"{'precision':<10} {'machine':<16} {'workers':>7} {'img/s/worker':>12} {'wall':>9} {'vCPU-h':>9} "
+             f"{'cost':>10}  needs"]
+    for e in plan["estimates"]:
+        lines.append(f"{e['precision']:<10} {e['machine_type']:<16} {e['workers']:>7} "
+                     f"{e['images_per_second_per_worker']:>12.1f} {_hours(e['wall_hours']):>9} "
+                     f"{e['vcpu_hours']:>9,.1f} {e['cost']:>10,.2f}  {e['needs']}")
+    lines.append(f"Rates: imgsim's end-to-end measurements ({measured['date']}, {measured['machine']}, "
+                 f"{measured['vcpus']} vCPUs), scaled by each machine's vCPUs; prices: {prices['source']} "
+                 f"({prices['currency']}, as of {prices['as_of']}). " + " ".join(
+                     f"{e['precision']}: {e['note']}." for e in plan["estimates"] if e["note"]))
+    return "\n".join(lines)
+
+
+def _hours(hours: float) -> str:
+    minutes = round(hours * 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def _verify(parsed) -> int:
     from imgsim.index.artifact import ArtifactError, all_files
     from imgsim.index.consumer import locate_index

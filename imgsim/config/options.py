@@ -64,6 +64,10 @@ class CatalogueFlags(Flags):
     cma_page_size: int = flag(MAX_PAGE_SIZE, "for --input cma: records per API page (the API's maximum)",
                               minimum=1, maximum=MAX_PAGE_SIZE, label="CMA: page size")
 
+    def cma_query(self) -> CmaQuery:
+        return CmaQuery(api_url=self.cma_api_url, cc0=self.cma_cc0, type=self.cma_type,
+                        department=self.cma_department, page_size=self.cma_page_size)
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputFlags(Flags):
@@ -282,10 +286,6 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
     def decode_config(self) -> DecodeConfig:
         return DecodeConfig(resize=self.resize, max_pixels=self.max_image_pixels)
 
-    def cma_query(self) -> CmaQuery:
-        return CmaQuery(api_url=self.cma_api_url, cc0=self.cma_cc0, type=self.cma_type,
-                        department=self.cma_department, page_size=self.cma_page_size)
-
 
 @dataclasses.dataclass(frozen=True)
 class IndexCommandOptions(IndexFlags):
@@ -456,6 +456,23 @@ class ExportOptions(Flags):
     @property
     def restrict_columns(self) -> list[str]:
         return parse_columns(self.restricts)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanOptions(CatalogueFlags):
+    """`imgsim plan`: count an input and estimate the run's time and cost before launching it."""
+
+    precision: Optional[str] = flag(None, "estimate this one only: fp32, bf16, int8 or gpu",
+                                    choices=("fp32", "bf16", "int8", "gpu"), default_text="all four")
+    workers: int = flag(10, "Dataflow workers (the profiles' --max-workers)", minimum=1)
+    machine_type: Optional[str] = flag(None, "the CPU workers' machine type (a name in the price table)",
+                                       default_text="each precision's own: n1-standard-4, c3d-standard-8, "
+                                       "n2-standard-8; the GPU profile's n1-standard-8")
+    disk_gb: int = flag(250, "each worker's disk (Dataflow's batch default)", minimum=1)
+    prices: Optional[str] = flag(None, "a price table (JSON) in place of imgsim/planning/prices.json",
+                                 default_text="Dataflow's us-central1 list prices, as of the file's date")
+    allow_private_addresses: bool = flag(False, "let --input cma's API be on a private or loopback address")
+    json: bool = flag(False, "print JSON instead of a table")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any, Optional
 from imgsim import __version__
 from imgsim.config.flags import ConfigError, FlagParser, Flags, add_flags, flag, from_namespace
 from imgsim.config.options import (EvaluateOptions, ExploreOptions, ExportOptions, IndexCommandOptions,
-                                   QueryOptions, RollbackOptions, RunOptions, RunsOptions, ServeOptions,
-                                   VerifyOptions)
+                                   PlanOptions, QueryOptions, RollbackOptions, RunOptions, RunsOptions,
+                                   ServeOptions, VerifyOptions)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -78,6 +78,8 @@ COMMANDS = (
     Command("explore", ExploreOptions, "write the explorer: a static site to browse an index's images, their "
             "neighbours, near-duplicate groups and a map"),
     Command("serve", ServeOptions, "serve an index over HTTP: similar items, items, search by image, and the explorer"),
+    Command("plan", PlanOptions, "count an input and estimate a run's wall time, vCPU-hours and cost on "
+            "Dataflow for fp32, bf16, int8 and a GPU, before launching it"),
     Command("runs", RunsOptions, "list the runs under an output root: finished, published, LATEST"),
     Command("rollback", RollbackOptions, "point LATEST at an earlier published run (compare-and-swap)"),
     Command("verify", VerifyOptions, "check a published index: checksums, loading, self-query"),
