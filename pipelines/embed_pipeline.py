@@ -22,7 +22,7 @@ from imgsim.catalogue import cma
 from imgsim.catalogue.inputs import CmaInput, ManifestInput
 from imgsim.config.parser import parse_run_args
 from imgsim.config.preflight import RunPlan, preflight
-from imgsim.pipelines.beam_options import is_local, pipeline_options
+from imgsim.pipelines.beam_options import is_local, pipeline_options, shares_filesystem
 from imgsim.records import RESUMED
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import embeddings_schema
@@ -153,5 +153,5 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
     options, beam_args = parse_run_args(list(argv or []))
     beam_options = pipeline_options(beam_args)
     store = ObjectStore()
-    plan = preflight(options, store, remote_workers=not is_local(beam_options))
+    plan = preflight(options, store, remote_workers=not shares_filesystem(beam_options))
     return run_plan(plan, beam_options, store, test_pipeline), plan

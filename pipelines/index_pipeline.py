@@ -25,7 +25,7 @@ from imgsim.config.parser import parse_index_args
 from imgsim.index.build import IndexSettings
 from imgsim.index.latest import read_latest
 from imgsim.index.sources import IndexPlan, file_infos, plan_index
-from imgsim.pipelines.beam_options import is_local, pipeline_options
+from imgsim.pipelines.beam_options import pipeline_options, shares_filesystem, submits_and_returns
 from imgsim.pipelines.launcher import LaunchedJob
 from imgsim.runs.layout import RunLayout, new_run_id
 from imgsim.storage import ObjectStore, is_gcs, join
@@ -58,7 +58,7 @@ def preflight(options: IndexCommandOptions, store: ObjectStore, remote_workers: 
     if remote_workers:
         local = [path for path in [options.output, *files] if not is_gcs(path)]
         if local:
-            raise ConfigError(f"{local[0]} is not on gs://: Dataflow's workers could not reach it")
+            raise ConfigError(f"{local[0]} is not on gs://: this runner's workers could not reach it")
     settings = options.index_settings()
     plan = plan_index(file_infos(store, files), settings).check()
     latest = read_latest(store, options.output)
@@ -97,14 +97,13 @@ def launch(options: IndexCommandOptions, beam_args: Sequence[str], store: Object
     """Plan, build and start the pipeline; the report on a local runner (waits), else the job.
     settings: IndexSettings beyond the flags (tests: a lower exact-neighbours limit)."""
     beam_options = pipeline_options(beam_args, "index")
-    local = is_local(beam_options)
-    run = preflight(options, store, remote_workers=not local)
+    run = preflight(options, store, remote_workers=not shares_filesystem(beam_options))
     if settings is not None:
         run = dataclasses.replace(run, settings=settings, plan=plan_index(run.plan.files, settings).check())
     p = beam.Pipeline(options=beam_options)
     build(p, run)
     result = p.run()
-    if not local:
+    if submits_and_returns(beam_options):
         try:
             job = result.job_id()
         except AttributeError:
@@ -122,7 +121,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None):
     options, beam_args = parse_index_args(list(argv or []))
     beam_options = pipeline_options(beam_args, "index")
     store = ObjectStore()
-    index_run = preflight(options, store, remote_workers=not is_local(beam_options))
+    index_run = preflight(options, store, remote_workers=not shares_filesystem(beam_options))
     p = test_pipeline or beam.Pipeline(options=beam_options)
     build(p, index_run)
     return p.run(), index_run

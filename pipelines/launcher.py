@@ -19,7 +19,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from imgsim.config.options import RunOptions
 from imgsim.config.preflight import preflight
-from imgsim.pipelines.beam_options import is_local, pipeline_options
+from imgsim.pipelines.beam_options import pipeline_options, shares_filesystem, submits_and_returns
 from imgsim.pipelines.embed_pipeline import run_plan
 from imgsim.runs.stops import (RunFailed, RunInterrupted, checkpointed_rows, failure_of, mark_started,
                                resume_hint, stopped)
@@ -76,15 +76,15 @@ def launch(options: RunOptions, beam_args: Sequence[str], store: ObjectStore,
     the next step, the traceback in runs/RUN_ID/error.txt) or RunInterrupted (Ctrl-C: what is safe
     and how to resume) when the job ends without a summary."""
     beam_options = pipeline_options(beam_args)
-    local = is_local(beam_options)
-    plan = preflight(options, store, remote_workers=not local, check_weights_fit=handler is None)
+    plan = preflight(options, store, remote_workers=not shares_filesystem(beam_options),
+                     check_weights_fit=handler is None)
     layout = plan.layout
     _LOG.info("run %s: input %s -> %s", layout.run_id, json.dumps(plan.input.describe()), layout.run_dir)
     mark_started(store, layout, {"input": plan.input.describe()})
     try:
         with _interrupts() as interrupted:
             result = run_plan(plan, beam_options, store, handler=handler)
-            if not local and not options.wait:
+            if submits_and_returns(beam_options) and not options.wait:
                 try:
                     job = result.job_id()
                 except AttributeError:  # Beam only wrote the job file (a Flex Template launch): the service submits it

@@ -49,7 +49,7 @@ def test_local_paths_are_refused_for_dataflow(gs_inputs, flag, value):
     args = {"--input": gs_inputs["input"], "--output": gs_inputs["output"], "--weights": gs_inputs["weights"]}
     args[flag] = value
     argv = DATAFLOW + [item for pair in args.items() for item in pair]
-    with pytest.raises(ConfigError, match=f"{flag} .*Dataflow workers cannot read"):
+    with pytest.raises(ConfigError, match=f"{flag} .*this runner.s workers cannot read"):
         dataflow_plan(argv)
 
 

@@ -148,7 +148,7 @@ def check_reachable_from_workers(options: RunOptions) -> None:
                                  ("--site-output", options.site_output, ()),
                                  ("--weights", options.weights, (weights.IMAGENET,))):
         if value and value not in allowed and not is_gcs(value):
-            raise ConfigError(f"{flag} {value!r} is a local path, which Dataflow workers cannot read: "
+            raise ConfigError(f"{flag} {value!r} is a local path, which this runner's workers cannot read: "
                               "use a gs:// location")
 
 

@@ -1,0 +1,66 @@
+"""Runners beyond DirectRunner: where the workers run decides which paths a run may name and
+whether the launcher waits; the whole run and `imgsim index` on Beam's portable runner (an
+embedded job service, a loopback SDK worker) give what DirectRunner gives."""
+import numpy as np
+import pytest
+
+from fakes import FakeModelHandler
+from imgsim.config.flags import ConfigError
+from imgsim.config.parser import parse_index_args, parse_run_args
+from imgsim.pipelines import index_pipeline, launcher
+from imgsim.pipelines.beam_options import pipeline_options, shares_filesystem, submits_and_returns
+from imgsim.storage import ObjectStore
+from pipeline_helpers import by_id, read_run
+
+PORTABLE = ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "LOOPBACK"]
+
+
+@pytest.mark.parametrize("args, shares, returns", [
+    ([], True, False),
+    (["--runner", "DirectRunner", "--direct_running_mode", "multi_processing"], True, False),
+    (PORTABLE, True, False),
+    (["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "PROCESS",
+      "--environment_config", '{"command": "/opt/apache/beam/boot"}'], True, False),
+    (["--runner", "PortableRunner", "--job_endpoint", "flink:8099", "--environment_type", "PROCESS"], False, False),
+    (["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "DOCKER"], False, False),
+    (["--runner", "FlinkRunner", "--environment_type", "EXTERNAL", "--environment_config", "w:50000"], False, False),
+    (["--runner", "DataflowRunner", "--project", "p", "--region", "r", "--temp_location", "gs://b/t",
+      "--sdk_container_image", "img"], False, True),
+])
+def test_where_the_workers_run_decides_paths_and_waiting(args, shares, returns):
+    options = pipeline_options(args)
+    assert (shares_filesystem(options), submits_and_returns(options)) == (shares, returns)
+
+
+def test_a_runner_module_that_cannot_be_imported_is_one_line():
+    with pytest.raises(ConfigError, match="--runner nowhere.at_all.Runner: cannot import nowhere.at_all"):
+        pipeline_options(["--runner", "nowhere.at_all.Runner"])
+
+
+def test_local_paths_are_refused_when_the_workers_are_containers(tmp_path, photos):
+    (tmp_path / "a.jpg").write_bytes(photos["dog"])
+    options, beam_args = parse_run_args(["--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"),
+                                         "--runner", "PortableRunner", "--job_endpoint", "embed",
+                                         "--environment_type", "DOCKER"])
+    with pytest.raises(ConfigError, match="--input .* is a local path, which this runner's workers cannot read"):
+        launcher.launch(options, beam_args, ObjectStore(), handler=FakeModelHandler())
+
+
+def test_a_run_and_a_reindex_on_the_portable_runner_match_directrunner(shared, notop_weights, tmp_path):
+    photos = f"{shared}/data/photos/*.jpg"
+    common = ["--input", photos, "--weights", notop_weights, "--layer", "pool", "--progress-interval", "0"]
+    runs = {}
+    for name, runner in (("direct", ["--runner", "DirectRunner"]), ("portable", PORTABLE)):
+        options, beam_args = parse_run_args([*common, "--output", str(tmp_path / name), "--run-id", "r1", *runner])
+        summary = launcher.launch(options, beam_args, ObjectStore(), handler=FakeModelHandler())
+        assert summary.accounted and summary.counts["embedded"] == 7 and summary.index["published"]
+        runs[name] = by_id(read_run(str(tmp_path / name), "r1")["embeddings"])
+    assert runs["portable"].keys() == runs["direct"].keys()
+    for item, row in runs["direct"].items():
+        np.testing.assert_allclose(runs["portable"][item]["embedding"], row["embedding"], rtol=0, atol=1e-6)
+
+    options, beam_args = parse_index_args(["--embeddings", str(tmp_path / "portable" / "runs" / "r1" / "embeddings"
+                                                                / "*.parquet"),
+                                           "--output", str(tmp_path / "reindexed"), "--run-id", "i1", *PORTABLE])
+    report = index_pipeline.launch(options, beam_args, ObjectStore())
+    assert report["published"] and report["count"] == 7
