@@ -294,3 +294,16 @@ assert tensorflow.constant(1).numpy() == 1
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_building_and_querying_print_nothing_of_scanns_own(tmp_path):
+    """ScaNN's C++ logs ("I0000 ... partitioner_factory_base.cc ...") reach stderr through its own
+    absl, which no environment variable silences: a build and a query print none of them."""
+    code = ("import numpy as np, imgsim; v = np.random.default_rng(0).normal(size=(3000, 16)).astype('float32');"
+            f"imgsim.build_index({str(tmp_path / 'out')!r}, ids=[f'i{{i}}' for i in range(3000)], vectors=v,"
+            " run_id='q', index_mode='tree_ah');"
+            f"print(imgsim.ImageIndex.open({str(tmp_path / 'out')!r}, cache_dir={str(tmp_path / 'c')!r})"
+            ".similar('i1', k=2)[0].id)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("i") and done.stderr == "", done.stderr[-2000:]

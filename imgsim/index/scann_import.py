@@ -9,24 +9,44 @@ worker that embeds, search by image), ScaNN is imported down the path it takes w
 TensorFlow: `sys.modules["tensorflow"] = None` makes that one import raise ModuleNotFoundError
 (Python's documented import protocol), and is removed straight after. TensorFlow imports
 normally afterwards.
+
+ScaNN's C++ logs its progress to stderr through its own copy of absl ("I0000 ...
+partitioner_factory_base.cc:58] Size of sampled dataset ..."), which no environment variable
+reaches: its minimum level is set to ERROR through the library's exported absl::SetMinLogLevel.
 """
 from __future__ import annotations
 
+import ctypes
 import sys
 from types import ModuleType
+
+_ABSL_SET_MIN_LOG_LEVEL = "_ZN4absl12lts_2025012714SetMinLogLevelENS0_18LogSeverityAtLeastE"
+_ABSL_ERROR = 2  # absl::LogSeverityAtLeast::kError
 
 
 def scann_ops_pybind() -> ModuleType:
     """scann.scann_ops.py.scann_ops_pybind (builder, load_searcher)."""
     if "scann" in sys.modules or "tensorflow" in sys.modules:
         from scann.scann_ops.py import scann_ops_pybind as module
-        return module
+        return _quiet(module)
     sys.modules["tensorflow"] = None  # type: ignore[assignment]
     try:
         from scann.scann_ops.py import scann_ops_pybind as module
     finally:
         if sys.modules.get("tensorflow", 0) is None:
             del sys.modules["tensorflow"]
+    return _quiet(module)
+
+
+def _quiet(module: ModuleType) -> ModuleType:
+    """ScaNN's info and warning lines off (idempotent); a build of ScaNN whose absl is another
+    version keeps its logs, nothing else changes."""
+    path = getattr(getattr(module, "scann_pybind", None), "__file__", None)
+    if path:
+        try:
+            getattr(ctypes.CDLL(path), _ABSL_SET_MIN_LOG_LEVEL)(ctypes.c_int(_ABSL_ERROR))
+        except (OSError, AttributeError):
+            pass
     return module
 
 
