@@ -58,7 +58,7 @@ class BuildIndex(beam.PTransform):
         one_worker = _BuildIndexFn(self._layout, self._settings, self._input_description, self._generation,
                                    self._model, self._model_dir)
         if self._sharding is None:  # reports are dicts, declared so that Beam need not infer it from bytecode
-            return p | "Once" >> beam.Impulse() | "BuildAndPublish" >> beam.ParDo(
+            return p | "Once" >> beam.Create([None]) | "BuildAndPublish" >> beam.ParDo(
                 one_worker, files=files, counts=counts).with_output_types(dict)
         infos = (pcolls["embedding_files"]
                  | "SortFiles" >> beam.combiners.ToList()
@@ -68,7 +68,7 @@ class BuildIndex(beam.PTransform):
         plan = (infos
                 | "AllFooters" >> beam.combiners.ToList()
                 | "Plan" >> beam.Map(plan_index, settings=self._settings))
-        one = p | "Once" >> beam.Impulse() | "BuildAndPublish" >> beam.ParDo(
+        one = p | "Once" >> beam.Create([None]) | "BuildAndPublish" >> beam.ParDo(
             one_worker, files=files, counts=counts, plan=beam.pvalue.AsSingleton(plan)).with_output_types(dict)
         sharded = {"infos": infos, "plan": plan, "counts": pcolls["counts"]} | "Sharded" >> BuildShardedIndex(
             self._layout, self._settings, self._input_description, self._generation, self._model, self._model_dir)

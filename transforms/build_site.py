@@ -37,7 +37,7 @@ class BuildSite(beam.PTransform):
 
     def expand(self, index_reports):
         return (index_reports.pipeline
-                | "Once" >> beam.Impulse()
+                | "Once" >> beam.Create([None])
                 | "BuildExplorer" >> beam.ParDo(_BuildSiteFn(self._layout, self._settings, self._site_output), reports=beam.pvalue.AsList(index_reports)))
 
 

@@ -34,7 +34,7 @@ class ReadCatalogue(beam.PTransform):
         else:
             reader = _ReadManifest(spec) if isinstance(spec, ManifestInput) else _ExpandGlob(spec)
             outputs = (pbegin
-                       | "Start" >> beam.Impulse()
+                       | "Start" >> beam.Create([None])
                        | "Read" >> beam.ParDo(reader).with_outputs(FAILURES, main="rows"))
         return outputs.rows, outputs[FAILURES]
 

@@ -145,7 +145,7 @@ class BuildShardedIndex(beam.PTransform):
         outcome_side = beam.pvalue.AsSingleton(outcome, default_value=None)
 
         answers = (p
-                   | "OnceNeighbors" >> beam.Impulse()
+                   | "OnceNeighbors" >> beam.Create([None])
                    | "Targets" >> beam.FlatMap(_targets, outcome=outcome_side)
                    | "SpreadTargets" >> beam.Reshuffle()
                    | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side))
@@ -158,10 +158,10 @@ class BuildShardedIndex(beam.PTransform):
                     | "MostIsolated" >> beam.CombineGlobally(_MostIsolated()).without_defaults()
                     | "WriteOutliers" >> beam.ParDo(_WriteOutliers(layout), outcome=outcome_side))
         groups = (p
-                  | "OnceGroups" >> beam.Impulse()
+                  | "OnceGroups" >> beam.Create([None])
                   | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), pairs=pairs, outcome=outcome_side))
         return (p
-                | "OncePublish" >> beam.Impulse()
+                | "OncePublish" >> beam.Create([None])
                 | "Publish" >> beam.ParDo(
                     _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
                     plan=plan, partitions=partitions_side, outcome=outcome_side,

@@ -95,7 +95,7 @@ class WriteRunSummary(beam.PTransform):
         # Steps a run leaves out (the index, the site) are side inputs left out, not empty collections.
         reports = {name: beam.pvalue.AsList(pcolls[name]) for name in ("index", "site") if name in pcolls}
         return (pcolls["input_rows"].pipeline
-                | "Once" >> beam.Impulse()
+                | "Once" >> beam.Create([None])
                 | "Write" >> beam.ParDo(
                     _WriteSummary(self._layout, self._input_description, self._signature, self._started_at,
                                   self._reuse_report, self._model),

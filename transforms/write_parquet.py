@@ -1,7 +1,7 @@
 """WriteParquet: dict rows -> Parquet files, committed once every bundle is done.
 
     rows ─► WriteBundles (one BundleFile per bundle: DIRECTORY/NAME-<hex>.parquet) ─┐ names (side input)
-    Impulse ─────────────────────────────────────────────────────────────────► Commit ─► committed files
+    Create([None]) ──────────────────────────────────────────────────────────► Commit ─► committed files
 
 imgsim.runs.parquet_files has the protocol and why it replaces beam.io.WriteToParquet.
 The commit reads the names as a side input, so it runs once, after the last bundle, and also
@@ -33,7 +33,7 @@ class WriteParquet(beam.PTransform):
         written = rows | "WriteBundles" >> beam.ParDo(
             _WriteBundles(self._directory, self._name, self._schema, self._row_group_bytes)).with_output_types(str)
         return (rows.pipeline
-                | "Once" >> beam.Impulse()
+                | "Once" >> beam.Create([None])
                 | "Commit" >> beam.ParDo(_Commit(self._directory, self._name, self._schema),
                                          written=beam.pvalue.AsList(written)).with_output_types(str))
 
