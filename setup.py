@@ -40,6 +40,8 @@ setup(
         "pipeline": [f"apache-beam[gcp]=={BEAM_VERSION}"],
         # int8 (and fp32/bf16) inference through OpenVINO: --backend openvino.
         "openvino": ["openvino>=2026.4,<2027", "nncf>=3.4,<4"],
+        # Beam on a Dask cluster: --runner imgsim.pipelines.dask_runner.DaskRunner --dask_client_address ...
+        "dask": [f"apache-beam[dask]=={BEAM_VERSION}"],
         # `imgsim serve`: the HTTP service for downstream apps (and the explorer with search by image).
         "serve": ["fastapi>=0.115,<1", "uvicorn>=0.30,<1", "python-multipart>=0.0.9"],
         # The browser tests drive Debian's Chromium (/usr/bin/chromium); Playwright downloads no browser.

@@ -93,7 +93,7 @@ def shares_filesystem(options: PipelineOptions) -> bool:
         environment = (portable.environment_type or "DOCKER").upper()
         return environment == "LOOPBACK" or (environment == "PROCESS" and portable.job_endpoint == "embed")
     if name == DASK:
-        address = options.get_all_options().get("dask_client_address")
+        address = options.get_all_options().get("address")  # Beam's DaskOptions: --dask_client_address
         return address is not None and _is_loopback(address)
     return False
 

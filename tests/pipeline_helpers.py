@@ -74,7 +74,11 @@ def cma_api(server, shared, image_urls, edit=None) -> str:
 def counters(result) -> dict:
     """Committed Beam counter values by name (summed over steps)."""
     totals = {}
-    for counter in result.metrics().query()["counters"]:
+    try:
+        metrics = result.metrics()
+    except NotImplementedError:  # Dask: no metrics
+        return totals
+    for counter in metrics.query()["counters"]:
         name = counter.key.metric.name
         totals[name] = totals.get(name, 0) + counter.committed
     return totals

@@ -64,3 +64,56 @@ def test_a_run_and_a_reindex_on_the_portable_runner_match_directrunner(shared, n
                                            "--output", str(tmp_path / "reindexed"), "--run-id", "i1", *PORTABLE])
     report = index_pipeline.launch(options, beam_args, ObjectStore())
     assert report["published"] and report["count"] == 7
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """Two worker processes on this machine, as `dask scheduler` and two `dask worker`s would be."""
+    distributed = pytest.importorskip("dask.distributed")
+    import os
+
+    tests = os.path.dirname(os.path.abspath(__file__))  # the workers unpickle tests.fakes' handler
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = tests + (os.pathsep + saved if saved else "")
+    try:
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield cluster
+    cluster.close()
+
+
+def test_a_run_and_a_reindex_on_a_dask_cluster_match_directrunner(shared, notop_weights, tmp_path, dask_cluster):
+    dask = ["--runner", "imgsim.pipelines.dask_runner.DaskRunner", "--dask_client_address",
+            dask_cluster.scheduler_address]
+    options = pipeline_options(dask)
+    assert shares_filesystem(options) and not submits_and_returns(options)
+    common = ["--input", f"{shared}/data/photos/*.jpg", "--weights", notop_weights, "--layer", "pool",
+              "--progress-interval", "0", "--run-id", "r1"]
+    runs = {}
+    for name, runner in (("direct", ["--runner", "DirectRunner"]), ("dask", dask)):
+        options, beam_args = parse_run_args([*common, "--output", str(tmp_path / name), *runner])
+        summary = launcher.launch(options, beam_args, ObjectStore(), handler=FakeModelHandler())
+        assert summary.accounted and summary.counts["embedded"] == 7 and summary.index["published"]
+        runs[name] = read_run(str(tmp_path / name), "r1")
+    assert len(runs["dask"]["embeddings"]) == 7  # every row once
+    direct, dask_rows = by_id(runs["direct"]["embeddings"]), by_id(runs["dask"]["embeddings"])
+    assert dask_rows.keys() == direct.keys()
+    for item, row in direct.items():
+        np.testing.assert_allclose(dask_rows[item]["embedding"], row["embedding"], rtol=0, atol=1e-6)
+
+    options, beam_args = parse_index_args(["--embeddings", str(tmp_path / "dask" / "runs" / "r1" / "embeddings"
+                                                                / "*.parquet"),
+                                           "--output", str(tmp_path / "reindexed"), "--run-id", "i1", *dask])
+    report = index_pipeline.launch(options, beam_args, ObjectStore())
+    assert report["published"] and report["count"] == 7
+
+
+def test_a_dask_cluster_elsewhere_is_refused_local_paths(tmp_path):
+    pytest.importorskip("dask.distributed")
+    options = pipeline_options(["--runner", "imgsim.pipelines.dask_runner.DaskRunner",
+                                "--dask_client_address", "tcp://10.1.2.3:8786"])
+    assert not shares_filesystem(options)
