@@ -74,10 +74,30 @@ def launch(options: RunOptions, beam_args: Sequence[str], store: ObjectStore,
            handler: Optional[ModelHandler] = None) -> Union[RunSummary, LaunchedJob]:
     """Run imgsim: ConfigError before any work starts; once it has started, RunFailed (the cause and
     the next step, the traceback in runs/RUN_ID/error.txt) or RunInterrupted (Ctrl-C: what is safe
-    and how to resume) when the job ends without a summary."""
+    and how to resume) when the job ends without a summary.
+
+    A job imgsim waits for that fails is started again, up to --max-attempts in all, as the same
+    run: the new attempt resumes from the checkpoint, so a lost worker process costs the rows it
+    held, not the run (Dataflow retries work items itself)."""
     beam_options = pipeline_options(beam_args)
-    plan = preflight(options, store, remote_workers=not shares_filesystem(beam_options),
-                     check_weights_fit=handler is None)
+    remote = not shares_filesystem(beam_options)
+    plan = preflight(options, store, remote_workers=remote, check_weights_fit=handler is None)
+    attempts = 1 if submits_and_returns(beam_options) else options.max_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return _attempt(plan, options, beam_options, store, handler)
+        except RunFailed as failure:
+            if attempt == attempts:
+                raise
+            _LOG.warning("run %s: attempt %d of %d failed (%s); starting it again from its checkpoint",
+                         plan.layout.run_id, attempt, attempts, failure.lines()[0])
+            plan = preflight(dataclasses.replace(options, run_id=plan.layout.run_id), store, remote_workers=remote,
+                             check_weights_fit=False)
+    raise AssertionError("unreachable")
+
+
+def _attempt(plan, options: RunOptions, beam_options, store: ObjectStore,
+             handler: Optional[ModelHandler]) -> Union[RunSummary, LaunchedJob]:
     layout = plan.layout
     _LOG.info("run %s: input %s -> %s", layout.run_id, json.dumps(plan.input.describe()), layout.run_dir)
     mark_started(store, layout, {"input": plan.input.describe()})

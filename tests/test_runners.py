@@ -117,3 +117,124 @@ def test_a_dask_cluster_elsewhere_is_refused_local_paths(tmp_path):
     options = pipeline_options(["--runner", "imgsim.pipelines.dask_runner.DaskRunner",
                                 "--dask_client_address", "tcp://10.1.2.3:8786"])
     assert not shares_filesystem(options)
+
+
+def slow_images(server, count: int, seconds: float) -> list[dict]:
+    """count rows whose images take `seconds` each to serve: a run long enough to lose a worker in."""
+    import io
+    import time
+
+    from PIL import Image
+
+    def serving(data):
+        def respond(h):
+            time.sleep(seconds)
+            h.send(200, data, content_type="image/jpeg")
+        return respond
+
+    rows = []
+    for i in range(count):
+        sink = io.BytesIO()
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(sink, "JPEG")
+        rows.append({"id": f"r{i:02d}", "url": server.route(f"/slow/{i}.jpg", serving(sink.getvalue()))})
+    return rows
+
+
+def kill_when_busy(server, find_workers, served: int):
+    """Once `served` images went out, SIGKILL one worker process (found by find_workers()); returns
+    the thread and a list that receives the killed pid."""
+    import threading
+    import time
+
+    killed = []
+
+    def watch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(server.log) < served:
+            time.sleep(0.05)
+        workers = find_workers()
+        if workers:
+            workers[0].kill()
+            killed.append(workers[0].pid)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, killed
+
+
+def test_a_killed_worker_process_costs_the_rows_it_held_not_the_run(tmp_path, notop_weights, monkeypatch, caplog):
+    """Multi-process DirectRunner, an SDK worker SIGKILLed mid-run: the job fails, the launcher starts
+    it again as the same run, which resumes from the checkpoint; every row once, no stray files."""
+    import glob
+    import os
+
+    import psutil
+
+    from catalogue_server import CatalogueServer
+    from pipeline_helpers import write_manifest
+
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.abspath(__file__)))  # workers unpickle fakes
+    server = CatalogueServer().start()
+    try:
+        manifest = write_manifest(tmp_path / "m.csv", slow_images(server, 40, 0.3))
+
+        def sdk_workers():
+            return [p for p in psutil.Process().children(recursive=True)
+                    if p.name().startswith("python") and "sdk_worker_main" in " ".join(p.cmdline())]
+
+        watcher, killed = kill_when_busy(server, sdk_workers, served=12)
+        options, beam_args = parse_run_args([
+            "--input", manifest, "--output", str(tmp_path / "out"), "--run-id", "k1", "--weights", notop_weights,
+            "--layer", "pool", "--allow-private-addresses", "--progress-interval", "0", "--checkpoint-seconds", "1",
+            "--runner", "DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+        summary = launcher.launch(options, beam_args, ObjectStore(), handler=FakeModelHandler())
+        watcher.join(10)
+    finally:
+        server.stop()
+    assert killed, "no worker process was found to kill"
+    assert "attempt 1 of 2 failed" in caplog.text  # the kill took the job down; the second attempt finished it
+    assert summary.counts["resumed"] + summary.counts["new"] == 40  # resumed: what the first one checkpointed
+    assert summary.accounted and summary.counts["embedded"] == 40 and summary.index["published"]
+    run = read_run(str(tmp_path / "out"), "k1")
+    ids = run["embeddings"].column("id").to_pylist()
+    assert sorted(ids) == sorted(f"r{i:02d}" for i in range(40))  # every row exactly once
+    files = glob.glob(str(tmp_path / "out" / "runs" / "k1" / "embeddings" / "*.parquet"))
+    assert sum(pq_rows(f) for f in files) == 40  # no file of the dead attempt left beside the committed ones
+
+
+def test_a_killed_dask_worker_is_replaced_and_its_tasks_run_again(tmp_path, notop_weights, dask_cluster):
+    import glob
+
+    import psutil
+
+    from catalogue_server import CatalogueServer
+    from pipeline_helpers import write_manifest
+
+    server = CatalogueServer().start()
+    try:
+        manifest = write_manifest(tmp_path / "m.csv", slow_images(server, 40, 0.3))
+        client = __import__("dask.distributed", fromlist=["Client"]).Client(dask_cluster.scheduler_address)
+        pids = list(client.run(lambda: __import__("os").getpid()).values())
+        client.close()
+        watcher, killed = kill_when_busy(server, lambda: [psutil.Process(pids[0])], served=12)
+        options, beam_args = parse_run_args([
+            "--input", manifest, "--output", str(tmp_path / "out"), "--run-id", "d1", "--weights", notop_weights,
+            "--layer", "pool", "--allow-private-addresses", "--progress-interval", "0",
+            "--runner", "imgsim.pipelines.dask_runner.DaskRunner", "--dask_client_address",
+            dask_cluster.scheduler_address])
+        summary = launcher.launch(options, beam_args, ObjectStore(), handler=FakeModelHandler())
+        watcher.join(10)
+    finally:
+        server.stop()
+    assert killed
+    assert summary.accounted and summary.counts["embedded"] == 40 and summary.index["published"]
+    ids = read_run(str(tmp_path / "out"), "d1")["embeddings"].column("id").to_pylist()
+    assert sorted(ids) == sorted(f"r{i:02d}" for i in range(40))
+    files = glob.glob(str(tmp_path / "out" / "runs" / "d1" / "embeddings" / "*.parquet"))
+    assert sum(pq_rows(f) for f in files) == 40
+
+
+def pq_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows

@@ -93,6 +93,10 @@ class OutputFlags(Flags):
     wait: bool = flag(False, "on Dataflow, follow the job to its end and print its summary", template=False,
                       template_excluded="a Flex Template launcher must return once the job is submitted; "
                       "following the job would hold the launcher VM until the launch times out")
+    max_attempts: int = flag(2, "on runners imgsim waits for, start a job that failed once started up to this many "
+                             "times in all, each attempt resuming from the checkpoint (a lost worker process, a "
+                             "killed node)", minimum=1, template=False,
+                             template_excluded="Dataflow retries failed work items itself")
     no_index: bool = flag(False, "write embeddings only; build and publish no index", label="No index")
     thumbnails: bool = flag(True, "write a small WebP thumbnail of every embedded image (from the pixels decoded "
                             "for the model) to runs/RUN_ID/thumbnails/, for the explorer", label="Thumbnails")
