@@ -141,10 +141,11 @@ class ImageIndex:
         return IndexFollower.open(location, refresh_seconds=refresh_seconds, **options)
 
     def warm(self) -> None:
-        """A probe query, so the first request does not pay for loading the searcher (a sharded
-        index: the shard the first item's query routes to)."""
+        """A probe query, so that no request pays for loading a searcher: one that searches every
+        shard of a sharded index (each is loaded on first use otherwise)."""
         if len(self):
-            self.search(self._reader.vector(0)[None, :], k=1)
+            every = len(self.manifest["shards"]) if self.sharded else None
+            self.search(self._reader.vector(0)[None, :], k=1, shards_to_search=every)
 
     def close(self) -> None:
         """Let go of the searchers, vectors and model (the index cannot be asked afterwards)."""
