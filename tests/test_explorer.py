@@ -385,3 +385,33 @@ def test_neighbours_say_how_strong_they_are_with_the_score_on_hover(page, site):
     assert shares == sorted(shares, reverse=True) and shares[-1] < shares[1]
     assert {c[1] for c in cards[1:]} - {"near-duplicate"}  # the others are graded, not all the same word
     shot(page, site, "strengths")
+
+
+def test_a_sharded_index_opens_in_the_explorer_with_its_own_neighbours(page, tmp_path):
+    """The explorer reads a sharded artifact through the consumer's reader: items from every shard,
+    each with the index's neighbours."""
+    import imgsim
+    from test_index import clustered
+
+    ids = [f"obj-{i}" for i in range(900)]
+    out = tmp_path / "out"
+    imgsim.build_index(str(out), ids=ids, vectors=clustered(900, dim=16, seed=4), neighbors_k=6, run_id="sh",
+                       index_shards=3, metadata={"title": [f"Object {i}" for i in range(900)]})
+    imgsim.explore(str(out), str(tmp_path / "site"), cache_dir=str(tmp_path / "cache"))
+    index = imgsim.ImageIndex.open(str(out), cache_dir=str(tmp_path / "cache2"))
+    assert index.sharded
+    httpd = serve_directory(tmp_path / "site")
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        for item_id in ("obj-0", "obj-450", "obj-899"):
+            page.goto(f"{base}/index.html#item={item_id}")
+            page.wait_for_selector(f"article[data-id='{item_id}']", timeout=15000)
+            page.wait_for_function("() => document.querySelectorAll('#neighbours a.card').length === 6")
+            shown = page.eval_on_selector_all("#neighbours a.card", "cs => cs.map(c => c.dataset.id)")
+            assert shown == [m.id for m in index.neighbors(item_id)]
+            assert page.inner_text("article h1") == f"Object {item_id.split('-')[1]}"
+        page.goto(f"{base}/index.html#view=map")
+        page.wait_for_selector("#map[data-points='900']", timeout=15000)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -167,24 +167,35 @@ def test_a_backend_other_than_the_index_s_is_refused_before_serving(tmp_path, ca
     assert len(err) == 1 and "use backend 'keras'" in err[0], err
 
 
-def test_a_sharded_index_is_served_without_an_explorer(tmp_path, caplog):
-    """The HTTP API reads a sharded index whole; the explorer (one searcher's files) is not offered."""
+def test_a_sharded_index_is_served_with_its_explorer(tmp_path):
+    """The HTTP API and the explorer both read a sharded index through the consumer's readers: the
+    site's neighbours are the index's own, shard boundaries and all."""
     from fastapi.testclient import TestClient
 
+    from imgsim.explorer.site_format import fnv1a32, item_buckets
     from imgsim.service.server import ServeSettings, prepare
 
     ids = [f"s{i}" for i in range(600)]
     imgsim.build_index(str(tmp_path / "out"), ids=ids, vectors=clustered(600, dim=16, seed=3), neighbors_k=5,
-                       run_id="sh1", index_shards=3)
+                       run_id="sh1", index_shards=3, metadata={"title": [f"Sharded {i}" for i in range(600)]})
     app, follower, site = prepare(ServeSettings(index=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache")))
     with follower.use() as served:
         assert served.index.sharded
-    assert site is None and "the explorer reads an index of one searcher" in caplog.text
+        expected = {i: [m.id for m in served.index.neighbors(i)] for i in ("s0", "s299", "s599")}
     client = TestClient(app, base_url="http://localhost")
     assert client.get("/healthz").json()["count"] == 600
     similar = client.get("/api/similar/s42", params={"k": 3}).json()["results"]
     assert "s42" not in [r["id"] for r in similar] and [r["rank"] for r in similar] == [1, 2, 3]
-    assert client.get("/").status_code == 404
+    page = client.get("/")
+    assert page.status_code == 200
+    meta = client.get("/" + site_data(page.text)).json()
+    assert meta["count"] == 600 and meta["title_field"] == "title"
+    cards = [row for shard in range(meta["cards"]["shards"])
+             for row in client.get("/" + site_data(page.text, f"data/cards/{shard:05d}.json")).json()]
+    for item_id, neighbours in expected.items():
+        bucket = fnv1a32(item_id) % item_buckets(600)
+        item = client.get("/" + site_data(page.text, f"data/items/{bucket:05d}.json")).json()[item_id]
+        assert [cards[row][0] for row, _ in item["n"]] == neighbours
 
 
 def test_two_output_roots_with_the_same_run_id_get_their_own_explorers(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 The explorer reads the artifact the way every consumer does (imgsim.index):
 through LATEST or a run id, copied into the local cache and checked against
-its manifest before anything is read, without loading ScaNN. Thumbnails come
+its manifest before anything is read, without loading ScaNN; a sharded one
+through the consumer's own reader, file by file as each is needed. Thumbnails come
 from the packs of the run that built the index (runs/RUN_ID/thumbnails/),
 paired with index rows by (id, sha256): a thumbnail made from other bytes
 than the indexed ones is never shown.
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from imgsim.index import artifact
 from imgsim.index.consumer import local_copy_dir, locate_index
+from imgsim.index.readers import ShardedReader
 from imgsim.records import EMBEDDING_COLUMNS
 from imgsim.storage import ObjectStore, is_gcs, join
 from imgsim.thumbnails.make import Thumbnail
@@ -38,6 +40,7 @@ class IndexContents:
     index_dir: str
     info: pa.Table  # ids.parquet without the embedding column: id, url, sha256, width, height, metadata
     store: ObjectStore
+    shards: Optional[ShardedReader] = None  # a sharded artifact's reader (None: one searcher)
 
     @classmethod
     def open(cls, location: str, run_id: Optional[str] = None, cache_dir: Optional[str] = None,
@@ -51,9 +54,11 @@ class IndexContents:
         local = local_copy_dir(found.index_dir, cache_dir)
         manifest = artifact.fetch_artifact(store, found.index_dir, local, found.manifest_sha256)
         if artifact.is_sharded(manifest):
-            raise artifact.ArtifactError(
-                f"the index at {found.index_dir} is sharded ({len(manifest['shards'])} shards): the explorer reads "
-                "an index of one searcher for now; `imgsim serve` and `imgsim query` read sharded ones")
+            def fetch(files: dict) -> None:
+                artifact.fetch_files(store, found.index_dir, local, manifest, files)
+
+            reader = ShardedReader(local, manifest, fetch)
+            return cls(manifest, local, found.index_dir, reader.info_table(), store, reader)
         path = os.path.join(local, "ids.parquet")
         columns = [c for c in pq.read_schema(path).names if c != "embedding"]
         return cls(manifest, local, found.index_dir, pq.read_table(path, columns=columns), store)
@@ -75,6 +80,10 @@ class IndexContents:
 
     def vector_batches(self, rows: int = 16384) -> Iterator[np.ndarray]:
         """The unit vectors in index row order, a batch at a time (never all at full width at once)."""
+        if self.shards is not None:
+            for _, vectors in self.shards.batches():
+                yield vectors
+            return
         reader = pq.ParquetFile(os.path.join(self.local_dir, "ids.parquet"))
         for batch in reader.iter_batches(batch_size=rows, columns=["embedding"]):
             column = batch.column(0)
@@ -83,7 +92,8 @@ class IndexContents:
 
     def neighbors(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores): (n, k) index rows of each item's neighbours, best first (-1: none), and cosines."""
-        table = pq.read_table(os.path.join(self.local_dir, "neighbors.parquet"))
+        table = pa.concat_tables(self.shards.neighbor_tables()) if self.shards is not None else \
+            pq.read_table(os.path.join(self.local_dir, "neighbors.parquet"))
         ids = self.info.column("id")
         position = pc.index_in(table.column("id"), value_set=ids).to_numpy(zero_copy_only=False)
         lists = table.column("neighbor_ids").combine_chunks()
@@ -103,7 +113,8 @@ class IndexContents:
 
     def groups(self) -> list[np.ndarray]:
         """Near-duplicate groups, largest first, each the index rows of its members."""
-        table = pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
+        table = self.shards.groups() if self.shards is not None else \
+            pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
         if not table.num_rows:
             return []
         number = table.column("group").to_numpy()

@@ -340,6 +340,19 @@ class ShardedReader:
             self._need("groups.parquet")
         return pq.read_table(self._path("groups.parquet"))
 
+    def info_table(self) -> pa.Table:
+        """Every item's id, url, sha256, size and metadata, in row order (shard after shard)."""
+        return pa.concat_tables([self._shard_info(slot) for slot in range(len(self._shards))])
+
+    def neighbor_tables(self) -> Iterator[pa.Table]:
+        """The neighbours table's parts (id, neighbor_ids, scores), in row order, one at a time."""
+        for entry in self._entries:
+            for batch in range(-(-entry["count"] // BATCH_ROWS)):
+                rel = part_name(entry["shard"], batch)
+                with self._lock:
+                    self._need(rel)
+                yield pq.read_table(self._path(rel))
+
     def batches(self, columns: Optional[list] = None) -> Iterator[tuple[pa.Table, np.ndarray]]:
         for slot in range(len(self._shards)):
             info = self._shard_info(slot)

@@ -218,7 +218,7 @@ class CurrentSite:
         with self.follower.use() as served:
             static, site = served.extras.static, served.extras.site
             if static is None:
-                return await error_response(404, "no explorer for this index (a sharded index has none yet)")(
+                return await error_response(404, "no explorer for this index")(
                     scope, receive, send)
             if scope["type"] == "http" and scope["path"] in ("/", "/index.html"):
                 with open(os.path.join(site, "index.html"), encoding="utf-8") as f:

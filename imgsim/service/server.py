@@ -88,12 +88,7 @@ def preparer(settings: ServeSettings, store: ObjectStore, load_model: bool = Tru
                 raise ValueError(str(e)) from None  # refused before any work (building the explorer)
             _LOG.warning("search by image is off: %s", e)
             searchable = False
-        site = settings.site or _published_site(index)
-        if site is None and index.sharded:
-            _LOG.warning("no explorer at /: the explorer reads an index of one searcher, and this one is sharded "
-                         "(the HTTP API serves it all)")
-        elif site is None:
-            site = _cached_site(index, store)
+        site = settings.site or _published_site(index) or _cached_site(index, store)
         return ServedExtras(searchable, site, _static(site))
     return prepare
 
