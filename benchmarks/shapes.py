@@ -1,6 +1,8 @@
 """Synthetic collections with the shapes that make nearest-neighbour search hard: Gaussian clusters
 around random unit centres, of a chosen tightness (what items of one cluster share).
 
+- dense: ~0.98, so that any two items of a cluster have cosine ~0.96: every cluster one large
+  near-duplicate group (product shots on white, blank scans);
 - narrow: items of a cluster have cosine ~0.9 with its centre (near-duplicate families);
 - isotropic: ~0.5 (a cluster's neighbours are nearly equidistant);
 - wide: ~0.2 (clusters overlap; most of a vector is noise).
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CENTRE_COSINE = {"narrow": 0.9, "isotropic": 0.5, "wide": 0.2}
+CENTRE_COSINE = {"dense": 0.98, "narrow": 0.9, "isotropic": 0.5, "wide": 0.2}
 
 
 def shaped(n: int, dim: int, shape: str, clusters: int = 200, seed: int = 0) -> np.ndarray:

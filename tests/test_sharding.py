@@ -225,3 +225,28 @@ def test_a_shards_tree_partitions_spherically_and_a_whole_collections_does_not()
     assert IndexOptions().resolve(50_000, k=10, shard=True).to_dict()["mode"] == "tree_ah"
     assert IndexOptions().resolve(50_000, k=10).to_dict()["mode"] == "ah"
     assert IndexOptions().resolve(19_999, k=10, shard=True).to_dict()["mode"] == "brute_force"
+
+
+def test_large_near_duplicate_groups_come_from_the_neighbour_lists_not_all_pairs(tmp_path, monkeypatch):
+    """Six clusters of ~1,000 items that are all near-duplicates of each other (pairwise cosine
+    ~0.96: 3 million pairs over the threshold): the groups are found from the pairs among each
+    item's listed neighbours (at most n x k), so their memory is that of any collection, and they
+    are reported with their sizes. (BENCHMARKS.md measures the build's memory at 200,000.)"""
+    from benchmarks.shapes import shaped
+    from imgsim.index import sharded as sharded_build
+
+    seen = []
+    original = sharded_build.groups_result
+
+    def watched(pairs, threshold, ids_of):
+        seen.append(len(pairs.rows))
+        return original(pairs, threshold, ids_of)
+
+    monkeypatch.setattr(sharded_build, "groups_result", watched)
+    n = 6000
+    report = imgsim.build_index(str(tmp_path / "dense"), ids=[f"i{i}" for i in range(n)],
+                                vectors=shaped(n, 32, "dense", clusters=6, seed=8), run_id="d", index_shards=3)
+    k = ImageIndex.open(str(tmp_path / "dense"), cache_dir=str(tmp_path / "c")).manifest["neighbors"]["k"]
+    assert seen and seen[0] <= n * k < 6 * 1000 * 999 // 2  # pairs among the neighbour lists, never all pairs
+    groups = report["groups"]
+    assert groups["count"] == 6 and groups["items"] == n and 900 <= min(groups["largest"]) <= max(groups["largest"]) <= 1100

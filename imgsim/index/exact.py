@@ -14,6 +14,7 @@ import numpy as np
 from imgsim.index.fanout import Candidates
 
 _BLOCK_ELEMENTS = 1 << 25  # similarity values per block: 128 MiB of float32
+_SELECT_ELEMENTS = 1 << 20  # entries selected over at a time (12 bytes each, transient)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,25 +39,63 @@ def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Wide rows are first cut down to candidates: each row's k-th largest chunk maximum is a lower
     bound of its k-th largest entry (k chunks hold an entry at least that large), so only entries
     at or above it can be among the k best. One pass for the chunk maxima and one for the
-    comparison cost far less than selecting over the whole row (argpartition)."""
+    comparison cost far less than selecting over the whole row (argpartition). Rows of nearly
+    equal entries (a large near-duplicate group) have many candidates: they are taken a few rows
+    at a time, so the candidates held stay within a budget whatever the data's shape."""
     m, n = sims.shape
     k = min(k, n)
     if k == 0:
         return np.zeros((m, 0), np.int64), np.zeros((m, 0), np.float32)
     chunks = min(n, max(4 * k, 256))
     if n < 8 * chunks or m == 0:
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(sims, part, axis=1)
-        order = np.lexsort((part, -vals), axis=1)
-        return np.take_along_axis(part, order, axis=1).astype(np.int64), np.take_along_axis(vals, order, axis=1)
+        return _selected(sims, k)
     maxima = np.maximum.reduceat(sims, np.linspace(0, n, chunks, endpoint=False).astype(np.int64), axis=1)
     floor = np.partition(maxima, chunks - k, axis=1)[:, chunks - k]
-    row, col = np.nonzero(sims >= floor[:, None])
+    above = sims >= floor[:, None]
+    counts = above.sum(axis=1)
+    budget = max(4 * k * m, 1 << 16)  # candidates at a time: ordinary rows all in one go
+    if counts.sum() <= budget:
+        return _best_candidates(sims, above, k)
+    rows = np.empty((m, k), np.int64)
+    vals = np.empty((m, k), sims.dtype)
+    ends = np.cumsum(counts)
+    start = 0
+    while start < m:
+        end = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + budget, side="right")))
+        if counts[start] > budget:  # one row with more candidates than the budget: select over it
+            rows[start:start + 1], vals[start:start + 1] = _selected(sims[start:start + 1], k)
+            end = start + 1
+        else:
+            rows[start:end], vals[start:end] = _best_candidates(sims[start:end], above[start:end], k)
+        start = end
+    return rows, vals
+
+
+def _selected(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Selection over whole rows, a few at a time: argpartition's index array is 8 bytes an entry,
+    twice the block, so it is never made for the whole block at once."""
+    m, n = sims.shape
+    rows = np.empty((m, k), np.int64)
+    vals = np.empty((m, k), sims.dtype)
+    step = max(1, _SELECT_ELEMENTS // max(1, n))
+    for start in range(0, m, step):
+        block = sims[start:start + step]
+        part = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        found = np.take_along_axis(block, part, axis=1)
+        order = np.lexsort((part, -found), axis=1)
+        rows[start:start + step] = np.take_along_axis(part, order, axis=1)
+        vals[start:start + step] = np.take_along_axis(found, order, axis=1)
+    return rows, vals
+
+
+def _best_candidates(sims: np.ndarray, above: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best among its candidates (every row has at least k)."""
+    row, col = np.nonzero(above)
     vals = sims[row, col]
     order = np.lexsort((col, -vals, row))  # by row, then best first, ties to the lower index
     row, col, vals = row[order], col[order], vals[order]
-    first = np.searchsorted(row, np.arange(m))
-    take = first[:, None] + np.arange(k)  # every row has at least k candidates
+    first = np.searchsorted(row, np.arange(len(sims)))
+    take = first[:, None] + np.arange(k)
     return col[take].astype(np.int64), vals[take]
 
 
