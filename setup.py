@@ -45,8 +45,9 @@ setup(
         # `imgsim serve`: the HTTP service for downstream apps (and the explorer with search by image).
         "serve": ["fastapi>=0.115,<1", "uvicorn>=0.30,<1", "python-multipart>=0.0.9"],
         # The browser tests drive Debian's Chromium (/usr/bin/chromium); Playwright downloads no browser.
+        # iiif: the IIIF Image API reference implementation, the tests' image server (needs libmagic).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8", "python-hcl2>=4",
-                 "playwright>=1.49,<2", "httpx>=0.27"],  # httpx: FastAPI's TestClient
+                 "playwright>=1.49,<2", "httpx>=0.27", "iiif>=1.0.10,<2"],  # httpx: FastAPI's TestClient
     },
     # The explorer's page, script and style sheet, copied into every site.
     package_data={"imgsim.explorer": ["static/*"], "imgsim.planning": ["*.json"]},

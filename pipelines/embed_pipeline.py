@@ -18,8 +18,8 @@ import pyarrow as pa
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from imgsim.catalogue import cma
-from imgsim.catalogue.inputs import CmaInput, ManifestInput
+from imgsim.catalogue import cma, iiif
+from imgsim.catalogue.inputs import CmaInput, IiifInput, ManifestInput
 from imgsim.config.parser import parse_run_args
 from imgsim.config.preflight import RunPlan, preflight
 from imgsim.pipelines.beam_options import is_local, pipeline_options, shares_filesystem
@@ -46,6 +46,8 @@ def metadata_schema(plan: RunPlan) -> pa.Schema:
         return plan.input.schema.metadata
     if isinstance(plan.input, CmaInput):
         return cma.METADATA_SCHEMA
+    if isinstance(plan.input, IiifInput):
+        return iiif.METADATA_SCHEMA
     return pa.schema([])
 
 

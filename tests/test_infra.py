@@ -361,12 +361,13 @@ def test_every_template_parameter_is_accepted_as_templates_pass_it():
         flag = declared[name]
         if flag.kind is str:
             value = str(flag.field.default) if flag.spec.choices else (  # a choice alone may need others
-                "r1" if name == "run_id" else str(flag.field.default or "gs://b/x"))
+                "r1" if name == "run_id" else "https://v.example/?m={manifest}" if name == "iiif_viewer"
+                else str(flag.field.default or "gs://b/x"))
         elif flag.kind is bool:
             value = "true"
         else:  # a number the flag accepts: its default, or above its minimum
             value = str(flag.field.default if flag.field.default is not None else max(3, flag.spec.minimum or 0))
-        needs = ["--site=true"] if name in ("title", "originals", "site_output") else []  # settings of the site
+        needs = ["--site=true"] if name in ("title", "originals", "site_output", "iiif_viewer") else []  # the site's
         options, beam_args = parse_run_args(["--input=cma", "--output=gs://b/o", *needs, f"--{name}={value}"])
         assert beam_args == [], f"--{name} reached Beam instead of imgsim"
         assert str(getattr(options, name)).lower() == value.lower() or getattr(options, name) == type(

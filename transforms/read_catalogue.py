@@ -3,7 +3,8 @@
 A manifest is read as a stream on one worker (its rows are tiny; the fan-out
 comes after, at de-duplication). A glob is expanded on one worker and sorted,
 so --limit takes the same files every time. The museum API is paged in
-parallel (see cma_pages).
+parallel (see cma_pages), and a IIIF collection's manifests are read in
+parallel (see iiif_manifests).
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from apache_beam.metrics import Metrics
 from imgsim.catalogue import manifest
 from imgsim.failures import Failure
 from imgsim.fetch.http import FetchConfig
-from imgsim.catalogue.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
+from imgsim.catalogue.inputs import CmaInput, GlobInput, IiifInput, InputSpec, ManifestInput
 from imgsim.storage import ObjectStore
 from imgsim.transforms.cma_pages import ReadCmaPages
+from imgsim.transforms.iiif_manifests import ReadIiif
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed
 
 
@@ -29,6 +31,8 @@ class ReadCatalogue(beam.PTransform):
 
     def expand(self, pbegin):
         spec = self._spec
+        if isinstance(spec, IiifInput):
+            return pbegin | ReadIiif(spec, self._api_fetch_config)
         if isinstance(spec, CmaInput):
             outputs = pbegin | ReadCmaPages(spec.query, self._api_fetch_config, spec.max_metadata_bytes)
         else:

@@ -1,4 +1,5 @@
-"""What ``--input`` names: a manifest file, a glob of image files, or the CMA API.
+"""What ``--input`` names: a manifest file, a glob of image files, the CMA API, or a IIIF manifest
+or collection (``iiif:URL``).
 
 Resolved once on the launcher, where a bad input can still fail fast with a
 one-line message, and then handed to the pipeline as a plain value.
@@ -9,7 +10,7 @@ import dataclasses
 import os
 from typing import Optional, Union
 
-from imgsim.catalogue import manifest
+from imgsim.catalogue import iiif, manifest
 from imgsim.catalogue.cma import CmaQuery
 from imgsim.catalogue.streams import DamagedFileError, check_compressed, is_compressed
 from imgsim.catalogue.values import DEFAULT_MAX_METADATA_BYTES, is_valid_text, read_failure
@@ -66,7 +67,17 @@ class CmaInput:
         return self.query.describe()
 
 
-InputSpec = Union[ManifestInput, GlobInput, CmaInput]
+@dataclasses.dataclass(frozen=True)
+class IiifInput:
+    url: str  # a Presentation 2.1 or 3.0 manifest or collection: http(s), gs:// or a local file
+    limit: Optional[int] = None
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+
+    def describe(self) -> dict:
+        return {"kind": "iiif", "url": self.url, "limit": self.limit}
+
+
+InputSpec = Union[ManifestInput, GlobInput, CmaInput, IiifInput]
 
 
 def resolve_input(value: str, store: ObjectStore, limit: Optional[int] = None,
@@ -84,6 +95,15 @@ def resolve_input(value: str, store: ObjectStore, limit: Optional[int] = None,
         raise ValueError("--input is required: a manifest (.csv/.jsonl/.parquet), a glob of images, or 'cma'")
     if value == "cma":
         return CmaInput(dataclasses.replace(cma_query or CmaQuery(), limit=limit), max_metadata_bytes)
+    if value.startswith(iiif.PREFIX):
+        url = value[len(iiif.PREFIX):]
+        if not url:
+            raise ValueError("--input iiif:URL needs the URL of a IIIF manifest or collection")
+        if "://" in url and not url.startswith(("http://", "https://", "gs://")):
+            raise ValueError(f"--input {value!r}: a IIIF document is read over http(s), from gs:// or a local file")
+        if "://" not in url and not os.path.isfile(url):
+            raise ValueError(f"--input {value!r}: no such file")
+        return IiifInput(url, limit, max_metadata_bytes)
     if not is_gcs(value) and os.path.isdir(value):
         value = os.path.join(value, "**")
     if any(ch in value for ch in _WILDCARDS):

@@ -31,8 +31,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from imgsim.catalogue import cma, manifest
-from imgsim.catalogue.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
+from imgsim.catalogue import cma, iiif_documents, manifest
+from imgsim.catalogue.inputs import CmaInput, GlobInput, IiifInput, InputSpec, ManifestInput
 from imgsim.config.flags import ConfigError
 from imgsim.embed.calibration import Agreement, calibrate, int8_acceleration, ir_present
 from imgsim.embed.decode import DecodeConfig, decode_image
@@ -202,6 +202,12 @@ def _first_rows(store: ObjectStore, source: InputSpec, api_fetch: FetchConfig, m
             item = source.row(path, position)
             if not isinstance(item, Failure):
                 yield item
+    elif isinstance(source, IiifInput):
+        fetcher = Fetcher(api_fetch, pool_size=1)
+        try:
+            yield from iiif_documents.first_rows(source.url, fetcher, store, most, source.max_metadata_bytes)
+        finally:
+            fetcher.close()
     elif isinstance(source, CmaInput):
         fetcher = Fetcher(api_fetch, pool_size=1)
         try:

@@ -41,10 +41,12 @@ class CatalogueFlags(Flags):
 
     input: Optional[str] = flag(
         None, "a manifest (.csv/.jsonl/.parquet, optionally .gz; local or gs://), a glob or directory of "
-        "images, or 'cma' for the Cleveland Museum of Art API", required=True, label="Input",
+        "images, 'cma' for the Cleveland Museum of Art API, or iiif:URL for a IIIF manifest or collection",
+        required=True, label="Input",
         template_help="what to embed: a manifest (.csv, .jsonl, .parquet, optionally .gz) with an id and a "
-        "url column, a glob or directory of images on gs:// (e.g. gs://bucket/scans/**), or 'cma' for the "
-        "Cleveland Museum of Art Open Access API", template_regex="^(cma|gs://[^ ]+)$")
+        "url column, a glob or directory of images on gs:// (e.g. gs://bucket/scans/**), 'cma' for the "
+        "Cleveland Museum of Art Open Access API, or iiif:URL for a IIIF Presentation manifest or collection",
+        template_regex="^(cma|gs://[^ ]+|iiif:(https?|gs)://[^ ]+)$")
     limit: Optional[int] = flag(None, "process only the first N input rows", minimum=1, label="Row limit",
                                 default_text="all")
     id_column: str = flag("id", "the manifest column that holds each row's id", label="Id column")
@@ -106,6 +108,9 @@ class OutputFlags(Flags):
                                 default_text="the collection's name: the museum, the manifest's or the folder's")
     originals: bool = flag(False, "let the explorer site load items' original images from their own hosts (with "
                            "--site)", label="Site loads originals")
+    iiif_viewer: Optional[str] = flag(None, "a IIIF viewer's address for an item's manifest, with {manifest} "
+                                      "where its URL goes (with --site)", label="Site IIIF viewer",
+                                      default_text="none: the manifest is linked")
     site_output: Optional[str] = flag(None, "build the explorer here instead (local or gs://, e.g. a bucket with "
                                       "website hosting); its entry page moves only while LATEST points at this run "
                                       "(with --site)", label="Site output", metavar="SITE",
@@ -245,8 +250,9 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
             raise ConfigError("--min-batch-size and --max-batch-size need 1 <= min <= max")
         if self.site and self.no_index:
             raise ConfigError("--site shows the index: it cannot be combined with --no-index")
-        if (self.title is not None or self.originals or self.site_output) and not self.site:
-            raise ConfigError("--title, --originals and --site-output describe the explorer site: add --site")
+        if (self.title is not None or self.originals or self.site_output or self.iiif_viewer) and not self.site:
+            raise ConfigError("--title, --originals, --iiif-viewer and --site-output describe the explorer site: "
+                              "add --site")
         if self.run_id is not None:
             _checked(check_run_id, self.run_id)
         worst = max_decode_cost(self.max_image_pixels)
@@ -278,7 +284,7 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
         return dataclasses.replace(fetch, max_bytes=max(fetch.max_bytes, API_MAX_BYTES), respect_robots=False)
 
     def site_settings(self) -> ExploreSettings:
-        return ExploreSettings(title=self.title, originals=self.originals)
+        return ExploreSettings(title=self.title, originals=self.originals, iiif_viewer=self.iiif_viewer)
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(layer=self.layer, weights=self.weights, precision=self.precision, backend=self.backend)
@@ -385,6 +391,9 @@ class ExploreOptions(Flags):
                                 "manifest's or the folder's")
     originals: bool = flag(False, "let the site load items' original images from their own hosts (by default "
                            "it asks nothing of any host but its own unless a visitor asks for an original)")
+    iiif_viewer: Optional[str] = flag(None, "a IIIF viewer's address for an item's manifest, with {manifest} where "
+                                      "its URL goes (e.g. https://projectmirador.org/embed/?iiif-content={manifest})",
+                                      default_text="none: the manifest is linked")
     facets: Optional[str] = flag(None, "comma-separated metadata fields offered as filters and map colours",
                                  default_text="text fields with 2 to 64 distinct values")
     clusters: int = flag(12, "colours of the map's clusters (k-means)", minimum=1, maximum=255)
@@ -396,7 +405,8 @@ class ExploreOptions(Flags):
 
     def explore_settings(self) -> ExploreSettings:
         facets = tuple(f.strip() for f in self.facets.split(",") if f.strip()) if self.facets else None
-        return ExploreSettings(title=self.title, facets=facets, clusters=self.clusters, originals=self.originals)
+        return ExploreSettings(title=self.title, facets=facets, clusters=self.clusters, originals=self.originals,
+                               iiif_viewer=self.iiif_viewer)
 
 
 @dataclasses.dataclass(frozen=True)

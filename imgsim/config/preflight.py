@@ -16,9 +16,10 @@ import dataclasses
 import time
 from typing import Optional
 
-from imgsim.catalogue import cma
+from imgsim.catalogue import cma, iiif
 from imgsim.catalogue.cma import CmaQuery
-from imgsim.catalogue.inputs import CmaInput, InputSpec, resolve_input
+from imgsim.catalogue.iiif_documents import DocumentError, read_document
+from imgsim.catalogue.inputs import CmaInput, IiifInput, InputSpec, resolve_input
 from imgsim.catalogue.manifest import ManifestError
 from imgsim.config.calibration import QuantizedModel, prepare_int8
 from imgsim.config.flags import ConfigError
@@ -108,6 +109,8 @@ def _preflight(options: RunOptions, store: ObjectStore, remote_workers: bool, ch
                                 check_fit=check_weights_fit)
     if isinstance(spec, CmaInput):  # after the local checks: the network is the slowest to say no
         check_api(spec.query, options.api_fetch_config())
+    if isinstance(spec, IiifInput):
+        check_iiif(spec.url, options.api_fetch_config(), store)
     quantized = None
     if model.precision == "int8":
         quantized = prepare_int8(store, model, weights.resolve(model.weights, model.include_top, store).path,
@@ -147,9 +150,23 @@ def check_reachable_from_workers(options: RunOptions) -> None:
     for flag, value, allowed in (("--input", options.input, ("cma",)), ("--output", options.output, ()),
                                  ("--site-output", options.site_output, ()),
                                  ("--weights", options.weights, (weights.IMAGENET,))):
-        if value and value not in allowed and not is_gcs(value):
+        where = value[len(iiif.PREFIX):] if flag == "--input" and value and value.startswith(iiif.PREFIX) else value
+        if where and where not in allowed and not is_gcs(where) and not where.startswith(("http://", "https://")):
             raise ConfigError(f"{flag} {value!r} is a local path, which this runner's workers cannot read: "
                               "use a gs:// location")
+
+
+def check_iiif(url: str, fetch: FetchConfig, store: ObjectStore) -> None:
+    """The root IIIF document reads and parses as a manifest or collection, or a one-line ConfigError:
+    a run cannot know its collection without it (its members are read by the workers)."""
+    fetcher = Fetcher(fetch, pool_size=1)
+    try:
+        read_document(url, fetcher, store)
+    except DocumentError as e:
+        raise ConfigError(f"--input iiif:{url}: {e.problem.reason}: {e.problem.detail}; check the address and "
+                          "that it is a IIIF Presentation 2.1 or 3.0 manifest or collection") from None
+    finally:
+        fetcher.close()
 
 
 def check_api(query: CmaQuery, fetch: FetchConfig) -> int:

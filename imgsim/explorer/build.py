@@ -44,6 +44,7 @@ _TYPES = {".json": "application/json", ".txt": "text/plain; charset=utf-8", ".bi
 # Thumbnails are spilled to temporary files this many packs at a time, then cut into packs: the
 # collection's thumbnails are never all in memory.
 _PACKS_PER_SPILL = 256
+THUMB_HEIGHT = 256  # px of a IIIF derivative standing in for a missing thumbnail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ExploreSettings:
     title: Optional[str] = None
     facets: Optional[tuple[str, ...]] = None
     originals: bool = False  # load items' original images from their hosts without being asked
+    iiif_viewer: Optional[str] = None  # a IIIF viewer's address for an item's manifest, "{manifest}" in it
     clusters: int = 12
     seed: int = 0
     map_epochs: Optional[int] = None
@@ -61,6 +63,10 @@ class ExploreSettings:
     def __post_init__(self):
         if not 1 <= self.clusters <= 255:
             raise ValueError("--clusters must be between 1 and 255")
+        if self.iiif_viewer is not None and ("{manifest}" not in self.iiif_viewer
+                                             or not self.iiif_viewer.startswith(("http://", "https://"))):
+            raise ValueError("--iiif-viewer must be an http(s) address with {manifest} where the manifest's "
+                             "URL goes, e.g. https://projectmirador.org/embed/?iiif-content={manifest}")
 
 
 def build_site(contents: IndexContents, output: str, settings: ExploreSettings = ExploreSettings(),
@@ -118,7 +124,8 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
         for number, members in enumerate(groups):
             group_of[members] = number
 
-        cards_shards = _write_cards(writer, order, ids, urls, thumbs, card_fields, card_values)
+        card_urls = _iiif_pictures(urls, values.get("iiif_service"), thumbs["refs"], site_of)
+        cards_shards = _write_cards(writer, order, ids, card_urls, thumbs, card_fields, card_values)
         buckets = _write_items(writer, order, site_of, ids, urls, widths, heights, thumbs, fields, values,
                                neighbor_rows, neighbor_scores, group_of)
         group_pages = _write_groups(writer, groups, site_of)
@@ -158,6 +165,7 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
                          "duplicate": contents.manifest.get("groups", {}).get("threshold"),
                          "labels": [[floor, label] for floor, label in strength.LABELS]},
             "originals": settings.originals,
+            "iiif": {"viewer": settings.iiif_viewer},
         }
         writer.put("data/site.json", json.dumps(site, ensure_ascii=False, separators=(",", ":")).encode())
         for name in STATIC_FILES:
@@ -300,6 +308,16 @@ def _write_thumbnails(contents: IndexContents, site_of: np.ndarray, writer: _Sit
         shutil.rmtree(directory, ignore_errors=True)
     kind, mime = sorted(formats)[0] if formats else ("webp", "image/webp")
     return {"refs": refs, "count": count, "format": kind, "mime": mime}
+
+
+def _iiif_pictures(urls: list, services: Optional[list], refs: list, site_of: np.ndarray) -> list:
+    """A card's picture where the run kept no thumbnail: its IIIF service's small derivative (a
+    height the Image API's level 1 serves), not the full image; shown, like any original, only
+    where the site allows originals or the visitor asks."""
+    if not services:
+        return urls
+    return [f"{service}/full/,{THUMB_HEIGHT}/0/default.jpg" if service and refs[int(site_of[row])] is None else url
+            for row, (url, service) in enumerate(zip(urls, services))]
 
 
 def _write_cards(writer, order, ids, urls, thumbs, card_fields, card_values) -> int:

@@ -4,6 +4,8 @@
 
 - where the bytes come from: the object store for glob inputs, HTTP otherwise
   (a manifest row naming a file path is refused by the fetcher's scheme check);
+  a row with a IIIF Image API service is fetched at the size the model needs
+  (imgsim.fetch.iiif_image), falling back to its own URL when the service fails;
 - whether an earlier embedding stands in: a row carrying `previous` is fetched
   conditionally, and a 304 or identical bytes (same sha256) reuse the earlier
   vector, so the image skips decoding and inference;
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from typing import Callable, Optional, Union
 
 from imgsim.embed.decode import DecodeConfig, decode_image
 from imgsim.embed.memory import DecodeBudget
 from imgsim.failures import STAGE_DECODE, STAGE_DOWNLOAD, Failure, StageError
+from imgsim.fetch import iiif_image
 from imgsim.fetch.http import Fetcher, check_size
 from imgsim.records import REUSED, SOURCE_STORAGE, CatalogueRow, DecodedImage, EmbeddingRow, FetchedImage
 from imgsim.runs.reuse import conditional_headers
@@ -54,7 +58,7 @@ def acquire(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore, decode: Dec
     """Fetch, check for reuse, decode (within the process's decode budget, when given) and, with
     thumbnails, make the row's thumbnail. Never raises."""
     started = clock()
-    fetched = fetch_row(row, fetcher, store)
+    fetched = fetch_row(row, fetcher, store, decode.resize)
     downloaded = clock()
     if not isinstance(fetched, FetchedImage):
         return Acquired(fetched, None, downloaded - started)
@@ -62,15 +66,26 @@ def acquire(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore, decode: Dec
     return Acquired(result, len(fetched.data), downloaded - started, clock() - downloaded)
 
 
-def fetch_row(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore) -> Union[FetchedImage, Reused, Failure]:
-    """The row's bytes, an earlier embedding confirmed unchanged, or a download-stage Failure."""
+def fetch_row(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore,
+              resize: Optional[str] = None) -> Union[FetchedImage, Reused, Failure]:
+    """The row's bytes, an earlier embedding confirmed unchanged, or a download-stage Failure.
+    resize: the decode's mode, for a IIIF derivative of the size the model needs (None: the
+    row's own URL, whatever it is)."""
     etag = last_modified = None
     try:
         if row.source == SOURCE_STORAGE:
             data, status, attempts = read_storage(store, row.url, fetcher.config.max_bytes), None, 1
         else:
             headers = conditional_headers(row.previous) if row.previous else None
-            result = fetcher.fetch(row.url, headers=headers)
+            derivative = iiif_derivative(row, fetcher, resize) if resize else None
+            result = None
+            if derivative is not None:
+                try:
+                    result = fetcher.fetch(derivative, headers=headers)
+                except StageError:
+                    result = None  # the service failed; the image's own URL may not
+            if result is None:
+                result = fetcher.fetch(row.url, headers=headers)
             data, status, attempts = result.data, result.status, result.attempts
             etag, last_modified = result.etag, result.last_modified
     except StageError as e:
@@ -85,6 +100,19 @@ def fetch_row(row: CatalogueRow, fetcher: Fetcher, store: ObjectStore) -> Union[
         return Failure.of(row, STAGE_DOWNLOAD, StageError("empty_body", "304 without a request for it", 304))
     return FetchedImage(row=row, data=data, sha256=sha256, http_status=status, attempts=attempts,
                         etag=etag, last_modified=last_modified)
+
+
+def iiif_derivative(row: CatalogueRow, fetcher: Fetcher, resize: str) -> Optional[str]:
+    """The derivative URL a row's Image API service offers for the model, or None: no service, or
+    its info.json cannot be read or offers nothing smaller (the row's own URL is fetched)."""
+    service = (row.metadata or {}).get("iiif_service") or iiif_image.service_of_url(row.url)
+    if not service:
+        return None
+    try:
+        info = iiif_image.parse_info(json.loads(fetcher.fetch(iiif_image.info_url(service)).data))
+    except (StageError, ValueError):
+        return None
+    return iiif_image.derivative_url(info, resize)
 
 
 def read_storage(store: ObjectStore, path: str, max_bytes: int) -> bytes:

@@ -10,7 +10,7 @@ import dataclasses
 import pyarrow.parquet as pq
 
 from imgsim.catalogue import manifest
-from imgsim.catalogue.inputs import CmaInput, GlobInput, InputSpec, ManifestInput
+from imgsim.catalogue.inputs import CmaInput, GlobInput, IiifInput, InputSpec, ManifestInput
 from imgsim.failures import Failure
 from imgsim.fetch.http import FetchConfig
 from imgsim.storage import ObjectStore
@@ -32,6 +32,18 @@ def count_input(spec: InputSpec, store: ObjectStore, fetch: FetchConfig) -> Coun
 
         total = check_api(spec.query, fetch)
         return _limited(total, 0, spec.limit, f"the API's total for {spec.describe()}")
+    if isinstance(spec, IiifInput):
+        from imgsim.catalogue.iiif_documents import first_rows
+        from imgsim.fetch.http import Fetcher
+
+        fetcher = Fetcher(fetch, pool_size=1)
+        try:
+            images = sum(1 for _ in first_rows(spec.url, fetcher, store, spec.limit or 10 ** 12,
+                                               spec.max_metadata_bytes))
+        finally:
+            fetcher.close()
+        return Count(images, 0, f"images in the manifests under {spec.url}" + (
+            f", at most --limit {spec.limit}" if spec.limit else ""))
     if isinstance(spec, GlobInput):
         return _limited(len(store.glob(spec.pattern)), 0, spec.limit, f"files matching {spec.pattern}")
     assert isinstance(spec, ManifestInput)

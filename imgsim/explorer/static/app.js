@@ -356,8 +356,14 @@
                        onclick: (ev) => { ev.target.remove(); showOriginal(); } }) : null;
     if (host && S.site.originals) showOriginal();
     const record = Object.entries(it.m).find(([k, v]) => /record_url|^url_|_url$|^link$/i.test(k) && isHttp(v));
+    // A IIIF item: its manifest, and a viewer of the publisher's choosing (site.iiif.viewer, "{manifest}" filled in).
+    const manifest = isHttp(it.m.manifest) ? it.m.manifest : null;
+    const viewer = manifest && S.site.iiif && S.site.iiif.viewer
+      ? S.site.iiif.viewer.replace("{manifest}", encodeURIComponent(manifest)) : null;
     const links = el("p", { class: "links" },
       record ? el("a", { class: "record", href: record[1], rel: "noopener", target: "_blank", text: "View the record ↗" }) : null,
+      manifest ? el("a", { class: "manifest", href: manifest, rel: "noopener", target: "_blank", text: "IIIF manifest ↗" }) : null,
+      viewer ? el("a", { class: "viewer", href: viewer, rel: "noopener", target: "_blank", text: "Open in a IIIF viewer ↗" }) : null,
       el("a", { href: `#view=map&focus=${it.r}`, text: "Show on the map" }),
       it.g !== null && it.g !== undefined ? el("a", { href: `#view=groups&page=${Math.floor(it.g / S.site.groups.page)}&g=${it.g}`, text: "Its near-duplicates" }) : null);
     const list = el("div", { class: "grid neighbours", id: "neighbours" });
