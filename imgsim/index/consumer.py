@@ -31,7 +31,7 @@ from imgsim.embed.reproduce import check_reproducible, embedder_for  # TensorFlo
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.artifact import ArtifactError
-from imgsim.index.filtered import EXACT_MAX, ORDERS
+from imgsim.index.filtered import EXACT_MAX, ORDERS, Gathered
 from imgsim.index.filtered import search as search_filtered
 from imgsim.index.filters import Filter, check
 from imgsim.index.latest import read_latest
@@ -112,6 +112,7 @@ class ImageIndex:
             self._reader = SingleReader(local_dir, manifest)
         self._embedder = None
         self._lock = threading.Lock()
+        self._gathered = Gathered()  # the vectors of filters asked recently, scored exactly
         self.exact_filtered_max = EXACT_MAX  # a filter allowing at most this many rows scores them exactly
 
     @classmethod
@@ -152,6 +153,7 @@ class ImageIndex:
         with self._lock:
             self._reader = None
             self._embedder = None
+            self._gathered = Gathered()
 
     def __len__(self) -> int:
         return self._reader.count
@@ -271,7 +273,7 @@ class ImageIndex:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {order!r}")
         allowed = self._allowed(where) if where else None
         return search_filtered(self._reader, queries, k, shards_to_search, allowed, exclude, self.exact_filtered_max,
-                               order)
+                               order, self._gathered)
 
     def _matches(self, found, order: str) -> list[list[Match]]:
         sign = -1.0 if order == "least" else 1.0

@@ -10,7 +10,10 @@ themselves) are never returned. numpy only; the reader is imgsim.index.readers'.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import math
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,7 +30,7 @@ _GATHER_ROWS = 65_536
 
 def search(reader, queries: np.ndarray, k: int, shards_to_search: Optional[int] = None,
            allowed: Optional[np.ndarray] = None, exclude: Sequence[int] = (), exact_max: int = EXACT_MAX,
-           order: str = "most") -> Candidates:
+           order: str = "most", gathered: Optional[Gathered] = None) -> Candidates:
     """Each query's k best rows among the allowed ones (all, when allowed is None), none of exclude.
 
     order="least": the k least similar, which are the most similar to -q; but -q lies where the
@@ -47,12 +50,14 @@ def search(reader, queries: np.ndarray, k: int, shards_to_search: Optional[int] 
         found = reader.search(queries, max(1, min(n, k + len(exclude))), shards_to_search, widen=widen)
         return _kept(found, ~np.isin(found.rows, exclude), k)
     allowed = np.array(allowed, bool)
+    if np.count_nonzero(allowed) <= exact_max:  # exclusions after scoring: the gathered rows stay reusable
+        rows = np.flatnonzero(allowed)
+        if not len(rows):
+            return Candidates.empty(len(queries), max(1, k))
+        found = exact(reader, queries, rows, k + len(exclude), gathered)
+        return _kept(found, found.valid & ~np.isin(found.rows, exclude), k) if len(exclude) else found
     allowed[exclude] = False
     rows = np.flatnonzero(allowed)
-    if not len(rows):
-        return Candidates.empty(len(queries), max(1, k))
-    if len(rows) <= exact_max:
-        return exact(reader, queries, rows, k)
     want = min(n, math.ceil(k * n / len(rows) * OVERFETCH) + k + len(exclude))
     widen = max(math.ceil(n / len(rows)), LEAST_WIDEN if order == "least" else 1)
     found = reader.search(queries, want, shards_to_search, widen=widen)
@@ -64,8 +69,47 @@ def search(reader, queries: np.ndarray, k: int, shards_to_search: Optional[int] 
     return out
 
 
-def exact(reader, queries: np.ndarray, rows: np.ndarray, k: int) -> Candidates:
-    """Each query's k best of `rows` (global, sorted), exactly, a block of rows at a time."""
+class Gathered:
+    """The vectors of the last few sets of allowed rows, so that a filter asked again (a facet of
+    an explorer, a shop's category) is scored without gathering its rows again: at most max_bytes
+    held, the least recently used set first to go. Thread-safe; one per open index."""
+
+    def __init__(self, max_bytes: int = 256 << 20, entries: int = 8):
+        self._max_bytes = max_bytes
+        self._entries = entries
+        self._held: "collections.OrderedDict[bytes, np.ndarray]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def vectors(self, reader, rows: np.ndarray) -> Optional[np.ndarray]:
+        """rows' vectors, gathered now or earlier; None when they alone exceed the bound."""
+        if not len(rows) or len(rows) * reader.vector(int(rows[0])).nbytes > self._max_bytes:
+            return None
+        key = hashlib.blake2b(np.ascontiguousarray(rows).view(np.uint8), digest_size=16).digest()
+        with self._lock:
+            if key in self._held:
+                self._held.move_to_end(key)
+                return self._held[key]
+        vectors = reader.vectors_of(rows)
+        with self._lock:
+            self._held[key] = vectors
+            while len(self._held) > self._entries or sum(v.nbytes for v in self._held.values()) > self._max_bytes:
+                self._held.popitem(last=False)
+        return vectors
+
+
+def exact(reader, queries: np.ndarray, rows: np.ndarray, k: int, gathered: Optional[Gathered] = None
+          ) -> Candidates:
+    """Each query's k best of `rows` (global, sorted), exactly: over their vectors gathered once
+    (and kept in gathered, when given and small enough), else a block of rows at a time."""
+    held = gathered.vectors(reader, rows) if gathered is not None else None
+    if held is not None:
+        found = Candidates.empty(len(queries), k)
+        for first, sims in similarity_blocks(held, queries):
+            idx, vals = top_k(sims, k)
+            width = idx.shape[1]
+            found.rows[first:first + len(sims), :width] = rows[idx]
+            found.scores[first:first + len(sims), :width] = vals
+        return found
     best = Candidates.empty(len(queries), k)
     for start in range(0, len(rows), _GATHER_ROWS):
         block = rows[start:start + _GATHER_ROWS]
