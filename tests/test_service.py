@@ -124,8 +124,18 @@ def test_the_explorer_follows_the_api_and_survives_its_old_run_being_pruned(serv
     build(out, "r2", seed=2)
     wait_for(lambda: requests.get(url + "healthz", timeout=10).json()["run_id"] == "r2")
     shutil.rmtree(out / "runs" / "r1")  # --keep-runs pruned it
-    page = requests.get(url, timeout=10)
-    assert page.status_code == 200 and 'app.js"></script>' in page.text
+    # the API swapped at once; r2's explorer is built in the background: until then `/` says so
+    # (a JSON 503), never showing r1's
+    seen = []
+
+    def explorer_ready():
+        page = requests.get(url, timeout=10)
+        seen.append(page.status_code if page.status_code != 503 else page.json()["error"])
+        return page if page.status_code == 200 else None
+
+    page = wait_for(explorer_ready)
+    assert all(s == 200 or "explorer of run r2 is being built" in s for s in seen), seen
+    assert 'app.js"></script>' in page.text
     assert requests.get(url + site_data(page.text), timeout=10).json()["run_id"] == "r2"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import os
 import threading
 from typing import Any, Callable, Iterator, Optional
 
@@ -187,9 +188,20 @@ class IndexFollower:
             served.index.close()
 
     def _follow(self) -> None:
+        yield_cpu()
         while not self._stop.wait(self.refresh_seconds):
             try:
                 self.refresh()
             except Exception as e:  # never let the thread die: the service keeps serving
                 self._error = f"{type(e).__name__}: {e}"
                 _LOG.exception("refreshing from LATEST failed")
+
+
+def yield_cpu() -> None:
+    """Run this thread (and the threads it starts: ScaNN's loaders) below the request threads'
+    priority: opening a new artifact competes for the same cores as the answers being served, and
+    the answers should win (Linux schedules threads as tasks, each with its own niceness)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass

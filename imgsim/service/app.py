@@ -216,10 +216,14 @@ class CurrentSite:
 
     async def __call__(self, scope, receive, send):
         with self.follower.use() as served:
-            static, site = served.extras.static, served.extras.site
-            if static is None:
-                return await error_response(404, "no explorer for this index")(
-                    scope, receive, send)
+            built, run_id = served.extras.site, served.index.run_id
+            if built.error is not None:
+                return await error_response(503, f"the explorer of run {run_id} could not be built ({built.error}); "
+                                                 "the API answers")(scope, receive, send)
+            if built.static is None:
+                return await error_response(503, f"the explorer of run {run_id} is being built; the API answers "
+                                                 "meanwhile")(scope, receive, send)
+            static, site = built.static, built.path
             if scope["type"] == "http" and scope["path"] in ("/", "/index.html"):
                 with open(os.path.join(site, "index.html"), encoding="utf-8") as f:
                     page = f.read().replace("<head>", '<head>\n<meta name="imgsim-api" content="api/">', 1)

@@ -31,7 +31,7 @@ from imgsim.explorer.build import ExploreSettings, build_site
 from imgsim.explorer.source import IndexContents
 from imgsim.fetch.http import FetchConfig
 from imgsim.index.consumer import ImageIndex
-from imgsim.index.follower import IndexFollower, Served
+from imgsim.index.follower import IndexFollower, Served, yield_cpu
 from imgsim.service.edge import EdgeSettings, guarded_protocol
 from imgsim.storage import ObjectStore, cache_dir, is_gcs
 
@@ -64,18 +64,51 @@ class ServeSettings:
         return self.edge or EdgeSettings.for_address(self.host)
 
 
+class SiteBuild:
+    """The explorer of one artifact: ready (`path`, `static`), still being built in the background,
+    or failed (`error`). A new artifact's API does not wait for its explorer: `/` says it is being
+    built meanwhile, and never shows another run's."""
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self.static = _static(path)
+        self.error: Optional[str] = None
+        self.done = threading.Event()
+        if path is not None:
+            self.done.set()
+
+    @classmethod
+    def in_background(cls, build: Callable[[], str]) -> "SiteBuild":
+        site = cls()
+        threading.Thread(target=site._build, args=(build,), name="imgsim-build-site", daemon=True).start()
+        return site
+
+    def _build(self, build: Callable[[], str]) -> None:
+        yield_cpu()  # the answers being served come first
+        try:
+            path = build()
+            self.static, self.path = _static(path), path
+        except Exception as e:  # reported at `/`; the API is unaffected
+            _LOG.exception("the explorer could not be built")
+            self.error = f"{type(e).__name__}: {e}"[:300]
+        finally:
+            self.done.set()
+
+
 @dataclasses.dataclass(frozen=True)
 class ServedExtras:
     """What the service prepared for one artifact besides the index."""
 
     searchable: bool
-    site: Optional[str]
-    static: Any  # the explorer's static files app, or None
+    site: SiteBuild
 
 
 def preparer(settings: ServeSettings, store: ObjectStore, load_model: bool = True) -> Callable[[ImageIndex], Any]:
     """prepare(index) -> ServedExtras: the model loaded once (refused when --backend is not the
-    index's), the explorer found or built. load_model=False leaves the model to each worker."""
+    index's), the explorer found, or built: before the first artifact is served, in the
+    background for the ones that replace it. load_model=False leaves the model to each worker."""
+    first = threading.Event()
+
     def prepare(index: ImageIndex) -> ServedExtras:
         searchable = True
         try:
@@ -88,8 +121,15 @@ def preparer(settings: ServeSettings, store: ObjectStore, load_model: bool = Tru
                 raise ValueError(str(e)) from None  # refused before any work (building the explorer)
             _LOG.warning("search by image is off: %s", e)
             searchable = False
-        site = settings.site or _published_site(index) or _cached_site(index, store)
-        return ServedExtras(searchable, site, _static(site))
+        found = settings.site or _published_site(index)
+        if found is not None:
+            site = SiteBuild(found)
+        elif not first.is_set():
+            site = SiteBuild(_cached_site(index, store))
+        else:
+            site = SiteBuild.in_background(lambda: _cached_site(index, store))
+        first.set()
+        return ServedExtras(searchable, site)
     return prepare
 
 
@@ -127,7 +167,7 @@ def prepare(settings: ServeSettings, store: Optional[ObjectStore] = None):
     store = store or ObjectStore()
     follower = follower_for(settings, store)
     with follower.use() as served:
-        site = served.extras.site
+        site = served.extras.site.path
     return app_for(settings, follower), follower, site
 
 
