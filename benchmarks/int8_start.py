@@ -37,11 +37,10 @@ def run(manifest: Path, images: int, output: Path, weights: str, cache: Path, *e
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"seconds": round(seconds, 1), "embedded": summary["counts"]["embedded"],
-            "calibration": (summary.get("model") or {}).get("calibration")}
+    return {"seconds": round(seconds, 1), "embedded": summary["counts"]["embedded"]}
 
 
-def benchmark(shared: Path, images: int, work: Path) -> dict:
+def benchmark(shared: Path, images: int, work: Path, calibration_size: int = 128) -> dict:
     from benchmarks import catalogue
 
     paths = catalogue.build(shared, images, work / "catalogue")
@@ -50,14 +49,14 @@ def benchmark(shared: Path, images: int, work: Path) -> dict:
         manifest = catalogue.write_manifest(paths, base, work / "manifest.csv")
         weights = str(shared / "models" / "vgg16_imagenet_notop.weights.h5")
         cache = work / "imgsim-cache"
-        int8 = ["--backend", "openvino", "--precision", "int8"]
+        int8 = ["--backend", "openvino", "--precision", "int8", "--calibration-size", str(calibration_size)]
         rows = {"fp32": run(manifest, images, work / "out-fp32", weights, cache),
                 "int8_calibrating": run(manifest, images, work / "out-int8-a", weights, cache, *int8),
                 "int8_cached": run(manifest, images, work / "out-int8-b", weights, cache, *int8)}
     finally:
         httpd.shutdown()
     fp32 = rows["fp32"]["seconds"]
-    return {"images": images, "runs": rows,
+    return {"images": images, "calibration_size": calibration_size, "runs": rows,
             "int8_cached_speedup": round(fp32 / rows["int8_cached"]["seconds"], 2),
             "int8_calibrating_slowdown": round(rows["int8_calibrating"]["seconds"] / fp32, 2)}
 
@@ -66,10 +65,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
+    parser.add_argument("--calibration-size", type=int, default=128, help="imgsim run's --calibration-size")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="imgsim-bench-int8-"))
     try:
-        result = benchmark(Path(args.shared), args.images, work)
+        result = benchmark(Path(args.shared), args.images, work, args.calibration_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
