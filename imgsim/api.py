@@ -206,6 +206,7 @@ def plan(input: str, *, store: Optional[ObjectStore] = None, **options) -> dict:
 def plan_options(options: PlanOptions, store: Optional[ObjectStore] = None) -> dict:
     """`plan` for already parsed options (the CLI's path)."""
     from imgsim.catalogue.inputs import resolve_input
+    from imgsim.config.preflight import check_api
     from imgsim.fetch.http import FetchConfig
     from imgsim.planning.costs import PROFILES, Measured, Prices, estimate
     from imgsim.planning.count import count_input
@@ -216,7 +217,8 @@ def plan_options(options: PlanOptions, store: Optional[ObjectStore] = None) -> d
         spec = resolve_input(options.input, store, limit=options.limit, cma_query=options.cma_query(),
                              id_column=options.id_column, url_column=options.url_column,
                              max_metadata_bytes=options.max_metadata_bytes)
-        count = count_input(spec, store, FetchConfig(allow_private_addresses=options.allow_private_addresses))
+        fetch = FetchConfig(allow_private_addresses=options.allow_private_addresses)
+        count = count_input(spec, store, fetch, api_total=lambda cma: check_api(cma.query, fetch))
         measured = Measured.packaged()
         chosen = [options.precision] if options.precision else list(PROFILES)
         rows = [estimate(count.images, p, options.workers, prices, measured,

@@ -6,6 +6,7 @@ apart: it costs nothing to embed.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, Optional
 
 import pyarrow.parquet as pq
 
@@ -26,12 +27,13 @@ class Count:
         return dataclasses.asdict(self)
 
 
-def count_input(spec: InputSpec, store: ObjectStore, fetch: FetchConfig) -> Count:
+def count_input(spec: InputSpec, store: ObjectStore, fetch: FetchConfig,
+                api_total: Optional[Callable[[CmaInput], int]] = None) -> Count:
+    """api_total: the launcher's probe of the museum API (one record page), passed down."""
     if isinstance(spec, CmaInput):
-        from imgsim.config.preflight import check_api  # the launcher's own probe: one record page
-
-        total = check_api(spec.query, fetch)
-        return _limited(total, 0, spec.limit, f"the API's total for {spec.describe()}")
+        if api_total is None:
+            raise ValueError("counting a museum API input needs the API's total")
+        return _limited(api_total(spec), 0, spec.limit, f"the API's total for {spec.describe()}")
     if isinstance(spec, IiifInput):
         from imgsim.catalogue.iiif_documents import first_rows
         from imgsim.fetch.http import Fetcher
