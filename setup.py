@@ -51,5 +51,5 @@ setup(
     },
     # The explorer's page, script and style sheet, copied into every site.
     package_data={"imgsim.explorer": ["static/*"], "imgsim.planning": ["*.json"]},
-    entry_points={"console_scripts": ["imgsim=imgsim.cli:main"]},
+    entry_points={"console_scripts": ["imgsim=imgsim.cli:console"]},
 )

@@ -1,6 +1,4 @@
 """`python -m imgsim`: the imgsim command."""
-import sys
+from imgsim.cli import console
 
-from imgsim.cli import main
-
-sys.exit(main())
+console()

@@ -19,6 +19,17 @@ from imgsim.config.parser import parse
 _LOG = logging.getLogger("imgsim")
 
 
+def console() -> None:
+    """The installed command: main(), then exit. An interrupted run exits at once: its checkpoint is
+    safe, and waiting for downloads still in flight (up to their deadline) would only hold the shell."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter

@@ -184,7 +184,7 @@ def images(shared, tmp_path_factory):
     log = open(root / "server.log", "w")
     server = subprocess.Popen([str(BIN / "iiif_testserver.py"), "--host", "127.0.0.1", "--port", str(port),
                                "--image-dir", str(root / "img"), "--api-versions", "2.1,3.0", "--manipulators", "pil",
-                               "-q"], stdout=log, stderr=subprocess.STDOUT)
+                               "-q"], stdout=log, stderr=subprocess.STDOUT, cwd=root)  # it writes a pid file
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

@@ -496,7 +496,7 @@ def test_image_copies_the_package_and_launches_the_launcher(name):
     workdir = doc["workdir"]
     copied = {src for sources, dest in doc["copy"] for src in sources
               if dest.rstrip("/") in (".", workdir) or dest == src}
-    wanted = {"setup.py", "constraints.txt"} | set(kwargs["package_dir"].values())
+    wanted = {"setup.py", "pyproject.toml", "constraints.txt"} | set(kwargs["package_dir"].values())
     assert wanted <= copied, f"{name} does not copy {wanted - copied}"
     main = doc["env"]["FLEX_TEMPLATE_PYTHON_PY_FILE"]
     assert main.startswith(workdir + "/")
