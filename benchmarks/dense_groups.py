@@ -1,6 +1,6 @@
 """Large near-duplicate groups cost a sharded build no more memory than any other collection.
 
-    .venv/bin/python -m benchmarks.dense_groups [--n 200000] [--dim 512] [--shards 4]
+    .venv/bin/python -m benchmarks.dense_groups [--n 200000] [--dim 512] [--shards 4] [--shapes dense]
 
 Two collections of the same size and cluster layout (benchmarks/shapes.py): `dense` (clusters of
 ~1,000 items all near-duplicates of each other, pairwise cosine ~0.96: the product shots and
@@ -37,10 +37,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--shapes", default="isotropic,dense", help="comma-separated: isotropic, dense")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="imgsim-dense-") as work:
-        for shape in ("isotropic", "dense"):
+        for shape in args.shapes.split(","):
             done = subprocess.run([sys.executable, "-c", BUILD, str(args.n), str(args.dim), str(args.shards), shape,
                                    os.path.join(work, shape)], capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -85,7 +85,8 @@ def build(p: beam.Pipeline, plan: RunPlan, show_progress: bool = False,
         reuse_plan = unique.rows | "PlanReuse" >> PlanReuse(list(plan.reuse_sources))
         to_fetch, outputs["deleted"], parts[RESUMED] = reuse_plan.rows, reuse_plan[DELETED], reuse_plan[RESUMED]
     downloaded = to_fetch | "DownloadImages" >> DownloadImages(plan.fetch, plan.decode, o.download_threads,
-                                                               o.decode_memory_bytes, thumbnails=o.thumbnails)
+                                                               o.decode_memory_bytes, thumbnails=o.thumbnails,
+                                                               lanes=o.lanes())
     parts["embedded"], embed_failures = downloaded.images | "EmbedImages" >> EmbedImages(
         handler or model_handler(plan))
     if plan.reuse_sources:  # only a row PlanReuse paired with an earlier one can be reused: else no sinks

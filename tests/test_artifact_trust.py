@@ -312,6 +312,7 @@ OPENER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.model  # the slow tier
 def test_two_processes_opening_one_index_into_one_cache_never_see_a_torn_file(tmp_path):
     """Both processes must succeed, and no file in the cache is ever visible under its own name
     with fewer bytes than the manifest lists (this test process watches while they copy)."""

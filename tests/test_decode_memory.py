@@ -97,6 +97,7 @@ def test_the_budget_bounds_concurrent_decodes_in_one_process(tmp_path):
     assert unbounded > 280 * 1.15 + 50, (bounded, unbounded)  # what the budget prevents
 
 
+@pytest.mark.model  # the slow tier
 def test_the_budget_holds_in_resident_memory_with_sixteen_threads(tmp_path):
     """What a decode frees stays in its thread's malloc arena unless handed back: 16 download
     threads decoding one after another reached twice the budget in resident memory. With the

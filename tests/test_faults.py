@@ -118,6 +118,7 @@ def fault_run(servers, photos, notop_weights, tmp_path_factory):
     return {"rows": rows, "expected": expected, "result": result, "servers": servers}
 
 
+@pytest.mark.model  # the slow tier
 def test_every_row_is_accounted_for_exactly_once(fault_run):
     result = fault_run["result"]
     embedded = result["embeddings"].column("id").to_pylist()
@@ -129,6 +130,7 @@ def test_every_row_is_accounted_for_exactly_once(fault_run):
     assert summary["counts"]["failed"] == sum(summary["failures_by_reason"].values()) == len(failures)
 
 
+@pytest.mark.model  # the slow tier
 def test_each_fault_ends_as_expected(fault_run):
     result = fault_run["result"]
     outcome = {row_id: "embedded" for row_id in result["embeddings"].column("id").to_pylist()}

@@ -209,6 +209,7 @@ def test_the_explorer_publishes_to_a_bucket_with_content_types_and_cache_headers
     assert forwarder.cache_control == "no-cache" and "runs/r1/site/index.html" in forwarder.download_as_text()
 
 
+@pytest.mark.model  # the slow tier
 def test_a_run_publishes_its_explorer_to_a_website_bucket(bucket, notop_weights):
     """`run --site --site-output gs://...`: the scheduled run refreshes a public site in place."""
     from fakes import FakeModelHandler

@@ -51,6 +51,7 @@ print(json.dumps({"peak_mb": peak_kb / 1024, "shards": report["sharding"]["shard
 """
 
 
+@pytest.mark.model  # the slow tier: worker processes
 def test_peak_memory_stays_flat_when_the_collection_doubles(tmp_path):
     """At a fixed shard size (1,250 vectors of 3072 dimensions, 15 MB), doubling the collection (31 MB
     of vectors to 62 MB, 2 shards to 4) must not raise the peak resident memory of the process that
@@ -83,6 +84,7 @@ def test_peak_memory_stays_flat_when_the_collection_doubles(tmp_path):
     assert peaks[2 * half] - peaks[half] < added_mb, peaks
 
 
+@pytest.mark.model  # the slow tier
 def test_imgsim_index_builds_a_sharded_index_on_two_worker_processes(tmp_path, capsys):
     """Trees in every shard and the neighbours table found through them (--exact-neighbors-max 0), as
     above 200,000 items: what the manifest records is what the consumer and the table give."""
@@ -124,6 +126,7 @@ def test_imgsim_index_builds_a_sharded_index_on_two_worker_processes(tmp_path, c
     assert_honest(index, vectors)  # recorded recall = similar's and the table's, within 0.02
 
 
+@pytest.mark.model  # the slow tier
 def test_the_run_pipelines_index_step_plans_shards_when_it_runs(tmp_path):
     """`imgsim run` learns the collection's size only at its end: with sharding="auto" the index step
     plans from the embedding files' footers inside the pipeline, and only the sharded branch builds

@@ -47,6 +47,7 @@ def image_bodies(server) -> dict:
     return {path: n for path, n in server.bodies_sent.items() if path.startswith("/img/")}
 
 
+@pytest.mark.model  # the slow tier
 def test_incremental_runs_redo_only_what_changed(server, catalogue, photos, notop_weights, tmp_path):
     """One catalogue's history over five runs (one history, to pay for five pipeline runs, not nine):
     unchanged, then changed, added, moved, retitled and removed items, then --full, then another model.

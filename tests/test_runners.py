@@ -46,6 +46,7 @@ def test_local_paths_are_refused_when_the_workers_are_containers(tmp_path, photo
         launcher.launch(options, beam_args, ObjectStore(), handler=FakeModelHandler())
 
 
+@pytest.mark.model  # the slow tier: worker processes
 def test_a_run_and_a_reindex_on_the_portable_runner_match_directrunner(shared, notop_weights, tmp_path):
     photos = f"{shared}/data/photos/*.jpg"
     common = ["--input", photos, "--weights", notop_weights, "--layer", "pool", "--progress-interval", "0"]
@@ -86,6 +87,7 @@ def dask_cluster():
     cluster.close()
 
 
+@pytest.mark.model  # the slow tier: worker processes
 def test_a_run_and_a_reindex_on_a_dask_cluster_match_directrunner(shared, notop_weights, tmp_path, dask_cluster):
     dask = ["--runner", "imgsim.pipelines.dask_runner.DaskRunner", "--dask_client_address",
             dask_cluster.scheduler_address]
@@ -162,6 +164,8 @@ def kill_when_busy(server, find_workers, served: int):
     return thread, killed
 
 
+@pytest.mark.model  # the slow tier: worker processes
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the dead worker's channels
 def test_a_killed_worker_process_costs_the_rows_it_held_not_the_run(tmp_path, notop_weights, monkeypatch, caplog):
     """Multi-process DirectRunner, an SDK worker SIGKILLed mid-run: the job fails, the launcher starts
     it again as the same run, which resumes from the checkpoint; every row once, no stray files."""
@@ -202,6 +206,7 @@ def test_a_killed_worker_process_costs_the_rows_it_held_not_the_run(tmp_path, no
     assert sum(pq_rows(f) for f in files) == 40  # no file of the dead attempt left beside the committed ones
 
 
+@pytest.mark.model  # the slow tier: worker processes
 def test_a_killed_dask_worker_is_replaced_and_its_tasks_run_again(tmp_path, notop_weights, dask_cluster):
     import glob
 

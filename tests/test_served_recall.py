@@ -48,6 +48,7 @@ def assert_honest(index: ImageIndex, vectors: np.ndarray, min_recall: float = 0.
     return got
 
 
+@pytest.mark.model  # the slow tier
 @pytest.mark.parametrize("shape", ["narrow", "isotropic", "wide"])
 def test_a_sharded_index_records_the_recall_its_consumers_get(tmp_path, shape):
     vectors = shaped(N, 32, shape, clusters=40, seed=1)
@@ -72,6 +73,7 @@ def test_one_searcher_records_the_recall_its_consumers_get(tmp_path, shape):
     assert_honest(index, vectors)
 
 
+@pytest.mark.model  # the slow tier
 def test_tuning_raises_the_search_parameters_until_the_target_is_met(tmp_path):
     """A tree of 200 leaves searching 1 of them misses most neighbours of wide clusters; imgsim
     raises the leaves searched (and re-ordering) at query time, measures each step, publishes the
@@ -100,6 +102,7 @@ def test_tuning_raises_the_search_parameters_until_the_target_is_met(tmp_path):
         publish_table(embeddings_table(vectors), out, "r2", fixed)
 
 
+@pytest.mark.model  # the slow tier
 def test_a_sharded_index_tunes_its_shards_and_routing_together(tmp_path):
     vectors = shaped(N, 32, "isotropic", clusters=40, seed=4)
     settings = indexer.IndexSettings(recall_queries=QUERIES, options=IndexOptions(mode="tree_ah", num_leaves=100),

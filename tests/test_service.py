@@ -185,6 +185,7 @@ def test_malformed_bodies_get_json_and_a_vanishing_client_costs_one_line(service
     assert "<script" not in docs.text  # nothing to fetch: it works offline
 
 
+@pytest.mark.model  # the slow tier
 def test_two_workers_serve_one_port_and_follow_latest(tmp_path):
     out = tmp_path / "out"
     build(out, "r1", seed=1)

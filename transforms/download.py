@@ -16,6 +16,14 @@ budget (imgsim.embed.memory) are shared by all threads of a worker process
 through apache_beam.utils.shared, so decoding stays within --decode-memory-mb
 per process however many download threads run.
 
+With lanes (imgsim.fetch.lanes, the default), the host limits are the whole job's: rows are
+keyed by (host, lane) and grouped, so one worker at a time downloads a lane's rows, at the lane's
+share of the limits. A worker holding several lanes runs them side by side, round robin, each up to
+its own connections. The grouping waits for the input to be read before the first download (the
+rows, not the images, are shuffled). On Dataflow, a host's rows can keep at most `lanes` workers
+busy: more workers than that (autoscaling on a single-host collection) find nothing to do for it,
+and the throttling counter below keeps the autoscaler from asking for them.
+
 Time spent waiting to be polite (host limits, Retry-After, backoff) is
 reported as `cumulativeThrottlingSeconds`, the counter Dataflow's autoscaler
 discounts, as Beam's own throttled I/O does (apache_beam.io.components.
@@ -27,6 +35,8 @@ here, on the bundle's thread, where Beam keeps metrics.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+from typing import Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -37,6 +47,7 @@ from imgsim.embed.decode import DecodeConfig
 from imgsim.embed.memory import DEFAULT_DECODE_MEMORY_MB, MB, DecodeBudget, limit_arenas
 from imgsim.fetch.acquire import Acquired, Reused, acquire
 from imgsim.fetch.http import FetchConfig, Fetcher, shared_politeness
+from imgsim.fetch.lanes import Lanes
 from imgsim.records import DecodedImage, CatalogueRow
 from imgsim.storage import ObjectStore
 from imgsim.transforms.failures import FAILURES, NAMESPACE, failed
@@ -54,7 +65,9 @@ class DownloadImages(beam.PTransform):
     embedding is reused and the image skips decoding and inference."""
 
     def __init__(self, config: FetchConfig, decode: DecodeConfig, threads: int = 16,
-                 decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_MB * MB, thumbnails: bool = False):
+                 decode_memory_bytes: int = DEFAULT_DECODE_MEMORY_MB * MB, thumbnails: bool = False,
+                 lanes: Optional[Lanes] = None):
+        """lanes: the host limits hold for the whole job (None: per worker process)."""
         super().__init__()
         if threads < 1:
             raise ValueError("download threads must be at least 1")
@@ -63,11 +76,34 @@ class DownloadImages(beam.PTransform):
         self._threads = threads
         self._decode_memory = decode_memory_bytes
         self._thumbnails = thumbnails
+        self._lanes = lanes
 
     def expand(self, rows):
-        return rows | "DownloadAndDecode" >> beam.ParDo(
-            _DownloadFn(self._config, self._decode, self._threads, self._decode_memory, self._thumbnails)
-        ).with_outputs(FAILURES, REUSED, main="images")
+        args = (self._config, self._decode, self._threads, self._decode_memory, self._thumbnails)
+        if self._lanes is None:
+            return rows | "DownloadAndDecode" >> beam.ParDo(_DownloadFn(*args)).with_outputs(
+                FAILURES, REUSED, main="images")
+        return (rows
+                | "KeyByLane" >> beam.Map(_keyed, self._lanes)
+                | "GroupByLane" >> beam.GroupByKey()
+                | "DownloadAndDecode" >> beam.ParDo(_LaneDownloadFn(*args, lanes=self._lanes)).with_outputs(
+                    FAILURES, REUSED, main="images"))
+
+
+def _keyed(row: CatalogueRow, lanes: Lanes):
+    return lanes.key(row.url, row.id), row
+
+
+@dataclasses.dataclass
+class _Lane:
+    """A lane's rows being downloaded: its own share of the host limits and its element's window."""
+
+    rows: Iterator[CatalogueRow]
+    fetcher: Fetcher
+    connections: int
+    timestamp: object
+    window: object
+    in_flight: int = 0
 
 
 class _DownloadFn(beam.DoFn):
@@ -106,10 +142,16 @@ class _DownloadFn(beam.DoFn):
         self._pending = {}
 
     def process(self, row: CatalogueRow, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        future = self._pool.submit(acquire, row, self._fetcher, self._store, self._decode, self._budget,
-                                   thumbnails=self._thumbnails)
-        self._pending[future] = (timestamp, window)
+        self._submit(row, self._fetcher, timestamp, window)
         yield from self._emit(wait_until=self._max_in_flight - 1)
+
+    def _submit(self, row: CatalogueRow, fetcher: Fetcher, timestamp, window, lane: Optional[_Lane] = None):
+        future = self._pool.submit(acquire, row, fetcher, self._store, self._decode, self._budget,
+                                   thumbnails=self._thumbnails)
+        self._pending[future] = (timestamp, window, lane)
+
+    def _finished(self, lane: Optional[_Lane]) -> None:
+        """A row's download ended (and was emitted)."""
 
     def finish_bundle(self):
         yield from self._emit(wait_until=0)
@@ -135,7 +177,8 @@ class _DownloadFn(beam.DoFn):
                     return
                 done, _ = concurrent.futures.wait(self._pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
-                timestamp, window = self._pending.pop(future)
+                timestamp, window, lane = self._pending.pop(future)
+                self._finished(lane)
                 tag, value = self._outcome(future.result())
                 windowed = WindowedValue(value, timestamp, [window])
                 yield windowed if tag is None else beam.pvalue.TaggedOutput(tag, windowed)
@@ -159,3 +202,52 @@ class _DownloadFn(beam.DoFn):
             return None, result
         tagged = failed(result)
         return tagged.tag, tagged.value
+
+
+class _LaneDownloadFn(_DownloadFn):
+    """((host, lane), rows) -> as _DownloadFn, each lane at its share of the host's limits."""
+
+    def __init__(self, *args, lanes: Lanes):
+        super().__init__(*args)
+        self._lane_limits = lanes
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._lanes: list[_Lane] = []
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        key, rows = element
+        limiter = self._lane_limits.limiter(key)
+        if limiter is None:  # storage rows: only the threads limit them
+            fetcher, connections = self._fetcher, self._threads
+        else:
+            fetcher, connections = self._fetcher.limited_by(limiter), self._lane_limits.connections(key[1])
+        self._lanes.append(_Lane(iter(rows), fetcher, connections, timestamp, window))
+        self._fill()
+        yield from self._emit(wait_until=self._max_in_flight - 1)
+
+    def finish_bundle(self):
+        self._fill()
+        yield from self._emit(wait_until=0)
+
+    def _finished(self, lane: Optional[_Lane]) -> None:
+        lane.in_flight -= 1
+        self._fill()
+
+    def _fill(self) -> None:
+        """Start rows round robin over the lanes with a connection free, up to the in-flight bound."""
+        started = True
+        while started and len(self._pending) < self._max_in_flight:
+            started = False
+            for lane in list(self._lanes):
+                if len(self._pending) >= self._max_in_flight:
+                    return
+                if lane.in_flight >= lane.connections:
+                    continue
+                row = next(lane.rows, None)
+                if row is None:
+                    self._lanes.remove(lane)
+                    continue
+                lane.in_flight += 1
+                self._submit(row, lane.fetcher, lane.timestamp, lane.window, lane)
+                started = True

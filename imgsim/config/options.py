@@ -22,6 +22,7 @@ from imgsim.embed.model import BACKENDS, LAYER_DIMS, PRECISIONS, ModelSpec
 from imgsim.embed.weights import IMAGENET
 from imgsim.explorer.build import ExploreSettings
 from imgsim.fetch.http import DEFAULT_USER_AGENT, FetchConfig
+from imgsim.fetch.lanes import Lanes
 from imgsim.index.build import IndexSettings
 from imgsim.index.filtered import ORDERS
 from imgsim.index.export import FORMATS as EXPORT_FORMATS
@@ -171,11 +172,14 @@ class DownloadFlags(Flags):
     allow_private_addresses: bool = flag(
         False, "fetch URLs whose host resolves to loopback, private or link-local addresses (the cloud "
         "metadata server among them): unsafe in clouds", label="Allow private addresses")
-    max_connections_per_host: int = flag(8, "concurrent connections per host and worker process", minimum=1,
-                                         label="Connections per host")
+    max_connections_per_host: int = flag(8, "concurrent connections per host, for the whole job (per worker "
+                                         "process with --host-lanes 0)", minimum=1, label="Connections per host")
     max_requests_per_second_per_host: float = flag(
-        20.0, "request starts per second per host and worker process (0: unlimited)", minimum=0,
-        label="Requests per second per host")
+        20.0, "request starts per second per host, for the whole job (per worker process with --host-lanes 0; "
+        "0: unlimited)", minimum=0, label="Requests per second per host")
+    host_lanes: int = flag(4, "keys a host's rows are spread over, each with its share of the host's limits, so "
+                           "that the limits hold across workers; at most --max-connections-per-host are used "
+                           "(0: no lanes, the limits hold per worker process)", minimum=0, label="Lanes per host")
     respect_robots: bool = flag(False, "honour robots.txt (RFC 9309)", label="Respect robots.txt")
     max_image_pixels: int = flag(DEFAULT_MAX_PIXELS, "larger images are refused as decompression bombs",
                                  minimum=1, label="Maximum image pixels")
@@ -277,6 +281,12 @@ class RunOptions(IndexFlags, DownloadFlags, ModelFlags, OutputFlags, CatalogueFl
             max_connections_per_host=self.max_connections_per_host,
             max_requests_per_second_per_host=self.max_requests_per_second_per_host,
             respect_robots=self.respect_robots)
+
+    def lanes(self) -> Optional[Lanes]:
+        """The job-wide host limits as lanes (imgsim.fetch.lanes); None: per worker process."""
+        if not self.host_lanes:
+            return None
+        return Lanes.sharing(self.host_lanes, self.max_connections_per_host, self.max_requests_per_second_per_host)
 
     def api_fetch_config(self) -> FetchConfig:
         """The museum API's pages: the same guard and limits, a larger cap, never robots-gated."""

@@ -22,6 +22,7 @@ It owns one requests.Session (connection reuse) and enforces:
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import datetime
 import email.utils
@@ -130,6 +131,13 @@ class Fetcher:
     def close(self):
         self._watchdog.close()
         self._session.close()
+
+    def limited_by(self, limiter: HostLimiter) -> "Fetcher":
+        """This Fetcher (its connections, DNS cache, robots rules and throttle meter) under other
+        host limits: a lane's share (imgsim.fetch.lanes). Close only the original."""
+        view = copy.copy(self)
+        view._limiter = limiter
+        return view
 
     def fetch(self, url: str, headers: Optional[Mapping[str, str]] = None) -> FetchResult:
         """GET url; a 304 answer to conditional headers returns an empty 304 result.
