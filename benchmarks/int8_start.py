@@ -56,7 +56,9 @@ def benchmark(shared: Path, images: int, work: Path, calibration_size: int = 128
     finally:
         httpd.shutdown()
     fp32 = rows["fp32"]["seconds"]
-    return {"images": images, "calibration_size": calibration_size, "runs": rows,
+    record = next((work / "out-int8-a" / "runs").glob("*/model/calibration.json"))
+    agreement = json.loads(record.read_text())["agreement"]  # the gate's measure on the calibration sample
+    return {"images": images, "calibration_size": calibration_size, "runs": rows, "agreement": agreement,
             "int8_cached_speedup": round(fp32 / rows["int8_cached"]["seconds"], 2),
             "int8_calibrating_slowdown": round(rows["int8_calibrating"]["seconds"] / fp32, 2)}
 
