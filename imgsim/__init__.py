@@ -9,8 +9,8 @@ Importing imgsim is cheap: these names load their modules on first use.
 """
 __version__ = "0.1.0"
 
-__all__ = ["run", "build_index", "export", "evaluate", "explore", "serve", "plan", "ImageIndex", "RunSummary",
-           "ConfigError", "__version__"]
+__all__ = ["run", "build_index", "export", "evaluate", "explore", "serve", "plan", "ImageIndex", "IndexFollower",
+           "RunSummary", "ConfigError", "__version__"]
 
 _LAZY = {
     "run": ("imgsim.api", "run"),
@@ -21,6 +21,7 @@ _LAZY = {
     "serve": ("imgsim.api", "serve"),
     "plan": ("imgsim.api", "plan"),
     "ImageIndex": ("imgsim.index.consumer", "ImageIndex"),
+    "IndexFollower": ("imgsim.index.follower", "IndexFollower"),
     "RunSummary": ("imgsim.runs.summary", "RunSummary"),
     "ConfigError": ("imgsim.config.flags", "ConfigError"),
 }

@@ -62,3 +62,27 @@ def test_the_core_and_transforms_never_import_the_cli_or_the_configuration():
             assert not any(i.startswith(("imgsim.cli", "imgsim.api")) for i in imports), module
         if layer(module) <= 2 and not module.startswith("imgsim.config"):
             assert not any(i.startswith("imgsim.config") for i in imports), module
+
+
+def test_no_module_imports_itself_through_others():
+    """No import circles, imports inside functions included: a circle hidden in a function is still
+    two modules that cannot be understood (or split) apart."""
+    known = sorted(modules(), key=len, reverse=True)
+    graph = {}
+    for module, imports in modules().items():
+        targets = (next((m for m in known if i == m or i.startswith(m + ".")), None) for i in imports)
+        graph[module] = {t for t in targets if t and t not in (module, "imgsim")}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
+        return False
+
+    circles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert not circles, circles

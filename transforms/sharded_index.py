@@ -47,7 +47,8 @@ from imgsim.index import artifact, outliers, strength
 from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
-from imgsim.index.shard_build import IDS, VECTORS, StagedShard, shard_dir, stage_shard
+from imgsim.index.artifact import IDS, VECTORS, shard_dir
+from imgsim.index.shard_build import StagedShard, stage_shard
 from imgsim.index.shard_neighbors import Pairs, RowIds, merged_batches, pack_offers
 from imgsim.index.shard_neighbors import pairs_from_candidates
 from imgsim.index.sharded import (CENTROIDS, finish_shards, groups_result, neighbors_k, offers_by_query_shard,

@@ -62,9 +62,11 @@ SCANN_ASSETS = f"{SCANN_DIR}/scann_assets.pbtxt"
 # what the consumer and ScaNN read: the manifest must cover each of them
 REQUIRED_FILES = ("ids.parquet", "neighbors.parquet", "groups.parquet", f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
 CENTROIDS = "centroids.npy"  # format 2: row i is the centroid of the i-th shard listed
+IDS = "ids.parquet"  # a shard's rows (format 2)
+VECTORS = "vectors.npy"  # a shard's vectors, float32 (count, dim), for exact search and re-ranking
 MODEL_DIR = "model"  # an int8 run's quantised model (OpenVINO IR), to embed queries comparably
 REQUIRED_SHARDED_FILES = ("groups.parquet", CENTROIDS)
-REQUIRED_SHARD_FILES = ("ids.parquet", "vectors.npy", f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
+REQUIRED_SHARD_FILES = (IDS, VECTORS, f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
 _SHARD_DIR = re.compile(r"shards/[0-9]{5}")
 FORBIDDEN_FILES = ("scann_docids.pkl",)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -502,8 +504,6 @@ def self_query_check(local_dir: str, manifest: Optional[dict] = None, sample: in
     (or an exact duplicate scoring the same). A sharded index is checked shard by shard, one
     loaded at a time."""
     if manifest is not None and is_sharded(manifest):
-        from imgsim.index.shard_build import VECTORS, load_vectors
-
         for entry in manifest["shards"]:
             data = load_vectors(os.path.join(local_dir, *entry["dir"].split("/"), VECTORS), entry["count"],
                                 manifest["model_signature"]["dim"], mmap=True)
@@ -530,6 +530,23 @@ def self_query(searcher, data: np.ndarray, sample: int = 20, where: str = "", to
     if bad:
         raise ArtifactError(f"the published index{where} does not find rows {bad[:5]} as their own nearest "
                             "neighbour")
+
+
+def shard_dir(number: int) -> str:
+    """A shard's directory inside the artifact: shards/00000, shards/00001, ..."""
+    return f"shards/{number:05d}"
+
+
+def load_vectors(path_or_file, count: int, dim: int, mmap: bool = False) -> np.ndarray:
+    """A shard's vectors.npy, refused unless it is float32 (count, dim) in C order."""
+    try:
+        data = np.load(path_or_file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ArtifactError(f"{VECTORS} cannot be read ({e}); rebuild the index with imgsim") from None
+    if data.dtype != np.float32 or data.shape != (count, dim) or not data.flags.c_contiguous:
+        raise ArtifactError(f"{VECTORS} holds {data.dtype} {data.shape}, not float32 ({count}, {dim}); "
+                            "rebuild the index with imgsim")
+    return data
 
 
 def write_table(table: pa.Table, path: str, row_group_rows: Optional[int] = None) -> None:

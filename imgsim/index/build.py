@@ -23,6 +23,7 @@ import pyarrow as pa
 from imgsim.embed.openvino_backend import IR_FILES as QUANTIZED_FILES
 from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact, filters, outliers, strength
+from imgsim.index.scann_import import scann_version
 from imgsim.index.exact import Neighbors, connected_groups, exact_neighbors_and_pairs, pairs_from_neighbors
 from imgsim.index.publish import publish
 from imgsim.index.searcher import IndexOptions
@@ -249,9 +250,3 @@ def _pad(values: np.ndarray, k: int, fill) -> np.ndarray:
     if len(values) >= k:
         return values[:k]
     return np.concatenate([values, np.full(k - len(values), fill, dtype=np.asarray(values).dtype if len(values) else float)])
-
-
-def scann_version() -> str:
-    from importlib.metadata import version
-
-    return version("scann")

@@ -132,15 +132,6 @@ class ImageIndex:
         manifest = artifact.fetch_artifact(store, found.index_dir, local, manifest_sha256 or found.manifest_sha256)
         return cls(local, manifest, found.index_dir, store, shards_to_search)
 
-    @classmethod
-    def follow(cls, location: str, refresh_seconds: float = 30.0, **options):
-        """An IndexFollower (imgsim.index.follower): the index LATEST names, swapped for the next one a
-        run publishes, for a long-lived process. `with follower.use() as served:` served.index is
-        the index to ask. options: run_id (pins it), cache_dir, store, prepare."""
-        from imgsim.index.follower import IndexFollower
-
-        return IndexFollower.open(location, refresh_seconds=refresh_seconds, **options)
-
     def warm(self) -> None:
         """A probe query, so that no request pays for loading a searcher: one that searches every
         shard of a sharded index (each is loaded on first use otherwise)."""

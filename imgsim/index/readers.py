@@ -25,7 +25,7 @@ from imgsim.index import artifact
 from imgsim.index.fanout import Candidates, merge, route, scatter
 from imgsim.index.filters import RANGES_FILE, VALUES_FILE, Allowed, FilterError
 from imgsim.index.outliers import OUTLIERS
-from imgsim.index.shard_build import IDS, VECTORS, load_vectors
+from imgsim.index.artifact import IDS, VECTORS, load_vectors
 from imgsim.index.shard_neighbors import BATCH_ROWS, part_name
 from imgsim.index.tuning import SearchParams
 from imgsim.runs.outputs import vectors as table_vectors

@@ -56,3 +56,9 @@ def reorder_types() -> dict:
     from scann.scann_ops.py.scann_builder import ReorderType
 
     return {"float32": ReorderType.FLOAT32, "bfloat16": ReorderType.BFLOAT16, "int8": ReorderType.INT8}
+
+
+def scann_version() -> str:
+    from importlib.metadata import version
+
+    return version("scann")

@@ -24,23 +24,16 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.index import artifact, filters
+from imgsim.index.artifact import IDS, VECTORS, shard_dir
 from imgsim.index.searcher import IndexOptions
 from imgsim.index.shard_neighbors import BATCH_ROWS
 from imgsim.index.tuning import RecallPartial, RecallQueries, ladder, recall_partial
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.storage import sha256_file
 
-IDS = "ids.parquet"
-VECTORS = "vectors.npy"
-
 
 class ShardingRefused(ValueError):
     """The index cannot be sharded as configured (a one-line reason)."""
-
-
-def shard_dir(number: int) -> str:
-    """A shard's directory inside the artifact: shards/00000, shards/00001, ..."""
-    return f"shards/{number:05d}"
 
 
 def check_shardable(options: IndexOptions) -> None:
@@ -92,13 +85,3 @@ def tuning_steps(options: IndexOptions) -> list[tuple[int, int]]:
     return ladder(options.leaves_to_search is not None, options.reorder is not None)
 
 
-def load_vectors(path_or_file, count: int, dim: int, mmap: bool = False) -> np.ndarray:
-    """A shard's vectors.npy, refused unless it is float32 (count, dim) in C order."""
-    try:
-        data = np.load(path_or_file, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise artifact.ArtifactError(f"{VECTORS} cannot be read ({e}); rebuild the index with imgsim") from None
-    if data.dtype != np.float32 or data.shape != (count, dim) or not data.flags.c_contiguous:
-        raise artifact.ArtifactError(f"{VECTORS} holds {data.dtype} {data.shape}, not float32 ({count}, {dim}); "
-                                     "rebuild the index with imgsim")
-    return data

@@ -30,7 +30,8 @@ from imgsim.index import artifact, filters, outliers, strength
 from imgsim.index.exact import connected_groups
 from imgsim.index.fanout import Candidates, route
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
-from imgsim.index.shard_build import IDS, VECTORS, StagedShard, load_vectors, shard_dir, stage_shard
+from imgsim.index.artifact import IDS, VECTORS, load_vectors, shard_dir
+from imgsim.index.shard_build import StagedShard, stage_shard
 from imgsim.index.shard_neighbors import (BATCH_ROWS, IdsOf, Offer, Pairs, RowIds, ShardData, exact_unit,
                                           groups_report, groups_table, merged_batches, pack_offers,
                                           pairs_from_candidates, part_name, part_table, searcher_unit)
@@ -145,7 +146,7 @@ def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings,
                    model: Optional[dict] = None) -> dict:
     """The manifest's fields (format 2) besides shards and files; table_hits: the parts'
     (TableTruth.hits)."""
-    from imgsim.index.build import scann_version
+    from imgsim.index.scann_import import scann_version
 
     return {
         "run_id": run_id,
