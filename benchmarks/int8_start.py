@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
-    parser.add_argument("--calibration-size", type=int, default=128, help="imgsim run's --calibration-size")
+    parser.add_argument("--calibration-size", type=int, default=64, help="imgsim run's --calibration-size")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="imgsim-bench-int8-"))
     try:

@@ -137,7 +137,7 @@ class ModelFlags(Flags):
     calibration: Optional[str] = flag(None, "int8: a glob or folder of images (local or gs://) to calibrate on",
                                       default_text="the first --calibration-size images of the input",
                                       label="Calibration images")
-    calibration_size: int = flag(128, "int8: how many images to calibrate on, and to check agreement with fp32 on",
+    calibration_size: int = flag(64, "int8: how many images to calibrate on, and to check agreement with fp32 on",
                                  minimum=16, label="Calibration size")
     min_int8_agreement: float = flag(0.9, "int8: refuse to embed when int8's top-10 neighbours agree with fp32's "
                                      "on less than this share of the sample", minimum=0, maximum=1,
