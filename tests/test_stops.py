@@ -29,6 +29,7 @@ def launch_fake(weights, *args):
     return launch(options, beam_args, ObjectStore(), handler=FakeModelHandler())
 
 
+@pytest.mark.model  # preflight checks the weights' fit (TensorFlow) before the network
 def test_an_unreachable_or_blocked_museum_api_is_one_line_before_the_run(tmp_path, capsys, notop_weights):
     out = str(tmp_path / "out")
     closed = "http://127.0.0.1:9/api/artworks/"
