@@ -37,7 +37,8 @@ def test_rows_spread_over_a_hosts_lanes_the_same_way_in_every_process():
     assert len(counts) == 4 and counts.min() > 400  # each lane takes a fair share
     assert lanes.key("https://museum.example/x.jpg", "id-7") == keys[7]  # crc32, not Python's salted hash
     storage = {lanes.key(f"gs://bucket/{i}.jpg", str(i)) for i in range(2000)}
-    assert {host for host, _ in storage} == {""} and len(storage) == STORAGE_SPREAD
+    assert {host for host, _ in storage} == {""} and len(storage) > 1950  # nearly a key each: no lanes to keep
+    assert all(0 <= n < STORAGE_SPREAD for _, n in storage)
     assert host_of("ftp://museum.example/x") == "" and host_of("not a url") == ""
 
 

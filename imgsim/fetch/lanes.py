@@ -4,7 +4,9 @@ A lane is a key (host, n), n < lanes, chosen from the row's id. A runner hands a
 to one worker at a time (Beam's GroupByKey), and each lane keeps to its share of the host's limits
 (connections split among the lanes, requests per second divided by them), so however many workers a
 job has, a host never sees more than the limits in total. Rows not fetched over HTTP(S) (gs://, local
-files) have no host to spare: they spread over STORAGE_SPREAD keys with no limit but the threads.
+files) have no host to spare: they spread over STORAGE_SPREAD keys, as many as a job's workers can
+take (the model runs in the same step as the download, so the keys bound its parallelism too), with
+no limit but the threads.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from urllib.parse import urlsplit
 
 from imgsim.fetch.politeness import HostLimiter
 
-STORAGE_SPREAD = 64
+STORAGE_SPREAD = 1 << 16
 Key = tuple[str, int]
 
 
