@@ -103,25 +103,23 @@ def exact(reader, queries: np.ndarray, rows: np.ndarray, k: int, gathered: Optio
     (and kept in gathered, when given and small enough), else a block of rows at a time."""
     held = gathered.vectors(reader, rows) if gathered is not None else None
     if held is not None:
-        found = Candidates.empty(len(queries), k)
-        for first, sims in similarity_blocks(held, queries):
-            idx, vals = top_k(sims, k)
-            width = idx.shape[1]
-            found.rows[first:first + len(sims), :width] = rows[idx]
-            found.scores[first:first + len(sims), :width] = vals
-        return found
+        return _best_of(held, rows, queries, k)
     best = Candidates.empty(len(queries), k)
     for start in range(0, len(rows), _GATHER_ROWS):
         block = rows[start:start + _GATHER_ROWS]
-        vectors = reader.vectors_of(block)
-        found = Candidates.empty(len(queries), k)
-        for first, sims in similarity_blocks(vectors, queries):
-            idx, vals = top_k(sims, k)
-            width = idx.shape[1]
-            found.rows[first:first + len(sims), :width] = block[idx]
-            found.scores[first:first + len(sims), :width] = vals
-        best = merge([best, found], k)
+        best = merge([best, _best_of(reader.vectors_of(block), block, queries, k)], k)
     return best
+
+
+def _best_of(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int) -> Candidates:
+    """Each query's k best of `rows`, whose vectors these are, scored exactly."""
+    found = Candidates.empty(len(queries), k)
+    for first, sims in similarity_blocks(vectors, queries):
+        idx, vals = top_k(sims, k)
+        width = idx.shape[1]
+        found.rows[first:first + len(sims), :width] = rows[idx]
+        found.scores[first:first + len(sims), :width] = vals
+    return found
 
 
 def _kept(found: Candidates, keep: np.ndarray, k: int) -> Candidates:
