@@ -1,6 +1,7 @@
 """`imgsim index`: an index from existing embeddings files, as a Beam pipeline (no inference).
 
-    files (glob) ─► footers ─► IndexPlan ─► one searcher (BuildIndex, one worker) or BuildShardedIndex (workers)
+    files (glob) ─► footers ─► IndexPlan ─► one searcher (BuildIndex, one worker) or BuildShardedIndex (workers),
+                                           or GrowShardedIndex (the published index grown: imgsim.index.growth)
                                          ─► OUT/runs/RUN_ID/index_report.json
 
 The plan is made before the pipeline starts, from the files' footers alone
@@ -23,6 +24,7 @@ from imgsim.config.flags import ConfigError
 from imgsim.config.options import IndexCommandOptions
 from imgsim.config.parser import parse_index_args
 from imgsim.index.build import IndexSettings
+from imgsim.index.growth import with_growth
 from imgsim.index.latest import read_latest
 from imgsim.index.sources import IndexPlan, file_infos, plan_index
 from imgsim.pipelines.beam_options import pipeline_options, shares_filesystem, submits_and_returns
@@ -30,6 +32,7 @@ from imgsim.pipelines.launcher import LaunchedJob
 from imgsim.runs.layout import RunLayout, new_run_id
 from imgsim.storage import ObjectStore, is_gcs, join
 from imgsim.transforms.build_index import BuildIndex
+from imgsim.transforms.grow_index import GrowShardedIndex
 from imgsim.transforms.sharded_index import BuildShardedIndex
 
 REPORT = "index_report.json"
@@ -60,7 +63,7 @@ def preflight(options: IndexCommandOptions, store: ObjectStore, remote_workers: 
         if local:
             raise ConfigError(f"{local[0]} is not on gs://: this runner's workers could not reach it")
     settings = options.index_settings()
-    plan = plan_index(file_infos(store, files), settings).check()
+    plan = with_growth(plan_index(file_infos(store, files), settings).check(), store, settings, options.output)
     latest = read_latest(store, options.output)
     layout = RunLayout(options.output, options.run_id or new_run_id())
     source = {"kind": "embeddings", "pattern": options.embeddings, "files": len(files)}
@@ -71,7 +74,11 @@ def build(p: beam.Pipeline, run: IndexRun):
     """Add the index pipeline to p; returns the PCollection holding its report."""
     plan = run.plan
     counts = p | "Counts" >> beam.Create([("embedded", plan.count)])
-    if plan.sharded:
+    if plan.growth is not None:
+        report = ({"infos": p | "Files" >> beam.Create(list(plan.files)),
+                   "plan": p | "Plan" >> beam.Create([plan]), "counts": counts}
+                  | "GrowShardedIndex" >> GrowShardedIndex(run.layout, run.settings, run.source, run.generation))
+    elif plan.sharded:
         report = ({"infos": p | "Files" >> beam.Create(list(plan.files)),
                    "plan": p | "Plan" >> beam.Create([plan]), "counts": counts}
                   | "BuildShardedIndex" >> BuildShardedIndex(run.layout, run.settings, run.source, run.generation))
@@ -99,7 +106,8 @@ def launch(options: IndexCommandOptions, beam_args: Sequence[str], store: Object
     beam_options = pipeline_options(beam_args, "index")
     run = preflight(options, store, remote_workers=not shares_filesystem(beam_options))
     if settings is not None:
-        run = dataclasses.replace(run, settings=settings, plan=plan_index(run.plan.files, settings).check())
+        plan = with_growth(plan_index(run.plan.files, settings).check(), store, settings, options.output)
+        run = dataclasses.replace(run, settings=settings, plan=plan)
     p = beam.Pipeline(options=beam_options)
     build(p, run)
     result = p.run()

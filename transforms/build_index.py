@@ -2,6 +2,7 @@
 
     embedding files ─► [footers ─► IndexPlan] ─► one searcher: read the files, build_and_publish, on a worker
                                               └► sharded:     BuildShardedIndex (transforms/sharded_index.py)
+                                              └► grown:       GrowShardedIndex (transforms/grow_index.py)
 
 It waits for the embeddings sink to finalise (its file names arrive as a side
 input). With `sharding="auto"` the plan is made from the files' footers when
@@ -22,11 +23,13 @@ from typing import Optional
 import apache_beam as beam
 
 from imgsim.index.build import IndexInputError, IndexSettings, RecallTooLow, build_and_publish
+from imgsim.index.growth import with_growth
 from imgsim.index.sources import file_info, plan_index
 from imgsim.runs.layout import RunLayout
 from imgsim.runs.outputs import read_tables
 from imgsim.runs.summary import add_counts
 from imgsim.storage import ObjectStore
+from imgsim.transforms.grow_index import GrowShardedIndex
 from imgsim.transforms.sharded_index import BuildShardedIndex
 
 _LOG = logging.getLogger("imgsim.index")
@@ -67,12 +70,19 @@ class BuildIndex(beam.PTransform):
                  | "Footers" >> beam.ParDo(_Footer()))
         plan = (infos
                 | "AllFooters" >> beam.combiners.ToList()
-                | "Plan" >> beam.Map(plan_index, settings=self._settings))
+                | "Plan" >> beam.Map(_plan, settings=self._settings, output=self._layout.output))
         one = p | "Once" >> beam.Create([None]) | "BuildAndPublish" >> beam.ParDo(
             one_worker, files=files, counts=counts, plan=beam.pvalue.AsSingleton(plan)).with_output_types(dict)
         sharded = {"infos": infos, "plan": plan, "counts": pcolls["counts"]} | "Sharded" >> BuildShardedIndex(
             self._layout, self._settings, self._input_description, self._generation, self._model, self._model_dir)
-        return (one, sharded) | "Report" >> beam.Flatten()
+        grown = {"infos": infos, "plan": plan, "counts": pcolls["counts"]} | "Grown" >> GrowShardedIndex(
+            self._layout, self._settings, self._input_description, self._generation, self._model, self._model_dir)
+        return (one, sharded, grown) | "Report" >> beam.Flatten()
+
+
+def _plan(infos, settings, output):
+    """The plan from the footers, growing the published index where it can."""
+    return with_growth(plan_index(infos, settings), ObjectStore(), settings, output)
 
 
 class _Footer(beam.DoFn):

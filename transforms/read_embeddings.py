@@ -18,23 +18,25 @@ from imgsim.storage import ObjectStore
 class ReadRowGroups(beam.PTransform):
     """PCollection[FileInfo] -> PCollection[(file number, first row, pa.Table)], when plan.sharded."""
 
-    def __init__(self, plan, columns=None):
+    def __init__(self, plan, columns=None, growing: bool = False):
         super().__init__()
         self._plan = plan  # a singleton PCollection of IndexPlan
         self._columns = list(columns) if columns else None
+        self._growing = growing  # read for a grown index (plan.growth) rather than a new one
 
     def expand(self, infos):
         return (infos
-                | "RowGroups" >> beam.FlatMap(_row_groups, plan=beam.pvalue.AsSingleton(self._plan))
+                | "RowGroups" >> beam.FlatMap(_row_groups, plan=beam.pvalue.AsSingleton(self._plan),
+                                              growing=self._growing)
                 | "Spread" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(_ReadRowGroup(self._columns)))
 
 
-def _row_groups(info, plan):
-    if not plan.sharded:
+def _row_groups(info, plan, growing):
+    if not plan.sharded or (plan.growth is not None) != growing:
         return
     for index, (first, rows) in enumerate(info.row_groups):
-        if rows:
+        if rows and (not growing or any((info.number, row) in plan.growth.added for row in range(first, first + rows))):
             yield info.number, info.path, index, first
 
 

@@ -80,7 +80,7 @@ def peak_memory_mb() -> float:
         return 0.0
 
 
-def _report_times(name: str, started: float, cpu: float) -> None:
+def report_times(name: str, started: float, cpu: float) -> None:
     """A unit's wall time (NAME_ms) and the CPU time of its thread (NAME_cpu_ms): the CPU time is
     what a unit costs whatever else shares the machine, the base of a projection to more workers."""
     Metrics.distribution("imgsim", f"{name}_ms").update(int((time.monotonic() - started) * 1000))
@@ -93,7 +93,7 @@ def _release_arrow_memory():
     pa.default_memory_pool().release_unused()
 
 
-def _report_memory():
+def report_memory():
     Metrics.distribution("imgsim", "index_worker_peak_rss_mb").update(int(peak_memory_mb()))
 
 
@@ -154,6 +154,34 @@ class BuildShardedIndex(beam.PTransform):
                    | "OffersByShard" >> beam.GroupByKey()  # file names only: the offers wait in index-work
                    | "WriteParts" >> beam.ParDo(_WriteParts(layout, settings), outcome=outcome_side).with_outputs(
                        PAIRS, HITS, ISOLATED, SCORES, main="files"))
+        return ({**parts_outputs(written), "counts": pcolls["counts"]}
+                | "PublishShards" >> PublishShards(self._layout, self._settings, self._input_description, self._generation,
+                                            plan, partitions_side, outcome_side, repeats, self._model,
+                                            self._model_dir))
+
+
+def parts_outputs(written) -> dict:
+    """The parts step's outputs by name, as PublishShards takes them."""
+    return {"files": written.files, **{tag: written[tag] for tag in (PAIRS, HITS, ISOLATED, SCORES)}}
+
+
+class PublishShards(beam.PTransform):
+    """{"files", PAIRS, HITS, ISOLATED, SCORES: the parts step's outputs (parts_outputs), "counts"} ->
+    groups.parquet, outliers.parquet, centroids, the manifest and LATEST: the last steps of a new
+    sharded index and of a grown one (transforms/grow_index.py). The other inputs are side inputs;
+    built: how the index was built, for the manifest (None: built whole)."""
+
+    def __init__(self, layout, settings, input_description, generation, plan, partitions, outcome, repeats,
+                 model=None, model_dir=None, built=None):
+        super().__init__()
+        self._publish = _Publish(layout, settings, input_description, generation, model, model_dir)
+        self._layout, self._settings = layout, settings
+        self._plan, self._partitions, self._outcome, self._repeats = plan, partitions, outcome, repeats
+        self._built = built
+
+    def expand(self, pcolls):
+        written, layout, settings, outcome_side = pcolls, self._layout, self._settings, self._outcome
+        p = pcolls["counts"].pipeline
         pairs = written[PAIRS] | "AllPairs" >> beam.CombineGlobally(_ConcatPairs()).as_singleton_view()
         isolated = (written[ISOLATED]
                     | "MostIsolated" >> beam.CombineGlobally(_MostIsolated()).without_defaults()
@@ -161,15 +189,16 @@ class BuildShardedIndex(beam.PTransform):
         groups = (p
                   | "OnceGroups" >> beam.Create([None])
                   | "WriteGroups" >> beam.ParDo(_WriteGroups(layout, settings), pairs=pairs, outcome=outcome_side))
+        built = {} if self._built is None else {"built": self._built}
         return (p
                 | "OncePublish" >> beam.Create([None])
                 | "Publish" >> beam.ParDo(
-                    _Publish(layout, settings, self._input_description, self._generation, self._model, self._model_dir),
-                    plan=plan, partitions=partitions_side, outcome=outcome_side,
-                    parts=beam.pvalue.AsList(written.files), hits=beam.pvalue.AsList(written[HITS]),
+                    self._publish, plan=self._plan, partitions=self._partitions, outcome=outcome_side,
+                    parts=beam.pvalue.AsList(written["files"]), hits=beam.pvalue.AsList(written[HITS]),
                     groups=beam.pvalue.AsList(groups), isolated=beam.pvalue.AsList(isolated),
                     scores=beam.pvalue.AsList(written[SCORES]),
-                    counts=beam.pvalue.AsList(pcolls["counts"]), repeats=repeats).with_output_types(dict))
+                    counts=beam.pvalue.AsList(pcolls["counts"]), repeats=self._repeats, **built
+                ).with_output_types(dict))
 
 
 # partitions and repeated ids --------------------------------------------------------------------
@@ -181,7 +210,7 @@ class _SampleAndBucketIds(beam.DoFn):
 
     def process(self, element, plan):
         number, first, table = element
-        _report_memory()
+        report_memory()
         ids = table.column("id").to_pylist()
         share = min(1.0, SAMPLE_OVERSHOOT * plan.shards.sample_size / max(1, plan.count))
         picked = np.flatnonzero(np.random.default_rng([number, first]).random(len(ids)) < share)
@@ -195,13 +224,13 @@ class _SampleAndBucketIds(beam.DoFn):
 
 
 def _train(blocks, plan, settings):
-    if not plan.sharded or not blocks:
+    if not plan.sharded or plan.growth is not None or not blocks:
         return None
     ids = [item for block_ids, _ in blocks for item in block_ids]
     vectors = np.concatenate([block for _, block in blocks])
     del blocks[:]
     out = train_partitions(ids, vectors, plan.shards, settings.recall_queries)
-    _report_memory()
+    report_memory()
     return out
 
 
@@ -258,7 +287,7 @@ class _Assign(beam.DoFn):
             table = table.take(pa.array(keep, pa.int64()))
         if not table.num_rows:
             return
-        _report_memory()
+        report_memory()
         labels = assign(table_vectors(table), partitions.centroids)
         for shard in np.unique(labels).tolist():
             path = join(self._work_dir, f"shard-{shard:05d}", f"{number:06d}-{first:012d}.arrow")
@@ -300,9 +329,9 @@ class _BuildShard(beam.DoFn):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _release_arrow_memory()
-        _report_times("index_shard_build", started, cpu)
+        report_times("index_shard_build", started, cpu)
         _LOG.info("index: shard %d built: %d items", number, staged.count)
-        _report_memory()
+        report_memory()
         yield staged
 
 
@@ -322,7 +351,7 @@ def _targets(_, outcome):
         yield entry["shard"]
 
 
-class _ShardReader:
+class ShardReader:
     """A worker's reads of built shards: in place for a local index, else copied into a temporary
     directory and checked against their checksums first."""
 
@@ -358,7 +387,7 @@ class _AnswerTarget(beam.DoFn):
 
     def process(self, number, outcome):
         started, cpu = time.monotonic(), time.thread_time()
-        reader = _ShardReader(self._store, self._layout.index_dir, outcome)
+        reader = ShardReader(self._store, self._layout.index_dir, outcome)
         exact = uses_exact_neighbors(self._settings, outcome.count)
         entry = outcome.entry(number)
         scratch = tempfile.mkdtemp(prefix="imgsim-answer-")
@@ -382,11 +411,11 @@ class _AnswerTarget(beam.DoFn):
                 yield q, path
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        _report_times("index_neighbors_unit", started, cpu)
-        _report_memory()
+        report_times("index_neighbors_unit", started, cpu)
+        report_memory()
 
 
-def _id_groups(store, index_dir: str):
+def id_groups(store, index_dir: str):
     """(shard entry, row group) -> the ids of that row group of the shard's ids.parquet, read from
     the index directory (local or gs://): what RowIds reads a row group at a time."""
     def read(entry: dict, group: int) -> list:
@@ -410,7 +439,7 @@ class _WriteParts(beam.DoFn):
 
     def _ids_of(self, outcome):
         if self._ids is None or self._ids[0] is not outcome:
-            self._ids = (outcome, RowIds(outcome.entries, _id_groups(self._store, self._layout.index_dir)))
+            self._ids = (outcome, RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir)))
         return self._ids[1]
 
     def process(self, element, outcome):
@@ -420,23 +449,30 @@ class _WriteParts(beam.DoFn):
         ids_of = self._ids_of(outcome)
         packs = [self._store.read_bytes(path) for path in sorted(set(paths))]
         for batch, rows, found in merged_batches(entry["count"], k, packs):
-            first_row = entry["offset"] + rows.start
-            staging = tempfile.mkdtemp(prefix="imgsim-part-")
-            try:
-                rel = write_part(staging, number, batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
-                path = os.path.join(staging, *rel.split("/"))
-                meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
-                land_files(self._store, staging, self._layout.index_dir, {rel: meta})
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            yield rel, meta
-            yield beam.pvalue.TaggedOutput(HITS, outcome.truth.hits(first_row, found.rows, found.scores))
-            yield beam.pvalue.TaggedOutput(ISOLATED, part_outliers(first_row, found))
-            yield beam.pvalue.TaggedOutput(SCORES, strength.histogram(found.scores))
-            pairs = pairs_from_candidates(first_row, found, self._settings.duplicate_threshold)
-            if len(pairs):
-                yield beam.pvalue.TaggedOutput(PAIRS, pairs)
-        _report_memory()
+            yield from emit_part(self._store, self._layout.index_dir, self._settings, outcome, entry, batch, rows,
+                                 found, ids_of)
+        report_memory()
+
+
+def emit_part(store, index_dir: str, settings, outcome, entry: dict, batch: int, rows: slice, found, ids_of):
+    """Land one neighbours part (its rows' merged lists) and yield its file and what the rest of the
+    build takes from it: recall hits, the most isolated rows, score counts and near-duplicate pairs."""
+    first_row = entry["offset"] + rows.start
+    staging = tempfile.mkdtemp(prefix="imgsim-part-")
+    try:
+        rel = write_part(staging, entry["shard"], batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
+        path = os.path.join(staging, *rel.split("/"))
+        meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+        land_files(store, staging, index_dir, {rel: meta})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    yield rel, meta
+    yield beam.pvalue.TaggedOutput(HITS, outcome.truth.hits(first_row, found.rows, found.scores))
+    yield beam.pvalue.TaggedOutput(ISOLATED, part_outliers(first_row, found))
+    yield beam.pvalue.TaggedOutput(SCORES, strength.histogram(found.scores))
+    pairs = pairs_from_candidates(first_row, found, settings.duplicate_threshold)
+    if len(pairs):
+        yield beam.pvalue.TaggedOutput(PAIRS, pairs)
 
 
 class _ConcatPairs(beam.CombineFn):
@@ -481,7 +517,7 @@ class _WriteOutliers(beam.DoFn):
         if outcome is None or outcome.refused:
             return
         rows, values = best
-        ids_of = RowIds(outcome.entries, _id_groups(self._store, self._layout.index_dir))
+        ids_of = RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir))
         yield {"file": _land_one(self._store, self._layout.index_dir, outliers.OUTLIERS,
                                  lambda path: artifact.write_table(outliers.table(rows, values, ids_of), path)),
                "kept": len(rows)}
@@ -499,10 +535,10 @@ class _WriteGroups(beam.DoFn):
         if outcome is None or outcome.refused:
             return
         table, report = groups_result(pairs, self._settings.duplicate_threshold,
-                                      RowIds(outcome.entries, _id_groups(self._store, self._layout.index_dir)))
+                                      RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir)))
         yield {"file": _land_one(self._store, self._layout.index_dir, "groups.parquet",
                                  lambda path: artifact.write_table(table, path)), "report": report}
-        _report_memory()
+        report_memory()
 
 
 def _land_one(store, index_dir: str, rel: str, write) -> tuple[str, dict]:
@@ -531,7 +567,10 @@ class _Publish(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, plan, partitions, outcome, parts, hits, groups, isolated, scores, counts, repeats):
+    def process(self, _, plan, partitions, outcome, parts, hits, groups, isolated, scores, counts, repeats,
+                built=None):
+        """repeats: the repeated rows left out (or their number); built: how the index was built
+        (a grown one's report; else why it was built whole)."""
         if outcome is None:
             return
         self._store.delete_prefix(self._layout.index_work_dir)  # the shards are built
@@ -556,9 +595,10 @@ class _Publish(beam.DoFn):
         fields = sharded_fields(outcome, plan.signature, self._settings, plan.shards, partitions,
                                 run_id=self._layout.run_id, input_description=self._input_description,
                                 counts={**add_counts(counts), "indexed": outcome.count,
-                                        "repeated_ids": len(repeats)},
+                                        "repeated_ids": repeats if isinstance(repeats, int) else len(repeats)},
                                 groups=groups[0]["report"], table_hits=hits, outliers_kept=isolated[0]["kept"],
-                                score_counts=scores, model=self._model)
+                                score_counts=scores, model=self._model,
+                                build=built or {"built_whole": plan.built_whole or "a new index"})
         manifest = artifact.manifest_document(fields, files, outcome.entries)
         result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,
                                   keep_runs=self._settings.keep_runs)

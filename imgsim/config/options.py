@@ -225,6 +225,8 @@ class IndexFlags(Flags):
     index_shards_to_search: Optional[int] = flag(
         None, "sharded index: how many of the nearest shards a query searches", minimum=1,
         label="Shards to search", default_text="the fewest that keep the measured recall")
+    full_rebuild: bool = flag(False, "build the whole index even when the published sharded index could grow "
+                              "(at most 10% of its items new, changed or deleted)", label="Full rebuild")
 
     def __post_init__(self):
         super().__post_init__()
@@ -241,7 +243,7 @@ class IndexFlags(Flags):
         return IndexSettings(options=options, neighbors_k=self.neighbors_k, min_recall=self.min_recall,
                              recall_queries=self.recall_queries, duplicate_threshold=self.duplicate_threshold,
                              exact_neighbors_max=self.exact_neighbors_max, keep_runs=self.keep_runs,
-                             sharding=self.sharding_options())
+                             sharding=self.sharding_options(), full_rebuild=self.full_rebuild)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,6 +63,7 @@ class IndexSettings:
     exact_neighbors_max: int = 200_000
     keep_runs: Optional[int] = None
     sharding: ShardingOptions = ShardingOptions()
+    full_rebuild: bool = False  # never grow the published index (imgsim.index.growth)
 
     def __post_init__(self):
         if not 0.0 <= self.min_recall <= 1.0:
@@ -75,6 +76,14 @@ class IndexSettings:
             raise ValueError("--keep-runs must be at least 1")
         if self.sharding.shards is not None and self.sharding.shards > 1:
             check_shardable(self.options)
+
+    def growth_key(self) -> dict:
+        """What an index is built with, as its manifest records it (build.settings): a published
+        index grows only into a build with the same (imgsim.index.growth)."""
+        return {"options": dataclasses.asdict(self.options), "neighbors_k": self.neighbors_k,
+                "recall_k": self.recall_k, "recall_queries": self.recall_queries, "min_recall": self.min_recall,
+                "duplicate_threshold": self.duplicate_threshold, "exact_neighbors_max": self.exact_neighbors_max,
+                "sharding": dataclasses.asdict(self.sharding)}
 
 
 def build_and_publish(store: ObjectStore, tables: Sequence[pa.Table], settings: IndexSettings, layout: RunLayout,

@@ -6,8 +6,9 @@
     shards/NNNNN/vectors.npy      float32 (count, dim), in row order
     shards/NNNNN/filters.parquet, ranges.parquet   its metadata's dictionaries (imgsim.index.filters)
 
-Rows are ordered by id, so a shard's content does not depend on the order in
-which its rows arrived. Shards re-order with float32 vectors (or score by
+A new shard's rows are ordered by id, so its content does not depend on the
+order in which its rows arrived; a grown shard keeps its rows and appends
+(imgsim.index.growth). Shards re-order with float32 vectors (or score by
 brute force): their scores are exact dot products, so a query's answers from
 different shards compare and merge by score. While the searcher is in memory
 the shard also answers the recall queries, exactly and through the searcher
@@ -22,6 +23,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imgsim.index import artifact, filters
 from imgsim.index.artifact import IDS, VECTORS, shard_dir
@@ -56,13 +58,31 @@ class StagedShard:
 def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: RecallQueries, recall_k: int,
                 staging: str) -> StagedShard:
     """Build shard `number` from its rows (an embeddings table) into staging/shards/NNNNN."""
+    table = table.take(id_order(table))
+    return build_shard(table.drop_columns(["embedding"]), table_vectors(table), number, options, queries, recall_k,
+                       staging)
+
+
+def id_order(table: pa.Table) -> pa.Array:
+    """The row order of a new shard: by id."""
+    return pc.sort_indices(table, sort_keys=[("id", "ascending")])
+
+
+def build_shard(table: pa.Table, data: np.ndarray, number: int, options: IndexOptions, queries: RecallQueries,
+                recall_k: int, staging: str) -> StagedShard:
+    """A new searcher over data (rows in the order given; table without vectors), staged."""
     check_shardable(options)
-    table = table.sort_by("id")
-    data = table_vectors(table)
-    table = table.drop_columns(["embedding"])
+    config = options.resolve(len(data), k=recall_k, shard=True)
+    return write_shard(table, data, config.build(data), config.to_dict(), number, options, queries, recall_k,
+                       staging)
+
+
+def write_shard(table: pa.Table, data: np.ndarray, searcher, config: dict, number: int, options: IndexOptions,
+                queries: RecallQueries, recall_k: int, staging: str) -> StagedShard:
+    """Stage a shard whose searcher holds `data` (row i = table's row i; table without vectors) into
+    staging/shards/NNNNN, answering the recall queries: a new shard's or a grown one's
+    (imgsim.index.growth)."""
     count = len(data)
-    config = options.resolve(count, k=recall_k, shard=True)
-    searcher = config.build(data)
     rel = shard_dir(number)
     directory = os.path.join(staging, *rel.split("/"))
     os.makedirs(os.path.join(directory, artifact.SCANN_DIR), exist_ok=True)
@@ -72,12 +92,13 @@ def stage_shard(table: pa.Table, number: int, options: IndexOptions, queries: Re
                          os.path.join(directory, IDS), row_group_rows=BATCH_ROWS)  # a neighbours part's ids
     filterable = filters.write(table, directory)
     recall = recall_partial(number, searcher, data, table.column("id").to_numpy(zero_copy_only=False),
-                            queries, recall_k, config.to_dict(), tuning_steps(options))
+                            queries, recall_k, config, tuning_steps(options))
     files = {}
     for name in artifact.local_files(directory):
         path = os.path.join(directory, *name.split("/"))
         files[f"{rel}/{name}"] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
-    return StagedShard(number, count, {**config.to_dict(), "count": count}, files, recall, filterable)
+    config = {key: value for key, value in config.items() if key != "count"}
+    return StagedShard(number, count, {**config, "count": count}, files, recall, filterable)
 
 
 def tuning_steps(options: IndexOptions) -> list[tuple[int, int]]:

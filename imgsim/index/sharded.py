@@ -143,9 +143,9 @@ def groups_result(pairs: Pairs, threshold: float, ids_of: IdsOf) -> tuple[pa.Tab
 def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings, plan: ShardPlan,
                    partitions: Partitions, *, run_id: str, input_description: dict, counts: dict,
                    groups: dict, table_hits: Sequence, outliers_kept: int, score_counts: Sequence,
-                   model: Optional[dict] = None) -> dict:
+                   model: Optional[dict] = None, build: Optional[dict] = None) -> dict:
     """The manifest's fields (format 2) besides shards and files; table_hits: the parts'
-    (TableTruth.hits)."""
+    (TableTruth.hits); build: how it was built (grown from a run, or why it was built whole)."""
     from imgsim.index.scann_import import scann_version
 
     return {
@@ -175,6 +175,7 @@ def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings,
         "outliers": outliers.report(outcome.count, outliers_kept),
         "input": input_description,
         "counts": counts,
+        "build": {"settings": settings.growth_key(), **(build or {})},
         **({"model": model} if model else {}),
     }
 

@@ -71,6 +71,8 @@ class IndexPlan:
     signature: Optional[ModelSignature]
     shards: Optional[ShardPlan]
     error: Optional[str] = None  # why no index can be built from these files
+    growth: Optional[object] = None  # imgsim.index.growth.Growth: the published index grows into this one
+    built_whole: str = ""  # else why the index is built whole (imgsim.index.growth.plan_growth)
 
     @property
     def sharded(self) -> bool:

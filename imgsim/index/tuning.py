@@ -262,8 +262,8 @@ class RecallPartial:
 
 def recall_partial(number: int, searcher, data: np.ndarray, ids: np.ndarray, queries: RecallQueries, k: int,
                    config: dict, steps: Sequence[tuple[int, int]]) -> RecallPartial:
-    """A searcher's exact and searched answers to the recall queries at every step (ids sorted:
-    a query's own row is found by search)."""
+    """A searcher's exact and searched answers to the recall queries at every step (ids in the
+    searcher's row order, sorted or not: a grown shard appends)."""
     import time
 
     from imgsim.index.exact import exact_candidates
@@ -273,7 +273,8 @@ def recall_partial(number: int, searcher, data: np.ndarray, ids: np.ndarray, que
     own = np.full(q, -1, np.int64)
     if q and len(ids):
         query_ids = np.asarray(queries.items, dtype=object)
-        at = np.minimum(np.searchsorted(ids, query_ids), len(ids) - 1)
+        by_id = np.argsort(ids, kind="stable")
+        at = by_id[np.minimum(np.searchsorted(ids[by_id], query_ids), len(ids) - 1)]
         own[:len(query_ids)] = np.where(ids[at] == query_ids, at, -1)
     exact, _ = exact_candidates(vectors, own, data, 0, k)
     exact_keys = np.where(exact.rows >= 0, (number << KEY_BITS) | np.maximum(exact.rows, 0), -1)
