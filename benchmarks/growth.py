@@ -10,7 +10,8 @@ in a subprocess whose CPU time (user + system, workers included) and wall time a
 3. the grown input built whole in a fresh output (what `--full-rebuild` would do).
 Then: both indexes' recorded recall and neighbours-table recall, and for 2,000 items (a quarter
 of them new) their top 10 in each table against brute force over every vector, and how often the
-two tables agree. Writes benchmarks/results/growth-DATE.json.
+two tables agree. With --work, a rerun reuses the embeddings and the base (LATEST is rolled back to
+it). Writes benchmarks/results/growth-DATE.json.
 """
 from __future__ import annotations
 
@@ -76,58 +77,79 @@ def timed(args: list) -> dict:
             "report": json.loads(done.stdout.strip().splitlines()[-1])}
 
 
-def tables(index_dir: str) -> dict:
+def lists_of(index_dir: str, wanted: set) -> tuple[dict, dict]:
+    """The manifest and the neighbour lists of the wanted ids (read part by part)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     manifest = json.load(open(os.path.join(index_dir, "manifest.json")))
+    keep = pa.array(sorted(wanted))
     out = {}
     for rel in manifest["files"]:
         if rel.startswith("neighbors/"):
             table = pq.read_table(os.path.join(index_dir, rel), columns=["id", "neighbor_ids"])
+            table = table.filter(pc.is_in(table.column("id"), value_set=keep))
             out.update(zip(table.column("id").to_pylist(), table.column("neighbor_ids").to_pylist()))
     return manifest, out
 
 
-def compare(data: np.ndarray, grown: dict, full: dict, n: int, sample: int = 2000, k: int = 10) -> dict:
-    """Top k of sampled items in each table against brute force, and the tables' agreement."""
+def compare(data: np.ndarray, grown_dir: str, full_dir: str, n: int, sample: int = 2000, k: int = 10,
+            block: int = 100) -> tuple[dict, dict, dict]:
+    """Top k of sampled items (a quarter of them new) in each table against brute force over every
+    vector, and how often the two tables agree; (manifests, numbers)."""
     rng = np.random.default_rng(7)
     new = len(data) - n
-    picked = np.concatenate([rng.choice(n, sample - sample // 4, replace=False),
+    picked = np.concatenate([rng.choice(n, sample - min(new, sample // 4), replace=False),
                              n + rng.choice(new, min(new, sample // 4), replace=False)])
-    sims = data[picked] @ data.T
-    sims[np.arange(len(picked)), picked] = -np.inf
-    truth = np.argpartition(-sims, k, axis=1)[:, :k]
-    kth = np.take_along_axis(sims, truth, 1).min(axis=1)
-    out = {}
-    for name, lists in (("grown", grown), ("full", full)):
-        hits = 0
-        for row, item in enumerate(picked):
-            found = [int(i.split("-")[1]) for i in lists[f"item-{item}"][:k]]
-            hits += int(np.sum(sims[row, found] >= kth[row] - 1e-3))
-        out[f"{name}_recall@{k}"] = round(hits / (len(picked) * k), 4)
-    same = [len(set(grown[f"item-{i}"][:k]) & set(full[f"item-{i}"][:k])) / k for i in picked]
-    out[f"tables_agree@{k}"] = round(float(np.mean(same)), 4)
-    out["items_compared"] = len(picked)
-    return out
+    wanted = {f"item-{i}" for i in picked.tolist()}
+    grown_manifest, grown = lists_of(grown_dir, wanted)
+    full_manifest, full = lists_of(full_dir, wanted)
+    hits = {"grown": 0, "full": 0}
+    for start in range(0, len(picked), block):  # (block, n) scores at a time
+        rows = picked[start:start + block]
+        sims = data[rows] @ data.T
+        sims[np.arange(len(rows)), rows] = -np.inf
+        kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+        for name, lists in (("grown", grown), ("full", full)):
+            for r, item in enumerate(rows.tolist()):
+                found = [int(i.split("-")[1]) for i in lists[f"item-{item}"][:k]]
+                hits[name] += int(np.sum(sims[r, found] >= kth[r] - 1e-3))
+    same = [len(set(grown[i][:k]) & set(full[i][:k])) / k for i in wanted]
+    numbers = {**{f"{name}_recall@{k}": round(h / (len(picked) * k), 4) for name, h in hits.items()},
+               f"tables_agree@{k}": round(float(np.mean(same)), 4), "items_compared": len(picked)}
+    return grown_manifest, full_manifest, numbers
 
 
 def benchmark(n: int, dim: int, shards: int, new_share: float, work: Path) -> dict:
+    """Steps already done in work (the embeddings, the published base) are reused: a rerun
+    rolls LATEST back to the base and measures the growth and the full build again."""
     new = int(n * new_share)
     data = collection(n, new, dim)
-    write(work / "emb" / "base", 0, data[:n])
-    write(work / "emb" / "new", n, data[n:])
+    done = work / "emb" / "COMPLETE"
+    if not done.exists():
+        write(work / "emb" / "base", 0, data[:n])
+        write(work / "emb" / "new", n, data[n:])
+        done.write_text(json.dumps({"n": n, "new": new, "dim": dim}))
     common = [f"--index-shards={shards}"]
-    out, full_out = str(work / "out"), str(work / "full")
-    base = timed(["--embeddings", str(work / "emb" / "base" / "*.parquet"), "--output", out, "--run-id", "base",
-                  *common])
-    grown = timed(["--embeddings", str(work / "emb" / "*" / "*.parquet"), "--output", out, "--run-id", "grown",
+    out = str(work / "out")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%H%M%S")
+    grown_run, full_out = f"grown-{stamp}", str(work / f"full-{stamp}")
+    base = None
+    if (work / "out" / "runs" / "base" / "index" / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "imgsim", "rollback", "--output", out, "--run-id", "base", "-q"],
+                       check=True, capture_output=True, cwd=ROOT)
+    else:
+        base = timed(["--embeddings", str(work / "emb" / "base" / "*.parquet"), "--output", out, "--run-id", "base",
+                      *common])
+    grown = timed(["--embeddings", str(work / "emb" / "*" / "*.parquet"), "--output", out, "--run-id", grown_run,
                    *common])
     full = timed(["--embeddings", str(work / "emb" / "*" / "*.parquet"), "--output", full_out, "--run-id", "full",
                   *common])
-    grown_manifest, grown_lists = tables(os.path.join(out, "runs", "grown", "index"))
-    full_manifest, full_lists = tables(os.path.join(full_out, "runs", "full", "index"))
+    grown_manifest, full_manifest, numbers = compare(data, os.path.join(out, "runs", grown_run, "index"),
+                                                     os.path.join(full_out, "runs", "full", "index"), n)
     summary = {name: {"wall_seconds": run["wall_seconds"], "cpu_seconds": run["cpu_seconds"]}
-               for name, run in (("base", base), ("grown", grown), ("full", full))}
+               for name, run in (("base", base), ("grown", grown), ("full", full)) if run}
     for name, manifest in (("grown", grown_manifest), ("full", full_manifest)):
         summary[name].update({"recall": manifest["recall"]["value"],
                               "neighbors_recall": manifest["neighbors"]["recall"],
@@ -135,7 +157,7 @@ def benchmark(n: int, dim: int, shards: int, new_share: float, work: Path) -> di
                                   key: value for key, value in manifest["build"].items() if key != "settings"}})
     return {"n": n, "new": new, "dim": dim, "shards": shards, **summary,
             "grown_cpu_share_of_full": round(grown["cpu_seconds"] / full["cpu_seconds"], 4),
-            **compare(data, grown_lists, full_lists, n)}
+            "grown_wall_share_of_full": round(grown["wall_seconds"] / full["wall_seconds"], 4), **numbers}
 
 
 def main(argv=None) -> int:
