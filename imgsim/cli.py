@@ -289,7 +289,7 @@ def _hours(hours: float) -> str:
 
 
 def _verify(parsed) -> int:
-    from imgsim.index.artifact import ArtifactError, all_files
+    from imgsim.index.artifact import ArtifactError
     from imgsim.index.consumer import locate_index
     from imgsim.index.publish import verify
     from imgsim.storage import ObjectStore
@@ -304,9 +304,9 @@ def _verify(parsed) -> int:
         print(f"imgsim verify: {e}", file=sys.stderr)
         _print({"verified": False, "reason": str(e)})
         return 1
-    _print({"verified": True, "index": index_dir, "run_id": manifest.get("run_id"), "count": manifest.get("count"),
-            "files": len(all_files(manifest)), "shards": len(manifest.get("shards") or []) or None,
-            "recall": manifest.get("recall")})
+    _print({"verified": True, "index": index_dir, "run_id": manifest.run_id, "count": manifest.count,
+            "files": len(manifest.all_files()), "shards": len(manifest.shards) or None,
+            "recall": manifest.section("recall")})
     return 0
 
 

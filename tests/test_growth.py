@@ -50,7 +50,7 @@ def test_a_grown_shard_holds_exactly_the_rows_its_files_list(tmp_path, mode):
     queries = RecallQueries.drawn(["item-1"], vectors[1:2])
     options = IndexOptions(mode=mode)
     staged = stage_shard(table, 0, options, queries, 10, str(tmp_path / "base"))
-    entry = {"shard": 0, "dir": "shards/00000", "count": staged.count, "scann": staged.config}
+    entry = artifact.ShardEntry(0, staged.count, 0, 0, staged.config, staged.files)
     added = embeddings_table(vectors[1400:], ids=[f"item-{i}" for i in range(1400, 1500)])
     removed = list(range(0, 1400, 37))
     [grown] = grow_shard(str(tmp_path / "base"), entry, 16, removed, added.drop_columns(["embedding"]),

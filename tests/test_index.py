@@ -186,7 +186,7 @@ def test_consumer_refuses_pickles_and_odd_paths(published, tmp_path):
     for bad in ("scann/scann_docids.pkl", "../../etc/passwd"):
         tampered = {**manifest, "files": {**manifest["files"], bad: {"sha256": "0" * 64, "bytes": 1}}}
         with pytest.raises(ArtifactError, match="will not load"):
-            artifact.check_manifest(tampered)
+            artifact.Manifest.parse(tampered)
 
 
 def test_malformed_latest_is_a_clear_error(tmp_path):

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imgsim.index import artifact
-from imgsim.index.artifact import IDS, VECTORS
+from imgsim.index.artifact import VECTORS
 from imgsim.index.fanout import Candidates, merge
 from imgsim.index.growth import Dirty, dirty_rows, grow_offers, grow_shard, old_candidates, read_old_lists
 from imgsim.index.kmeans import assign
@@ -109,7 +109,7 @@ class _AssignAdded(beam.DoFn):
         if not keep:
             return
         table = table.take(pa.array(keep, pa.int64()))
-        numbers = np.array([e["shard"] for e in growth.entries])
+        numbers = np.array([e.shard for e in growth.entries])
         labels = numbers[assign(table_vectors(table), growth.centroids[numbers])]
         for shard in np.unique(labels).tolist():
             path = _work(self._work_dir, f"added-{shard:05d}", f"{number:06d}-{first:012d}.arrow")
@@ -125,15 +125,15 @@ def _published(_, plan):
     if plan.growth is None:
         return
     for entry in plan.growth.entries:
-        yield entry["shard"], None
+        yield entry.shard, None
 
 
 def _verified_root(store, growth, rels: list, scratch: str) -> str:
     """A local directory holding the published files rels, each checked against the manifest."""
-    files = artifact.all_files(growth.base)
+    files = growth.base.all_files()
     wanted = {rel: files[rel] for rel in rels}
     if is_gcs(growth.base_dir):
-        artifact.fetch_files(store, growth.base_dir, scratch, growth.base, wanted)
+        artifact.fetch_files(store, growth.base_dir, scratch, wanted)
         return scratch
     for rel, meta in wanted.items():
         problem = artifact.file_problem(growth.base_dir, rel, meta)
@@ -144,7 +144,7 @@ def _verified_root(store, growth, rels: list, scratch: str) -> str:
 
 
 def _old_lists(store, growth, entry: dict, scratch: str) -> pa.Table:
-    rels = part_names([(entry["shard"], entry["count"])])
+    rels = part_names([(entry.shard, entry.count)])
     root = _verified_root(store, growth, rels, scratch)
     return read_old_lists(lambda rel: pq.read_table(os.path.join(root, *rel.split("/"))), entry)
 
@@ -164,8 +164,7 @@ class _GrowShard(beam.DoFn):
         scratch = tempfile.mkdtemp(prefix="imgsim-grow-")
         staging = tempfile.mkdtemp(prefix="imgsim-shard-")
         try:
-            shard_files = [rel for rel in entry["files"]]
-            root = _verified_root(self._store, growth, shard_files, scratch)
+            root = _verified_root(self._store, growth, list(entry.files), scratch)
             old_dirty = dirty_rows(_old_lists(self._store, growth, entry, scratch), growth.removed_ids)
             tables = [pa.ipc.open_stream(self._store.read_bytes(path)).read_all()
                       for path in sorted({path for path in paths if path})]
@@ -178,12 +177,9 @@ class _GrowShard(beam.DoFn):
                                 growth.next_number + number)
             for shard in shards:
                 staged = shard.staged
-                landed = {"format_version": artifact.SHARDED_FORMAT_VERSION, "files": {},
-                          "shards": [{"shard": staged.number, "dir": artifact.shard_dir(staged.number),
-                                      "count": staged.count}],
-                          "model_signature": {"dim": plan.signature.dim}}
                 land_files(self._store, staging, self._layout.index_dir, staged.files,
-                           then=lambda local: artifact.self_query_check(local, landed))
+                           then=lambda local: artifact.self_query_shard(local, staged.number, staged.count,
+                                                                        plan.signature.dim))
                 vectors = artifact.load_vectors(
                     os.path.join(staging, *artifact.shard_dir(staged.number).split("/"), VECTORS), staged.count,
                     plan.signature.dim, mmap=True)
@@ -211,7 +207,7 @@ def _finish(shards, plan, settings):
     for staged, _, centroid, _ in shards:
         if centroid is not None:
             centroids[staged.number] = centroid
-    partitions = Partitions(centroids, growth.queries, growth.base["sharding"]["sample"])
+    partitions = Partitions(centroids, growth.queries, growth.base.section("sharding")["sample"])
     outcome = finish_shards([s[0] for s in shards], partitions, settings)
     hows = [how for _, _, _, how in shards]
     built = {**growth.report(), "shards": {how: hows.count(how) for how in ("kept", "grown", "split")}}
@@ -222,7 +218,7 @@ def _targets(_, outcome):
     if outcome is None or outcome.refused:
         return
     for entry in outcome.entries:
-        yield entry["shard"]
+        yield entry.shard
 
 
 def _read_npz(store, path: str) -> dict:
@@ -244,8 +240,8 @@ class _AnswerGrowth(beam.DoFn):
         work = self._layout.index_work_dir
         parts = []
         for entry in outcome.entries:
-            saved = _read_npz(self._store, _work(work, f"shard-{entry['shard']:05d}.npz"))
-            parts.append((entry["shard"], entry["offset"], saved["positions"], saved["added"], saved["vectors"]))
+            saved = _read_npz(self._store, _work(work, f"shard-{entry.shard:05d}.npz"))
+            parts.append((entry.shard, entry.offset, saved["positions"], saved["added"], saved["vectors"]))
         dim = outcome.centroids.shape[1]
         dirty = Dirty.of(parts, dim)
         exact = uses_exact_neighbors(self._settings, outcome.count)
@@ -257,7 +253,7 @@ class _AnswerGrowth(beam.DoFn):
             searcher = None
             if not exact:
                 root = reader.root(entry, [artifact.SCANN_DIR], scratch)
-                searcher = artifact.load_searcher(root, f"{entry['dir']}/{artifact.SCANN_DIR}")
+                searcher = artifact.load_searcher(root, entry.scann_dir)
             offers = grow_offers(outcome, neighbors_k(self._settings, outcome.count), target, dirty, exact, searcher)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -288,7 +284,7 @@ class _GrowParts(beam.DoFn):
         saved = _read_npz(self._store, _work(self._layout.index_work_dir, f"shard-{number:05d}.npz"))
         ids_of = RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir))
         all_ids = pa.concat_arrays([
-            pa.array(ids_of(np.arange(e["offset"], e["offset"] + e["count"])).tolist(), pa.string())
+            pa.array(ids_of(np.arange(e.offset, e.offset + e.count)).tolist(), pa.string())
             for e in outcome.entries])
         scratch = tempfile.mkdtemp(prefix="imgsim-parts-")
         try:
@@ -298,7 +294,7 @@ class _GrowParts(beam.DoFn):
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         packs = [self._store.read_bytes(path) for path in sorted({path for path in paths if path})]
-        for batch, rows, found in merged_batches(entry["count"], k, packs):
+        for batch, rows, found in merged_batches(entry.count, k, packs):
             merged = merge([Candidates(old.rows[rows], old.scores[rows]), found], k)
             yield from emit_part(self._store, self._layout.index_dir, self._settings, outcome, entry, batch, rows,
                                  merged, ids_of)

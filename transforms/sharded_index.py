@@ -47,7 +47,7 @@ from imgsim.index import artifact, outliers, strength
 from imgsim.index.build import index_report, model_files
 from imgsim.index.kmeans import assign
 from imgsim.index.publish import land_files, publish_manifest
-from imgsim.index.artifact import IDS, VECTORS, shard_dir
+from imgsim.index.artifact import IDS, VECTORS
 from imgsim.index.shard_build import StagedShard, stage_shard
 from imgsim.index.shard_neighbors import Pairs, RowIds, merged_batches, pack_offers
 from imgsim.index.shard_neighbors import pairs_from_candidates
@@ -321,11 +321,8 @@ class _BuildShard(beam.DoFn):
             staged = stage_shard(table, number, self._settings.options, partitions.queries,
                                  recall_k(self._settings, plan.count), staging)
             del table
-            entry = {"shard": number, "dir": shard_dir(number), "count": staged.count}
-            landed = {"format_version": artifact.SHARDED_FORMAT_VERSION, "shards": [entry],
-                      "model_signature": {"dim": plan.signature.dim}}
             land_files(self._store, staging, self._layout.index_dir, staged.files,
-                       then=lambda root: artifact.self_query_check(root, landed))
+                       then=lambda root: artifact.self_query_shard(root, number, staged.count, plan.signature.dim))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         _release_arrow_memory()
@@ -348,7 +345,7 @@ def _targets(_, outcome):
     if outcome is None or outcome.refused:
         return
     for entry in outcome.entries:
-        yield entry["shard"]
+        yield entry.shard
 
 
 class ShardReader:
@@ -359,15 +356,13 @@ class ShardReader:
         self._store = store
         self._index_dir = index_dir
         self._outcome = outcome
-        self._manifest = {"format_version": artifact.SHARDED_FORMAT_VERSION, "files": {},
-                          "shards": outcome.entries}
 
     def root(self, entry: dict, names, scratch: str) -> str:
         if not is_gcs(self._index_dir):
             return self._index_dir
-        wanted = {rel: meta for rel, meta in entry["files"].items()
-                  if any(rel == f"{entry['dir']}/{n}" or rel.startswith(f"{entry['dir']}/{n}/") for n in names)}
-        artifact.fetch_files(self._store, self._index_dir, scratch, self._manifest, wanted)
+        wanted = {rel: meta for rel, meta in entry.files.items()
+                  if any(rel == entry.path(n) or rel.startswith(entry.path(n) + "/") for n in names)}
+        artifact.fetch_files(self._store, self._index_dir, scratch, wanted)
         return scratch
 
     def shard(self, entry: dict, with_vectors: bool, scratch: str):
@@ -396,12 +391,12 @@ class _AnswerTarget(beam.DoFn):
             searcher = None
             if not exact:
                 root = reader.root(entry, [artifact.SCANN_DIR], os.path.join(scratch, "target"))
-                searcher = artifact.load_searcher(root, f"{entry['dir']}/{artifact.SCANN_DIR}")
+                searcher = artifact.load_searcher(root, entry.scann_dir)
 
             def queries():
                 for other in outcome.entries:
                     place = os.path.join(scratch, "query")
-                    yield target if other["shard"] == number and exact else reader.shard(other, True, place)
+                    yield target if other.shard == number and exact else reader.shard(other, True, place)
                     shutil.rmtree(place, ignore_errors=True)
 
             answers = target_answers(outcome, self._settings, target, queries(), searcher)
@@ -419,7 +414,7 @@ def id_groups(store, index_dir: str):
     """(shard entry, row group) -> the ids of that row group of the shard's ids.parquet, read from
     the index directory (local or gs://): what RowIds reads a row group at a time."""
     def read(entry: dict, group: int) -> list:
-        with store.open_read(join(index_dir, entry["dir"], IDS)) as f:
+        with store.open_read(join(index_dir, entry.path(IDS))) as f:
             return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
     return read
 
@@ -448,7 +443,7 @@ class _WriteParts(beam.DoFn):
         k = neighbors_k(self._settings, outcome.count)
         ids_of = self._ids_of(outcome)
         packs = [self._store.read_bytes(path) for path in sorted(set(paths))]
-        for batch, rows, found in merged_batches(entry["count"], k, packs):
+        for batch, rows, found in merged_batches(entry.count, k, packs):
             yield from emit_part(self._store, self._layout.index_dir, self._settings, outcome, entry, batch, rows,
                                  found, ids_of)
         report_memory()
@@ -457,10 +452,10 @@ class _WriteParts(beam.DoFn):
 def emit_part(store, index_dir: str, settings, outcome, entry: dict, batch: int, rows: slice, found, ids_of):
     """Land one neighbours part (its rows' merged lists) and yield its file and what the rest of the
     build takes from it: recall hits, the most isolated rows, score counts and near-duplicate pairs."""
-    first_row = entry["offset"] + rows.start
+    first_row = entry.offset + rows.start
     staging = tempfile.mkdtemp(prefix="imgsim-part-")
     try:
-        rel = write_part(staging, entry["shard"], batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
+        rel = write_part(staging, entry.shard, batch, ids_of(first_row + np.arange(len(found))), found, ids_of)
         path = os.path.join(staging, *rel.split("/"))
         meta = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
         land_files(store, staging, index_dir, {rel: meta})
@@ -536,7 +531,7 @@ class _WriteGroups(beam.DoFn):
             return
         table, report = groups_result(pairs, self._settings.duplicate_threshold,
                                       RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir)))
-        yield {"file": _land_one(self._store, self._layout.index_dir, "groups.parquet",
+        yield {"file": _land_one(self._store, self._layout.index_dir, artifact.GROUPS,
                                  lambda path: artifact.write_table(table, path)), "report": report}
         report_memory()
 
@@ -599,8 +594,8 @@ class _Publish(beam.DoFn):
                                 groups=groups[0]["report"], table_hits=hits, outliers_kept=isolated[0]["kept"],
                                 score_counts=scores, model=self._model,
                                 build=built or {"built_whole": plan.built_whole or "a new index"})
-        manifest = artifact.manifest_document(fields, files, outcome.entries)
-        result = publish_manifest(self._store, self._layout, artifact.encode_manifest(manifest), self._generation,
+        manifest = artifact.Manifest.parse(artifact.manifest_document(fields, files, outcome.entries))
+        result = publish_manifest(self._store, self._layout, manifest.to_bytes(), self._generation,
                                   keep_runs=self._settings.keep_runs)
         report = index_report(manifest, result)
         Metrics.gauge("imgsim", "index_published_at_ms").set(int(time.time() * 1000))

@@ -136,13 +136,13 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
         writer.put("data/clusters.bin", cluster_of[order].astype(np.uint8).tobytes())
         timings["data"] = round(time.monotonic() - t, 2)
 
-        signature = contents.manifest.get("model_signature", {})
+        signature = contents.manifest.signature.to_dict()
         site = {
             "format": fmt.FORMAT_VERSION,
-            "title": settings.title or default_title(contents.manifest),
+            "title": settings.title or default_title(contents.manifest.section("input")),
             "run_id": contents.run_id,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "index_created": contents.manifest.get("created"),
+            "index_created": contents.manifest.document.get("created"),
             "model": {k: signature.get(k) for k in ("model", "layer", "dim", "precision")},
             "count": n,
             "fields": fields,
@@ -153,7 +153,7 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
             "items": {"buckets": buckets, "hash": "fnv1a32"},
             "groups": {"count": len(groups), "page": fmt.GROUP_PAGE, "pages": group_pages,
                        "items": int(sum(len(g) for g in groups)),
-                       "threshold": contents.manifest.get("groups", {}).get("threshold")},
+                       "threshold": contents.manifest.section("groups").get("threshold")},
             "search": {"rows": fmt.SEARCH_ROWS, "shards": search_shards},
             "map": {"clusters": int(cluster_of.max()) + 1, "neighbourhood_kept": kept},
             "thumbs": {"pack": fmt.THUMB_PACK, "count": int(thumbs["count"]), "format": thumbs["format"],
@@ -162,7 +162,7 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
             "outliers": {"count": isolated, "score": f"1 - mean cosine of the {outliers.OUTLIER_K} nearest"},
             # a neighbour's strength: its score's percentile among every neighbour score (imgsim.index.strength)
             "strength": {"quantiles": strength.quantiles(strength.histogram(neighbor_scores[neighbor_rows >= 0])),
-                         "duplicate": contents.manifest.get("groups", {}).get("threshold"),
+                         "duplicate": contents.manifest.section("groups").get("threshold"),
                          "labels": [[floor, label] for floor, label in strength.LABELS]},
             "originals": settings.originals,
             "iiif": {"viewer": settings.iiif_viewer},
@@ -187,9 +187,9 @@ def build_site(contents: IndexContents, output: str, settings: ExploreSettings =
             "bytes": writer.bytes, "map": {"neighbourhood_kept": kept}, "seconds": timings}
 
 
-def default_title(manifest: dict) -> str:
-    """A title from what the index was made of: the museum, the manifest's or folder's name."""
-    source = manifest.get("input") or {}
+def default_title(source: dict) -> str:
+    """A title from what the index was made of (the manifest's `input`): the museum, the manifest's
+    or folder's name."""
     kind = source.get("kind")
     if kind == "cma":
         return "Cleveland Museum of Art"

@@ -35,7 +35,7 @@ NOT_METADATA = ("row", *EMBEDDING_COLUMNS)
 class IndexContents:
     """The parts of one index artifact the explorer shows."""
 
-    manifest: dict
+    manifest: artifact.Manifest
     local_dir: str
     index_dir: str
     info: pa.Table  # ids.parquet without the embedding column: id, url, sha256, width, height, metadata
@@ -53,13 +53,13 @@ class IndexContents:
             raise artifact.ArtifactError(f"no index at {found.index_dir}")
         local = local_copy_dir(found.index_dir, cache_dir)
         manifest = artifact.fetch_artifact(store, found.index_dir, local, found.manifest_sha256)
-        if artifact.is_sharded(manifest):
+        if manifest.sharded:
             def fetch(files: dict) -> None:
-                artifact.fetch_files(store, found.index_dir, local, manifest, files)
+                artifact.fetch_files(store, found.index_dir, local, files)
 
             reader = ShardedReader(local, manifest, fetch)
             return cls(manifest, local, found.index_dir, reader.info_table(), store, reader)
-        path = os.path.join(local, "ids.parquet")
+        path = os.path.join(local, artifact.IDS)
         columns = [c for c in pq.read_schema(path).names if c != "embedding"]
         return cls(manifest, local, found.index_dir, pq.read_table(path, columns=columns), store)
 
@@ -69,7 +69,7 @@ class IndexContents:
 
     @property
     def run_id(self) -> str:
-        return self.manifest["run_id"]
+        return self.manifest.run_id
 
     @property
     def ids(self) -> list[str]:
@@ -84,7 +84,7 @@ class IndexContents:
             for _, vectors in self.shards.batches():
                 yield vectors
             return
-        reader = pq.ParquetFile(os.path.join(self.local_dir, "ids.parquet"))
+        reader = pq.ParquetFile(os.path.join(self.local_dir, artifact.IDS))
         for batch in reader.iter_batches(batch_size=rows, columns=["embedding"]):
             column = batch.column(0)
             dim = column.type.list_size
@@ -93,7 +93,7 @@ class IndexContents:
     def neighbors(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores): (n, k) index rows of each item's neighbours, best first (-1: none), and cosines."""
         table = pa.concat_tables(self.shards.neighbor_tables()) if self.shards is not None else \
-            pq.read_table(os.path.join(self.local_dir, "neighbors.parquet"))
+            pq.read_table(os.path.join(self.local_dir, artifact.NEIGHBORS))
         ids = self.info.column("id")
         position = pc.index_in(table.column("id"), value_set=ids).to_numpy(zero_copy_only=False)
         lists = table.column("neighbor_ids").combine_chunks()
@@ -114,7 +114,7 @@ class IndexContents:
     def groups(self) -> list[np.ndarray]:
         """Near-duplicate groups, largest first, each the index rows of its members."""
         table = self.shards.groups() if self.shards is not None else \
-            pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
+            pq.read_table(os.path.join(self.local_dir, artifact.GROUPS))
         if not table.num_rows:
             return []
         number = table.column("group").to_numpy()

@@ -22,6 +22,8 @@ A sharded index (format 2) holds one searcher per shard instead:
 Rows are numbered shard after shard (offset + row in shard). A format 1 reader
 refuses format 2 by its version; this one reads both.
 
+Its names are spelled here and nowhere else, and a manifest is read once into
+a typed `Manifest` (format 2: with its `ShardEntry`s) or refused.
 An artifact is trusted only as far as its manifest covers it, and the manifest
 only as far as LATEST's manifest_sha256 pins it (when opened through LATEST):
 every listed file must have its size and checksum, nothing outside the listed
@@ -34,6 +36,7 @@ imgsim.index.latest.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -41,7 +44,7 @@ import os
 import re
 import shutil
 import stat
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -59,13 +62,15 @@ READABLE_VERSIONS = (FORMAT_VERSION, SHARDED_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 SCANN_DIR = "scann"
 SCANN_ASSETS = f"{SCANN_DIR}/scann_assets.pbtxt"
+IDS = "ids.parquet"  # the rows (format 1 with their vectors; a shard's, format 2, without)
+NEIGHBORS = "neighbors.parquet"  # format 1; format 2 has parts (imgsim.index.shard_neighbors.part_name)
+GROUPS = "groups.parquet"
 # what the consumer and ScaNN read: the manifest must cover each of them
-REQUIRED_FILES = ("ids.parquet", "neighbors.parquet", "groups.parquet", f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
+REQUIRED_FILES = (IDS, NEIGHBORS, GROUPS, f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
 CENTROIDS = "centroids.npy"  # format 2: row i is the centroid of the i-th shard listed
-IDS = "ids.parquet"  # a shard's rows (format 2)
 VECTORS = "vectors.npy"  # a shard's vectors, float32 (count, dim), for exact search and re-ranking
 MODEL_DIR = "model"  # an int8 run's quantised model (OpenVINO IR), to embed queries comparably
-REQUIRED_SHARDED_FILES = ("groups.parquet", CENTROIDS)
+REQUIRED_SHARDED_FILES = (GROUPS, CENTROIDS)
 REQUIRED_SHARD_FILES = (IDS, VECTORS, f"{SCANN_DIR}/scann_config.pb", SCANN_ASSETS)
 _SHARD_DIR = re.compile(r"shards/[0-9]{5}")
 FORBIDDEN_FILES = ("scann_docids.pkl",)
@@ -89,7 +94,158 @@ def local_files(root: str) -> list[str]:
     return sorted(out)
 
 
-def write_manifest(staging: str, fields: dict, shards: Optional[list] = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ShardEntry:
+    """One shard of a format 2 manifest: its number (and so its directory), rows, place among all
+    rows, centroid row, ScaNN configuration, tuned search parameters and files."""
+
+    shard: int
+    count: int
+    offset: int  # its first row's number among all rows (shard after shard)
+    centroid: int  # its row in centroids.npy
+    scann: dict
+    files: dict  # artifact path -> {"sha256", "bytes"}, each inside dir
+    search: Optional[dict] = None
+
+    @property
+    def dir(self) -> str:
+        return shard_dir(self.shard)
+
+    @property
+    def scann_dir(self) -> str:
+        return f"{self.dir}/{SCANN_DIR}"
+
+    def path(self, name: str) -> str:
+        """A file of the shard, as an artifact path."""
+        return f"{self.dir}/{name}"
+
+    @property
+    def params(self) -> SearchParams:
+        """The search parameters tuning chose for the shard (the configuration's when none)."""
+        return SearchParams.from_dict(self.search)
+
+    def to_dict(self) -> dict:
+        return {"shard": self.shard, "dir": self.dir, "count": self.count, "offset": self.offset,
+                "centroid": self.centroid, "scann": self.scann, **({"search": self.search} if self.search else {}),
+                "files": self.files}
+
+    @classmethod
+    def parse(cls, raw, where: str, malformed, row: int, offset: int, last: int) -> "ShardEntry":
+        """The row-th shard entry; offset: the rows before it; last: the number before it."""
+        if not isinstance(raw, dict):
+            raise malformed(f"a shard entry is {raw!r}, not an object")
+        number = raw.get("shard")
+        if type(number) is not int or number <= last:
+            raise malformed(f"shard numbers must be increasing integers, not {number!r}")
+        directory = raw.get("dir")
+        if directory != shard_dir(number):
+            raise ArtifactError(f"{where}: shard {number} names the directory {directory!r}; a shard lives in "
+                                f"{shard_dir(number)} of its artifact and nowhere else")
+        count, at = raw.get("count"), raw.get("offset")
+        if type(count) is not int or count < 1 or type(at) is not int or at != offset:
+            raise malformed(f"shard {number} has count {count!r} and offset {at!r} (expected offset {offset})")
+        if raw.get("centroid") != row:
+            raise malformed(f"shard {number}'s centroid is {raw.get('centroid')!r}, not its row in {CENTROIDS} "
+                            f"({row})")
+        _check_search(raw.get("search"), malformed)
+        if not isinstance(raw.get("scann"), dict):
+            raise malformed(f"shard {number} has no ScaNN configuration")
+        files = raw.get("files")
+        if not isinstance(files, dict) or not files:
+            raise malformed(f"shard {number} lists no files")
+        outside = [rel for rel in files if not isinstance(rel, str) or not rel.startswith(directory + "/")]
+        if outside:
+            raise ArtifactError(f"{where}: shard {number} lists {outside[0]!r}, outside its directory "
+                                f"{directory}/; the artifact is refused")
+        _check_file_entries(files, where, malformed)
+        missing = [name for name in REQUIRED_SHARD_FILES if f"{directory}/{name}" not in files]
+        if missing:
+            raise malformed(f"shard {number} does not list {', '.join(missing)}")
+        return cls(number, count, at, row, raw["scann"], files, raw.get("search"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A checked manifest: what the format says (version, run, model, files, shards) typed, the
+    rest (recall, neighbours, groups, filters, ... : reports) as written, by `section`."""
+
+    document: dict  # the manifest as written
+    format_version: int
+    run_id: str
+    signature: ModelSignature
+    files: dict  # artifact path -> {"sha256", "bytes"} (a sharded artifact's shard files are with its shards)
+    shards: tuple = ()  # ShardEntry, format 2
+    shards_to_search: Optional[int] = None  # format 2
+
+    @classmethod
+    def parse(cls, document, where: str = MANIFEST) -> "Manifest":
+        """Refuse a manifest of any other shape than imgsim writes, before anything relies on it."""
+        def malformed(what: str) -> ArtifactError:
+            return ArtifactError(f"{where} is malformed: {what}; republish the index or roll back to another run")
+
+        if not isinstance(document, dict):
+            raise malformed(f"it is a JSON {type(document).__name__}, not an object")
+        version = document.get("format_version")
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise ArtifactError(f"{where}: unsupported artifact format {version!r} (this imgsim reads "
+                                f"{' and '.join(map(str, READABLE_VERSIONS))})")
+        run_id = document.get("run_id")
+        if not isinstance(run_id, str):
+            raise malformed(f"run_id is {run_id!r}, not a string")
+        try:
+            check_run_id(run_id)
+            if not isinstance(document.get("model_signature"), dict):
+                raise ValueError("model_signature is not an object")
+            signature = ModelSignature.from_dict(document["model_signature"])
+        except (ValueError, TypeError) as e:
+            raise malformed(str(e)) from None
+        files = document.get("files")
+        if not isinstance(files, dict) or not files:
+            raise malformed("'files' must be an object mapping each file's name to its sha256 and bytes")
+        _check_file_entries(files, where, malformed)
+        if version == FORMAT_VERSION:
+            missing = [rel for rel in REQUIRED_FILES if rel not in files]
+            if missing:
+                raise malformed(f"it does not list {', '.join(missing)}")
+            scann = document.get("scann")
+            _check_search(scann.get("search") if isinstance(scann, dict) else None, malformed)
+            return cls(document, version, run_id, signature, files)
+        shards, searched = _parse_shards(document, where, malformed)
+        return cls(document, version, run_id, signature, files, shards, searched)
+
+    @property
+    def sharded(self) -> bool:
+        return self.format_version == SHARDED_FORMAT_VERSION
+
+    @property
+    def count(self) -> int:
+        return int(self.document["count"])
+
+    def section(self, name: str) -> dict:
+        """A report of the manifest (recall, neighbors, groups, filters, scann, sharding, build, ...),
+        as written; empty when absent."""
+        value = self.document.get(name)
+        return value if isinstance(value, dict) else {}
+
+    def entry(self, number: int) -> ShardEntry:
+        return next(e for e in self.shards if e.shard == number)
+
+    def all_files(self) -> dict:
+        """Every file of the artifact, artifact path -> {sha256, bytes}."""
+        files = dict(self.files)
+        for entry in self.shards:
+            files.update(entry.files)
+        return files
+
+    def scann_dirs(self) -> list[str]:
+        """The directories holding a ScaNN searcher: scann, or each shard's."""
+        return [entry.scann_dir for entry in self.shards] if self.sharded else [SCANN_DIR]
+
+    def to_bytes(self) -> bytes:
+        return encode_manifest(self.document)
+
+
+def write_manifest(staging: str, fields: dict, shards: Optional[Sequence[ShardEntry]] = None) -> Manifest:
     """Checksum every staged file and write manifest.json beside them; returns the manifest.
 
     shards: a sharded artifact's shard entries (each listing its own files, which are left out of
@@ -104,16 +260,17 @@ def write_manifest(staging: str, fields: dict, shards: Optional[list] = None) ->
             continue
         path = os.path.join(staging, rel)
         files[rel] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
-    manifest = manifest_document(fields, files, shards)
+    document = manifest_document(fields, files, shards)
     with open(os.path.join(staging, MANIFEST), "wb") as f:
-        f.write(encode_manifest(manifest))
-    return manifest
+        f.write(encode_manifest(document))
+    return Manifest.parse(document)
 
 
-def manifest_document(fields: dict, files: dict, shards: Optional[list] = None) -> dict:
+def manifest_document(fields: dict, files: dict, shards: Optional[Sequence[ShardEntry]] = None) -> dict:
     if shards is None:
         return {"format_version": FORMAT_VERSION, **fields, "files": files}
-    return {"format_version": SHARDED_FORMAT_VERSION, **fields, "shards": shards, "files": files}
+    return {"format_version": SHARDED_FORMAT_VERSION, **fields, "shards": [e.to_dict() for e in shards],
+            "files": files}
 
 
 def encode_manifest(manifest: dict) -> bytes:
@@ -122,49 +279,13 @@ def encode_manifest(manifest: dict) -> bytes:
 
 # the manifest -----------------------------------------------------------------------------------
 
-def parse_manifest(data: bytes, where: str = MANIFEST) -> dict:
-    """The manifest in data, its shape checked (check_manifest); ArtifactError otherwise."""
+def parse_manifest(data: bytes, where: str = MANIFEST) -> Manifest:
+    """The manifest in data, its shape checked (Manifest.parse); ArtifactError otherwise."""
     try:
-        manifest = json.loads(data)
+        document = json.loads(data)
     except ValueError as e:
         raise ArtifactError(f"{where} is not JSON ({e}); republish the index or roll back to another run") from None
-    check_manifest(manifest, where)
-    return manifest
-
-
-def check_manifest(manifest, where: str = MANIFEST) -> None:
-    """Refuse a manifest of any other shape than imgsim writes, before anything relies on it."""
-    def malformed(what: str) -> ArtifactError:
-        return ArtifactError(f"{where} is malformed: {what}; republish the index or roll back to another run")
-
-    if not isinstance(manifest, dict):
-        raise malformed(f"it is a JSON {type(manifest).__name__}, not an object")
-    version = manifest.get("format_version")
-    if type(version) is not int or version not in READABLE_VERSIONS:
-        raise ArtifactError(f"{where}: unsupported artifact format {version!r} (this imgsim reads "
-                            f"{' and '.join(map(str, READABLE_VERSIONS))})")
-    run_id = manifest.get("run_id")
-    if not isinstance(run_id, str):
-        raise malformed(f"run_id is {run_id!r}, not a string")
-    try:
-        check_run_id(run_id)
-        if not isinstance(manifest.get("model_signature"), dict):
-            raise ValueError("model_signature is not an object")
-        ModelSignature.from_dict(manifest["model_signature"])
-    except (ValueError, TypeError) as e:
-        raise malformed(str(e)) from None
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise malformed("'files' must be an object mapping each file's name to its sha256 and bytes")
-    _check_file_entries(files, where, malformed)
-    if version == FORMAT_VERSION:
-        missing = [rel for rel in REQUIRED_FILES if rel not in files]
-        if missing:
-            raise malformed(f"it does not list {', '.join(missing)}")
-        scann = manifest.get("scann")
-        _check_search(scann.get("search") if isinstance(scann, dict) else None, malformed)
-        return
-    _check_shards(manifest, where, malformed)
+    return Manifest.parse(document, where)
 
 
 def _check_file_entries(files: dict, where: str, malformed) -> None:
@@ -181,62 +302,36 @@ def _check_file_entries(files: dict, where: str, malformed) -> None:
             raise malformed(f"the bytes of {rel} is {meta.get('bytes')!r}, not a size")
 
 
-def _check_shards(manifest: dict, where: str, malformed) -> None:
+def _parse_shards(document: dict, where: str, malformed) -> tuple[tuple, int]:
     """Format 2: the shard list (numbered directories, counts adding up, offsets, centroids, each
     shard's files inside its own directory), shards_to_search and every neighbours part listed."""
     from imgsim.index.shard_neighbors import part_names  # the parts' names: one module says them
 
-    files = manifest["files"]
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards:
+    files = document["files"]
+    raw = document.get("shards")
+    if not isinstance(raw, list) or not raw:
         raise malformed("'shards' must be a non-empty list")
     stray = sorted(rel for rel in files if rel.startswith("shards/"))
     if stray:
         raise ArtifactError(f"{where} lists {stray[0]!r} outside its shard's entry; a shard's files are listed "
                             "with the shard")
-    offset, last, offsets = 0, -1, []
-    for entry in shards:
-        if not isinstance(entry, dict):
-            raise malformed(f"a shard entry is {entry!r}, not an object")
-        number = entry.get("shard")
-        if type(number) is not int or number <= last:
-            raise malformed(f"shard numbers must be increasing integers, not {number!r}")
-        last = number
-        directory = entry.get("dir")
-        if directory != f"shards/{number:05d}":
-            raise ArtifactError(f"{where}: shard {number} names the directory {directory!r}; a shard lives in "
-                                f"shards/{number:05d} of its artifact and nowhere else")
-        count, at = entry.get("count"), entry.get("offset")
-        if type(count) is not int or count < 1 or type(at) is not int or at != offset:
-            raise malformed(f"shard {number} has count {count!r} and offset {at!r} (expected offset {offset})")
-        offset += count
-        if entry.get("centroid") != len(offsets):
-            raise malformed(f"shard {number}'s centroid is {entry.get('centroid')!r}, not its row in {CENTROIDS} "
-                            f"({len(offsets)})")
-        offsets.append(at)
-        _check_search(entry.get("search"), malformed)
-        shard_files = entry.get("files")
-        if not isinstance(shard_files, dict) or not shard_files:
-            raise malformed(f"shard {number} lists no files")
-        outside = [rel for rel in shard_files if not isinstance(rel, str) or not rel.startswith(directory + "/")]
-        if outside:
-            raise ArtifactError(f"{where}: shard {number} lists {outside[0]!r}, outside its directory "
-                                f"{directory}/; the artifact is refused")
-        _check_file_entries(shard_files, where, malformed)
-        missing = [name for name in REQUIRED_SHARD_FILES if f"{directory}/{name}" not in shard_files]
-        if missing:
-            raise malformed(f"shard {number} does not list {', '.join(missing)}")
-    if manifest.get("count") != offset:
-        raise malformed(f"count is {manifest.get('count')!r} but the shards hold {offset}")
-    sharding = manifest.get("sharding")
+    shards, offset, last = [], 0, -1
+    for row, item in enumerate(raw):
+        entry = ShardEntry.parse(item, where, malformed, row, offset, last)
+        shards.append(entry)
+        offset, last = offset + entry.count, entry.shard
+    if document.get("count") != offset:
+        raise malformed(f"count is {document.get('count')!r} but the shards hold {offset}")
+    sharding = document.get("sharding")
     searched = sharding.get("shards_to_search") if isinstance(sharding, dict) else None
     if type(searched) is not int or not 1 <= searched <= len(shards):
         raise malformed(f"sharding.shards_to_search is {searched!r}, not between 1 and {len(shards)}")
-    required = list(REQUIRED_SHARDED_FILES) + part_names([(e["shard"], e["count"]) for e in shards])
+    required = list(REQUIRED_SHARDED_FILES) + part_names([(e.shard, e.count) for e in shards])
     missing = [rel for rel in required if rel not in files]
     if missing:
         raise malformed(f"it does not list {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                                              else ""))
+    return tuple(shards), searched
 
 
 def _check_search(search, malformed) -> None:
@@ -247,27 +342,8 @@ def _check_search(search, malformed) -> None:
         raise malformed(str(e)) from None
 
 
-def all_files(manifest: dict) -> dict:
-    """Every file of the artifact, artifact path -> {sha256, bytes} (a sharded artifact lists its
-    shards' files with the shards)."""
-    files = dict(manifest["files"])
-    for entry in manifest.get("shards") or []:
-        files.update(entry["files"])
-    return files
-
-
-def is_sharded(manifest: dict) -> bool:
-    return manifest.get("format_version") == SHARDED_FORMAT_VERSION
-
-
-def scann_dirs(manifest: dict) -> list[str]:
-    """The directories holding a ScaNN searcher: scann, or each shard's."""
-    if is_sharded(manifest):
-        return [f"{entry['dir']}/{SCANN_DIR}" for entry in manifest["shards"]]
-    return [SCANN_DIR]
-
-
-def read_manifest(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = None) -> tuple[bytes, dict]:
+def read_manifest(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = None
+                  ) -> tuple[bytes, Manifest]:
     """The manifest's bytes and content; checked against manifest_sha256 (LATEST's pin) when given."""
     path = join(index_dir, MANIFEST)
     if is_gcs(index_dir):
@@ -383,7 +459,7 @@ def file_problem(root: str, rel: str, meta: dict) -> Optional[str]:
 
 
 def fetch_artifact(store: ObjectStore, index_dir: str, local_dir: str,
-                   manifest_sha256: Optional[str] = None) -> dict:
+                   manifest_sha256: Optional[str] = None) -> Manifest:
     """Copy the artifact at index_dir into local_dir (reusing files that still match) and verify it all.
 
     A sharded artifact is fetched file by file when its files are first needed (fetch_files), so
@@ -392,17 +468,18 @@ def fetch_artifact(store: ObjectStore, index_dir: str, local_dir: str,
     each file is replaced whole (storage writes through a temporary file), so processes sharing
     the cache never see half a file."""
     manifest_bytes, manifest = read_manifest(store, index_dir, manifest_sha256)
-    if not is_sharded(manifest):
-        fetch_files(store, index_dir, local_dir, manifest, manifest["files"])
+    if not manifest.sharded:
+        fetch_files(store, index_dir, local_dir, manifest.files)
         verify_local(local_dir, manifest)
     os.makedirs(local_dir, exist_ok=True)
     store.write_bytes(os.path.join(local_dir, MANIFEST), manifest_bytes, content_type="application/json")
     return manifest
 
 
-def fetch_files(store: ObjectStore, index_dir: str, local_dir: str, manifest: dict, files: dict) -> None:
+def fetch_files(store: ObjectStore, index_dir: str, local_dir: str, files: dict) -> None:
     """Copy the listed files (artifact path -> entry) into local_dir unless a matching copy is there,
-    then check each against its entry, and the ScaNN assets of any searcher among them."""
+    then check each against its entry; a searcher among them (its scann_assets.pbtxt) may name
+    only files among them, in its own directory."""
     for rel, meta in files.items():
         if not is_gcs(index_dir):
             os.close(open_inside(index_dir, rel))
@@ -417,10 +494,9 @@ def fetch_files(store: ObjectStore, index_dir: str, local_dir: str, manifest: di
         problem = file_problem(local_dir, rel, meta)
         if problem:
             raise ArtifactError(problem)
-    listed = set(all_files(manifest))
-    for scann_dir in scann_dirs(manifest):
-        if f"{scann_dir}/scann_assets.pbtxt" in files:
-            _check_assets_file(local_dir, scann_dir, listed)
+    for rel in files:
+        if rel == SCANN_ASSETS or rel.endswith(f"/{SCANN_ASSETS}"):
+            _check_assets_file(local_dir, rel[:-len("/scann_assets.pbtxt")], set(files))
 
 
 def _check_assets_file(local_dir: str, scann_dir: str, listed: set) -> None:
@@ -472,16 +548,15 @@ def _remove(path: str) -> None:
         pass  # another process sharing the cache removed it first
 
 
-def verify_local(local_dir: str, manifest: dict) -> None:
+def verify_local(local_dir: str, manifest: Manifest) -> None:
     """Every listed file present (no link on the way) with its size and checksum, each
     scann_assets.pbtxt naming only listed files of its own searcher, and no pickle anywhere."""
-    check_manifest(manifest)
-    files = all_files(manifest)
+    files = manifest.all_files()
     for rel, meta in files.items():
         problem = file_problem(local_dir, rel, meta)
         if problem:
             raise ArtifactError(problem)
-    for scann_dir in scann_dirs(manifest):
+    for scann_dir in manifest.scann_dirs():
         _check_assets_file(local_dir, scann_dir, set(files))
     for rel in local_files(local_dir):
         if os.path.basename(rel) in FORBIDDEN_FILES:
@@ -499,21 +574,25 @@ def load_searcher(local_dir: str, scann_dir: str = SCANN_DIR):
                             "rebuild the index with imgsim") from None
 
 
-def self_query_check(local_dir: str, manifest: Optional[dict] = None, sample: int = 20) -> None:
+def self_query_check(local_dir: str, manifest: Manifest, sample: int = 20) -> None:
     """Load the published index and query it with its own vectors: each must find itself first
     (or an exact duplicate scoring the same). A sharded index is checked shard by shard, one
     loaded at a time."""
-    if manifest is not None and is_sharded(manifest):
-        for entry in manifest["shards"]:
-            data = load_vectors(os.path.join(local_dir, *entry["dir"].split("/"), VECTORS), entry["count"],
-                                manifest["model_signature"]["dim"], mmap=True)
-            self_query(load_searcher(local_dir, f"{entry['dir']}/{SCANN_DIR}"), data, sample,
-                       f" (shard {entry['shard']})")
+    if manifest.sharded:
+        for entry in manifest.shards:
+            self_query_shard(local_dir, entry.shard, entry.count, manifest.signature.dim, sample)
         return
-    table = pq.read_table(os.path.join(local_dir, "ids.parquet"), columns=["row", "embedding"])
+    table = pq.read_table(os.path.join(local_dir, IDS), columns=["row", "embedding"])
     data = vectors(table)
     if len(data):
         self_query(load_searcher(local_dir), data, sample)
+
+
+def self_query_shard(local_dir: str, number: int, count: int, dim: int, sample: int = 20) -> None:
+    """self_query_check for one shard's files under local_dir."""
+    directory = shard_dir(number)
+    data = load_vectors(os.path.join(local_dir, *directory.split("/"), VECTORS), count, dim, mmap=True)
+    self_query(load_searcher(local_dir, f"{directory}/{SCANN_DIR}"), data, sample, f" (shard {number})")
 
 
 def self_query(searcher, data: np.ndarray, sample: int = 20, where: str = "", tolerance: float = 1e-3) -> None:

@@ -122,14 +122,15 @@ def build_and_publish(store: ObjectStore, tables: Sequence[pa.Table], settings: 
     return index_report(manifest, result)
 
 
-def index_report(manifest: dict, result) -> dict:
+def index_report(manifest: artifact.Manifest, result) -> dict:
     """What the summary and the CLI print about a published index."""
-    report = {"published": True, "index": result.index_dir, "count": manifest["count"],
-              "recall": manifest["recall"], "scann": manifest["scann"], "groups": manifest["groups"],
-              "latest_updated": result.latest_updated, "latest": result.latest_detail}
-    if "sharding" in manifest:
-        report["sharding"] = {key: manifest["sharding"][key] for key in
-                              ("shards", "shards_to_search", "recall_by_shards_searched")}
+    report = {"published": True, "index": result.index_dir, "count": manifest.count,
+              "recall": manifest.section("recall"), "scann": manifest.section("scann"),
+              "groups": manifest.section("groups"), "latest_updated": result.latest_updated,
+              "latest": result.latest_detail}
+    if manifest.sharded:
+        sharding = manifest.section("sharding")
+        report["sharding"] = {key: sharding[key] for key in ("shards", "shards_to_search", "recall_by_shards_searched")}
     return report
 
 
@@ -201,11 +202,11 @@ def build_artifact(table: pa.Table, signature: ModelSignature, staging: str, set
     ids = table.column("id")
     ids_of = np.asarray(ids.to_pylist(), object).__getitem__
     artifact.write_table(table.add_column(0, "row", pa.array(np.arange(n, dtype=np.int64))),
-                         os.path.join(staging, "ids.parquet"))
+                         os.path.join(staging, artifact.IDS))
     # row groups of BATCH_ROWS: a consumer reads an item's list from one (imgsim.index.readers.RowGroups)
-    artifact.write_table(neighbors_table(ids, neighbors), os.path.join(staging, "neighbors.parquet"),
+    artifact.write_table(neighbors_table(ids, neighbors), os.path.join(staging, artifact.NEIGHBORS),
                          row_group_rows=BATCH_ROWS)
-    artifact.write_table(groups_table(groups, ids_of), os.path.join(staging, "groups.parquet"))
+    artifact.write_table(groups_table(groups, ids_of), os.path.join(staging, artifact.GROUPS))
     filterable = filters.write(table, staging)
     isolated = outliers.most_isolated(np.arange(n), outliers.scores(neighbors.scores))
     artifact.write_table(outliers.table(*isolated, ids_of), os.path.join(staging, outliers.OUTLIERS))

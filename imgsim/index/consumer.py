@@ -28,7 +28,6 @@ import pyarrow as pa
 
 from imgsim.embed.decode import decode_image
 from imgsim.embed.reproduce import check_reproducible, embedder_for  # TensorFlow only when a model is built
-from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.artifact import ArtifactError
 from imgsim.index.filtered import EXACT_MAX, ORDERS, Gathered
@@ -96,16 +95,16 @@ def local_copy_dir(index_dir: str, cache_dir: Optional[str] = None) -> str:
 
 
 class ImageIndex:
-    def __init__(self, local_dir: str, manifest: dict, source: str, store: ObjectStore,
+    def __init__(self, local_dir: str, manifest: artifact.Manifest, source: str, store: ObjectStore,
                  shards_to_search: Optional[int] = None):
         self.local_dir = local_dir
         self._store = store
-        self.manifest = manifest
+        self._manifest = manifest
         self.source = source
-        self.signature = ModelSignature.from_dict(manifest["model_signature"])
-        if artifact.is_sharded(manifest):
+        self.signature = manifest.signature
+        if manifest.sharded:
             def fetch(files: dict) -> None:
-                artifact.fetch_files(store, source, local_dir, manifest, files)
+                artifact.fetch_files(store, source, local_dir, files)
 
             self._reader = ShardedReader(local_dir, manifest, fetch, shards_to_search)
         else:
@@ -136,7 +135,7 @@ class ImageIndex:
         """A probe query, so that no request pays for loading a searcher: one that searches every
         shard of a sharded index (each is loaded on first use otherwise)."""
         if len(self):
-            every = len(self.manifest["shards"]) if self.sharded else None
+            every = len(self._manifest.shards) if self.sharded else None
             self.search(self._reader.vector(0)[None, :], k=1, shards_to_search=every)
 
     def close(self) -> None:
@@ -150,8 +149,13 @@ class ImageIndex:
         return self._reader.count
 
     @property
+    def manifest(self) -> dict:
+        """The manifest as written (docs/index.md lists its fields)."""
+        return self._manifest.document
+
+    @property
     def run_id(self) -> str:
-        return self.manifest["run_id"]
+        return self._manifest.run_id
 
     @property
     def manifest_sha256(self) -> str:
@@ -162,7 +166,7 @@ class ImageIndex:
 
     @property
     def sharded(self) -> bool:
-        return artifact.is_sharded(self.manifest)
+        return self._manifest.sharded
 
     @property
     def shards_to_search(self) -> Optional[int]:
@@ -189,7 +193,7 @@ class ImageIndex:
     @property
     def filterable(self) -> dict:
         """The metadata columns results can be filtered on, and how (imgsim.index.filters)."""
-        return dict(self.manifest.get("filters") or {})
+        return dict(self._manifest.section("filters"))
 
     def similar(self, item_id: str, k: int = 10, include_self: bool = False, filters: Filters = None,
                 ranges: Ranges = None, order: str = "most") -> list[Match]:
@@ -331,17 +335,17 @@ class ImageIndex:
 
     def _match(self, row: int, score: float, rank: int, similarity: bool = True) -> Match:
         item_id, info = self._reader.info(row)
-        told = strength(score, (self.manifest.get("neighbors") or {}).get("score_quantiles") or [],
-                        (self.manifest.get("groups") or {}).get("threshold")) if similarity else None
+        told = strength(score, self._manifest.section("neighbors").get("score_quantiles") or [],
+                        self._manifest.section("groups").get("threshold")) if similarity else None
         return Match(item_id, score, rank, info, told)
 
     def _model(self, weights: Optional[str], backend: Optional[str] = None):
         with self._lock:
             if self._embedder is None or backend not in (None, self.signature.backend):
                 if self.sharded:  # an int8 run's model is fetched, like shards, when first needed
-                    model_files = {rel: meta for rel, meta in self.manifest["files"].items()
+                    model_files = {rel: meta for rel, meta in self._manifest.files.items()
                                    if rel.startswith(artifact.MODEL_DIR + "/")}
-                    artifact.fetch_files(self._store, self.source, self.local_dir, self.manifest, model_files)
+                    artifact.fetch_files(self._store, self.source, self.local_dir, model_files)
                 self._embedder = embedder_for(self.signature, self._store, weights,
                                               os.path.join(self.local_dir, artifact.MODEL_DIR), backend)
             return self._embedder

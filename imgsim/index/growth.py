@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from imgsim.embed.signature import ModelSignature
 from imgsim.index import artifact
 from imgsim.index.artifact import IDS, VECTORS, load_vectors
 from imgsim.index.exact import exact_candidates
@@ -36,7 +35,7 @@ from imgsim.index.kmeans import assign, train_centroids
 from imgsim.index.searcher import IndexOptions
 from imgsim.index.shard_build import StagedShard, build_shard, id_order, write_shard
 from imgsim.index.shard_neighbors import BATCH_ROWS, Offer, ShardData, part_names
-from imgsim.index.tuning import RecallQueries, SearchParams
+from imgsim.index.tuning import RecallQueries
 from imgsim.storage import ObjectStore, join
 
 GROWTH_MAX_SHARE = 0.10
@@ -54,7 +53,7 @@ class Growth:
 
     base_run: str
     base_dir: str  # the published index's directory (local or gs://)
-    base: dict  # its manifest (format 2)
+    base: artifact.Manifest  # its manifest (format 2)
     added: frozenset  # (file number, row) of the input rows that are new or changed
     removed: dict  # base shard number -> sorted rows of that shard to remove (deleted or changed)
     removed_ids: frozenset  # ids whose published version goes (deleted or changed)
@@ -66,19 +65,19 @@ class Growth:
     centroids: np.ndarray  # float32, row = published shard number (zero where a number is unused)
 
     @property
-    def entries(self) -> list:
-        return self.base["shards"]
+    def entries(self) -> tuple:
+        return self.base.shards
 
-    def entry(self, number: int) -> dict:
-        return next(e for e in self.entries if e["shard"] == number)
+    def entry(self, number: int) -> artifact.ShardEntry:
+        return next(e for e in self.entries if e.shard == number)
 
     @property
     def next_number(self) -> int:
-        return max(e["shard"] for e in self.entries) + 1
+        return max(e.shard for e in self.entries) + 1
 
     def report(self) -> dict:
         return {"grown_from": self.base_run, "new": self.new, "changed": self.changed, "deleted": self.deleted,
-                "share": round((self.new + self.changed + self.deleted) / max(1, self.base["count"]), 5)}
+                "share": round((self.new + self.changed + self.deleted) / max(1, self.base.count), 5)}
 
 
 def plan_growth(store: ObjectStore, plan, settings, output: str, latest) -> tuple[Optional[Growth], str]:
@@ -92,20 +91,20 @@ def plan_growth(store: ObjectStore, plan, settings, output: str, latest) -> tupl
         return None, "nothing published yet"
     base_dir = join(output, latest.index)
     _, base = artifact.read_manifest(store, base_dir, latest.manifest_sha256)
-    if not artifact.is_sharded(base):
+    if not base.sharded:
         return None, "the published index is one searcher"
-    if (base.get("build") or {}).get("settings") != settings.growth_key():
+    if base.section("build").get("settings") != settings.growth_key():
         return None, "the published index was built with other index settings"
-    signature = ModelSignature.from_dict(base["model_signature"])
+    signature = base.signature
     if not signature.matches(plan.signature):
         return None, "the published index holds another model's vectors"
     new_rows = _input_keys(store, plan.files)
     old_rows = {}
-    for entry in base["shards"]:
-        with store.open_read(join(base_dir, entry["dir"], IDS)) as f:
+    for entry in base.shards:
+        with store.open_read(join(base_dir, entry.path(IDS))) as f:
             table = pq.read_table(f, columns=["id", "sha256"])
         for row, (item, sha) in enumerate(zip(table.column("id").to_pylist(), table.column("sha256").to_pylist())):
-            old_rows[item] = (sha, entry["shard"], row)
+            old_rows[item] = (sha, entry.shard, row)
     added, removed, removed_ids = set(), {}, set()
     new = changed = 0
     for item, (sha, number, row) in new_rows.items():
@@ -129,7 +128,7 @@ def plan_growth(store: ObjectStore, plan, settings, output: str, latest) -> tupl
     if share > GROWTH_MAX_SHARE:
         return None, (f"{new + changed + deleted:,} of {len(old_rows):,} items are new, changed or deleted "
                       f"(more than {GROWTH_MAX_SHARE:.0%})")
-    exact_before = base["neighbors"]["exact"]
+    exact_before = base.section("neighbors").get("exact")
     if exact_before != (len(new_rows) <= settings.exact_neighbors_max):
         return None, "the neighbours table crosses --exact-neighbors-max"
     removed = {number: tuple(sorted(rows)) for number, rows in removed.items()}
@@ -150,38 +149,38 @@ def _input_keys(store: ObjectStore, files) -> dict:
     return out
 
 
-def _base_centroids(store: ObjectStore, base_dir: str, base: dict) -> np.ndarray:
+def _base_centroids(store: ObjectStore, base_dir: str, base: artifact.Manifest) -> np.ndarray:
     import io
 
     data = np.load(io.BytesIO(store.read_bytes(join(base_dir, artifact.CENTROIDS))), allow_pickle=False)
-    dim = base["model_signature"]["dim"]
-    if data.dtype != np.float32 or data.shape != (len(base["shards"]), dim):
+    dim = base.signature.dim
+    if data.dtype != np.float32 or data.shape != (len(base.shards), dim):
         raise GrowthError(f"the published {artifact.CENTROIDS} holds {data.dtype} {data.shape}; rebuild with "
                           "--full-rebuild")
-    out = np.zeros((max(e["shard"] for e in base["shards"]) + 1, dim), np.float32)
-    for entry in base["shards"]:
-        out[entry["shard"]] = data[entry["centroid"]]
+    out = np.zeros((max(e.shard for e in base.shards) + 1, dim), np.float32)
+    for entry in base.shards:
+        out[entry.shard] = data[entry.centroid]
     return out
 
 
-def _recall_queries(store: ObjectStore, base_dir: str, base: dict, removed: dict, wanted: int,
+def _recall_queries(store: ObjectStore, base_dir: str, base: artifact.Manifest, removed: dict, wanted: int,
                     seed: int = 0) -> RecallQueries:
     """Recall queries drawn (seeded) among the published items that stay, read row by row."""
     rng = np.random.default_rng(seed)
-    entries = base["shards"]
-    kept = np.concatenate([np.setdiff1d(np.arange(e["count"]), removed.get(e["shard"], ())) + e["offset"]
+    entries = base.shards
+    kept = np.concatenate([np.setdiff1d(np.arange(e.count), removed.get(e.shard, ())) + e.offset
                            for e in entries])
     picked = np.sort(rng.choice(kept, size=min(wanted, len(kept)), replace=False))
-    dim = base["model_signature"]["dim"]
+    dim = base.signature.dim
     ids, vectors = [], []
     for entry in entries:
-        rows = picked[(picked >= entry["offset"]) & (picked < entry["offset"] + entry["count"])] - entry["offset"]
+        rows = picked[(picked >= entry.offset) & (picked < entry.offset + entry.count)] - entry.offset
         if not len(rows):
             continue
-        with store.open_read(join(base_dir, entry["dir"], IDS)) as f:
+        with store.open_read(join(base_dir, entry.path(IDS))) as f:
             shard_ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
         ids += [shard_ids[r] for r in rows.tolist()]
-        vectors.append(_read_rows(store, join(base_dir, entry["dir"], VECTORS), rows, entry["count"], dim))
+        vectors.append(_read_rows(store, join(base_dir, entry.path(VECTORS)), rows, entry.count, dim))
     return RecallQueries.drawn(ids, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32), seed)
 
 
@@ -228,15 +227,15 @@ def dirty_rows(old_lists: pa.Table, removed_ids: frozenset) -> np.ndarray:
     return out
 
 
-def grow_shard(root: str, entry: dict, dim: int, removed_rows: Sequence[int], added: Optional[pa.Table],
+def grow_shard(root: str, entry: artifact.ShardEntry, dim: int, removed_rows: Sequence[int], added: Optional[pa.Table],
                added_vectors: np.ndarray, old_dirty: np.ndarray, options: IndexOptions, queries: RecallQueries,
                recall_k: int, staging: str, max_items: int, split_number: int) -> list[GrownShard]:
     """The published shard `entry` (its files under root, verified) with removed_rows deleted and
     the added rows (a table without vectors, and their vectors) appended; two shards when it
     outgrows max_items. Empty list: every row went."""
-    table = pq.read_table(os.path.join(root, *entry["dir"].split("/"), IDS)).drop_columns(["row"])
-    data = load_vectors(os.path.join(root, *entry["dir"].split("/"), VECTORS), entry["count"], dim)
-    kept, deletes = _swap_removed(entry["count"], removed_rows)
+    table = pq.read_table(os.path.join(root, *entry.path(IDS).split("/"))).drop_columns(["row"])
+    data = load_vectors(os.path.join(root, *entry.path(VECTORS).split("/")), entry.count, dim)
+    kept, deletes = _swap_removed(entry.count, removed_rows)
     m = 0 if added is None else added.num_rows
     rows = table.take(pa.array(kept, pa.int64()))
     if m:
@@ -247,17 +246,17 @@ def grow_shard(root: str, entry: dict, dim: int, removed_rows: Sequence[int], ad
     if not len(kept):
         return []
     if len(kept) > max_items and len(kept) >= 4:
-        return _split(rows, vectors, kept, dirty, entry["shard"], split_number, options, queries, recall_k, staging)
-    searcher = artifact.load_searcher(root, f"{entry['dir']}/{artifact.SCANN_DIR}")
+        return _split(rows, vectors, kept, dirty, entry.shard, split_number, options, queries, recall_k, staging)
+    searcher = artifact.load_searcher(root, entry.scann_dir)
     if deletes or m:
         for position in deletes:  # one at a time: each moves the last row into the gap
             searcher.searcher.delete([position])
         if m:
             searcher.searcher.upsert([None] * m, np.ascontiguousarray(added_vectors, np.float32), UPSERT_BATCH)
-        _check_rows(searcher, vectors, sorted(set(deletes) & set(range(len(kept) - m))), m, entry["shard"])
-    config = {key: value for key, value in entry["scann"].items() if key != "count"}
-    staged = write_shard(rows, vectors, searcher, config, entry["shard"], options, queries, recall_k, staging)
-    return [GrownShard(staged, entry["shard"], kept, dirty, None, "grown" if deletes or m else "kept")]
+        _check_rows(searcher, vectors, sorted(set(deletes) & set(range(len(kept) - m))), m, entry.shard)
+    config = {key: value for key, value in entry.scann.items() if key != "count"}
+    staged = write_shard(rows, vectors, searcher, config, entry.shard, options, queries, recall_k, staging)
+    return [GrownShard(staged, entry.shard, kept, dirty, None, "grown" if deletes or m else "kept")]
 
 
 def _swap_removed(count: int, removed_rows: Sequence[int]) -> tuple[np.ndarray, list[int]]:
@@ -367,7 +366,7 @@ def grow_offers(outcome, k: int, target: ShardData, dirty: Dirty, exact: bool,
         routed = np.flatnonzero(np.any(route(dirty.vectors, outcome.centroids, outcome.shards_to_search) == slot,
                                        axis=1))
         if len(routed):
-            params = SearchParams.from_dict(outcome.entry(target.number).get("search"))
+            params = outcome.entry(target.number).params
             found, scores = searcher.search_batched(dirty.vectors[routed],
                                                     final_num_neighbors=min(2 * k + 1, target.count),
                                                     **params.kwargs())
@@ -417,7 +416,7 @@ def _by_batch(offers, outcome) -> dict[int, list[tuple[int, Offer]]]:
     out: dict[int, list] = {}
     for shards, positions, found in offers:
         for q in np.unique(shards).tolist():
-            count = outcome.entry(q)["count"]
+            count = outcome.entry(q).count
             at = np.flatnonzero(shards == q)
             batches = positions[at] // BATCH_ROWS
             for b in np.unique(batches).tolist():
@@ -453,9 +452,9 @@ def old_candidates(old_lists: pa.Table, kept: np.ndarray, dirty: np.ndarray, ids
     return out
 
 
-def read_old_lists(read: Callable[[str], pa.Table], entry: dict) -> pa.Table:
+def read_old_lists(read: Callable[[str], pa.Table], entry: artifact.ShardEntry) -> pa.Table:
     """A published shard's neighbour lists, in its row order (its parts one after another)."""
-    tables = [read(rel) for rel in part_names([(entry["shard"], entry["count"])])]
+    tables = [read(rel) for rel in part_names([(entry.shard, entry.count)])]
     return pa.concat_tables(tables).select(["id", "neighbor_ids", "scores"]) if tables else pa.table(
         {"id": pa.array([], pa.string()), "neighbor_ids": pa.array([], pa.list_(pa.string())),
          "scores": pa.array([], pa.list_(pa.float32()))})

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from typing import Callable, Optional
 
-from imgsim.index.artifact import (MANIFEST, ArtifactError, check_no_links, fetch_artifact, fetch_files, file_problem,
-                                   is_sharded, local_files, parse_manifest, read_manifest, self_query_check, verify_local)
+from imgsim.index.artifact import (MANIFEST, ArtifactError, Manifest, check_no_links, fetch_artifact, fetch_files,
+                                   file_problem, local_files, parse_manifest, read_manifest, self_query_check,
+                                   self_query_shard, verify_local)
 from imgsim.index.latest import Latest, latest_path, read_latest, swap_latest
 from imgsim.runs.layout import RunLayout, check_run_id, runs_dir
 from imgsim.storage import ObjectStore, PreconditionFailed, WriterBusy, is_gcs, join
@@ -45,7 +45,7 @@ def publish(store: ObjectStore, staging: str, layout: RunLayout, expected_latest
     store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     manifest = verify(store, index_dir, manifest_sha)  # what landed is what was staged
-    return _swap(store, layout, manifest_sha, manifest["format_version"], expected_latest_generation, keep_runs)
+    return _swap(store, layout, manifest_sha, manifest.format_version, expected_latest_generation, keep_runs)
 
 
 def publish_manifest(store: ObjectStore, layout: RunLayout, manifest_bytes: bytes, expected_latest_generation: int,
@@ -58,7 +58,7 @@ def publish_manifest(store: ObjectStore, layout: RunLayout, manifest_bytes: byte
     store.write_bytes(join(index_dir, MANIFEST), manifest_bytes, content_type="application/json")
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     _, manifest = read_manifest(store, index_dir, manifest_sha)
-    return _swap(store, layout, manifest_sha, manifest["format_version"], expected_latest_generation, keep_runs)
+    return _swap(store, layout, manifest_sha, manifest.format_version, expected_latest_generation, keep_runs)
 
 
 def _swap(store: ObjectStore, layout: RunLayout, manifest_sha: str, format_version: int,
@@ -111,7 +111,7 @@ def _check_landed(root: str, files: dict, then, index_dir: str) -> None:
         then(root)
 
 
-def verify(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = None) -> dict:
+def verify(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = None) -> Manifest:
     """Check a published artifact as a consumer would: the manifest (against manifest_sha256, LATEST's
     pin, when given), every file's size and checksum, the ScaNN assets, then load and self-query
     (a sharded index shard by shard, one in memory at a time).
@@ -122,15 +122,14 @@ def verify(store: ObjectStore, index_dir: str, manifest_sha256: Optional[str] = 
         check_dir = tempfile.mkdtemp(prefix="imgsim-verify-")
         try:
             manifest = fetch_artifact(store, index_dir, check_dir, manifest_sha256)
-            if not is_sharded(manifest):
-                self_query_check(check_dir)
+            if not manifest.sharded:
+                self_query_check(check_dir, manifest)
                 return manifest
-            fetch_files(store, index_dir, check_dir, manifest, manifest["files"])
-            for entry in manifest["shards"]:
-                fetch_files(store, index_dir, check_dir, manifest, entry["files"])
-                shard = {**manifest, "shards": [entry]}
-                self_query_check(check_dir, shard)
-                shutil.rmtree(os.path.join(check_dir, *entry["dir"].split("/")), ignore_errors=True)
+            fetch_files(store, index_dir, check_dir, manifest.files)
+            for entry in manifest.shards:
+                fetch_files(store, index_dir, check_dir, entry.files)
+                self_query_shard(check_dir, entry.shard, entry.count, manifest.signature.dim)
+                shutil.rmtree(os.path.join(check_dir, *entry.dir.split("/")), ignore_errors=True)
         finally:
             shutil.rmtree(check_dir, ignore_errors=True)
         return manifest
@@ -150,10 +149,10 @@ def rollback(store: ObjectStore, output: str, run_id: str) -> Latest:
         check_no_links(output, os.path.relpath(index_dir, output).replace(os.sep, "/"))
     if not store.exists(join(index_dir, MANIFEST)):
         raise ArtifactError(f"run {run_id!r} has no published index under {output}")
-    manifest_bytes, _ = read_manifest(store, index_dir)
+    manifest_bytes, manifest = read_manifest(store, index_dir)
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     verify(store, index_dir, manifest_sha)
-    latest = Latest.for_run(run_id, manifest_sha, json.loads(manifest_bytes)["format_version"])
+    latest = Latest.for_run(run_id, manifest_sha, manifest.format_version)
     swap_latest(store, output, latest, generation)
     return latest
 

@@ -38,13 +38,13 @@ Fetch = Callable[[dict], None]  # copy and check these artifact files (path -> e
 class SingleReader:
     """Format 1: one searcher, ids.parquet with every item's vector and metadata."""
 
-    def __init__(self, local_dir: str, manifest: dict):
+    def __init__(self, local_dir: str, manifest: artifact.Manifest):
         self.local_dir = local_dir
         self._searcher = artifact.load_searcher(local_dir)
-        self._params = SearchParams.from_dict(manifest["scann"].get("search"))  # chosen when it was built
-        self._config = manifest["scann"]
-        self._files = manifest["files"]
-        path = os.path.join(local_dir, "ids.parquet")
+        self._config = manifest.section("scann")
+        self._params = SearchParams.from_dict(self._config.get("search"))  # chosen when it was built
+        self._files = manifest.files
+        path = os.path.join(local_dir, artifact.IDS)
         columns = [c for c in pq.read_schema(path).names if c not in NOT_METADATA]
         self._info = pq.read_table(path, columns=columns)
         self._ids = self._info.column("id").to_pylist()
@@ -52,7 +52,7 @@ class SingleReader:
         self._vectors: Optional[np.ndarray] = None
         self._lock = threading.Lock()
         self._allowed: Optional[Allowed] = None
-        self._has_filters = VALUES_FILE in manifest["files"]
+        self._has_filters = VALUES_FILE in manifest.files
         self._neighbors: Optional[RowGroups] = None
 
     @property
@@ -92,7 +92,7 @@ class SingleReader:
     def vectors(self) -> np.ndarray:
         with self._lock:
             if self._vectors is None:
-                table = pq.read_table(os.path.join(self.local_dir, "ids.parquet"), columns=["embedding"])
+                table = pq.read_table(os.path.join(self.local_dir, artifact.IDS), columns=["embedding"])
                 self._vectors = table_vectors(table)
             return self._vectors
 
@@ -111,14 +111,14 @@ class SingleReader:
     def neighbors(self, item_id: str, row: int) -> Optional[dict]:
         with self._lock:
             if self._neighbors is None:
-                self._neighbors = RowGroups(os.path.join(self.local_dir, "neighbors.parquet"))
+                self._neighbors = RowGroups(os.path.join(self.local_dir, artifact.NEIGHBORS))
         return self._neighbors.row(item_id, row)
 
     def groups(self) -> pa.Table:
-        return pq.read_table(os.path.join(self.local_dir, "groups.parquet"))
+        return pq.read_table(os.path.join(self.local_dir, artifact.GROUPS))
 
     def batches(self, columns: Optional[list] = None) -> Iterator[tuple[pa.Table, np.ndarray]]:
-        source = pq.ParquetFile(os.path.join(self.local_dir, "ids.parquet"))
+        source = pq.ParquetFile(os.path.join(self.local_dir, artifact.IDS))
         wanted = ["id", "embedding"] + [c for c in (columns or []) if c not in ("id", "embedding")]
         for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
             table = pa.Table.from_batches([batch])
@@ -161,9 +161,9 @@ class RowGroups:
 class _Shard:
     """One shard as far as it has been needed: ids and metadata, vectors, searcher."""
 
-    def __init__(self, entry: dict):
+    def __init__(self, entry: artifact.ShardEntry):
         self.entry = entry
-        self.params = SearchParams.from_dict(entry.get("search"))  # chosen when it was built
+        self.params = entry.params  # chosen when it was built
         self.allowed: Optional[Allowed] = None
         self.info: Optional[pa.Table] = None
         self.vectors: Optional[np.ndarray] = None  # memory-mapped from the cache
@@ -173,16 +173,17 @@ class _Shard:
 class ShardedReader:
     """Format 2: shards loaded when first needed; queries fanned out to the nearest shards."""
 
-    def __init__(self, local_dir: str, manifest: dict, fetch: Fetch, shards_to_search: Optional[int] = None):
+    def __init__(self, local_dir: str, manifest: artifact.Manifest, fetch: Fetch,
+                 shards_to_search: Optional[int] = None):
         self.local_dir = local_dir
         self.manifest = manifest
         self._fetch = fetch
-        self._dim = manifest["model_signature"]["dim"]
-        self._entries = manifest["shards"]
+        self._dim = manifest.signature.dim
+        self._entries = manifest.shards
         self._shards = [_Shard(e) for e in self._entries]
-        self._offsets = np.array([e["offset"] for e in self._entries], np.int64)
-        default = manifest["sharding"]["shards_to_search"]
-        self.shards_to_search = min(len(self._entries), shards_to_search or default)
+        self._offsets = np.array([e.offset for e in self._entries], np.int64)
+        self._files = manifest.all_files()
+        self.shards_to_search = min(len(self._entries), shards_to_search or manifest.shards_to_search)
         self._lock = threading.RLock()
         self._centroids: Optional[np.ndarray] = None
         self._ids: Optional[list] = None
@@ -191,12 +192,11 @@ class ShardedReader:
 
     @property
     def count(self) -> int:
-        return int(self.manifest["count"])
+        return self.manifest.count
 
     # shards, loaded once each -------------------------------------------------------------------
     def _need(self, *rels: str) -> None:
-        files = artifact.all_files(self.manifest)
-        self._fetch({rel: files[rel] for rel in rels})
+        self._fetch({rel: self._files[rel] for rel in rels})
 
     def _path(self, rel: str) -> str:
         return os.path.join(self.local_dir, *rel.split("/"))
@@ -216,14 +216,14 @@ class ShardedReader:
         shard = self._shards[slot]
         with self._lock:
             if shard.info is None:
-                rel = f"{shard.entry['dir']}/{IDS}"
+                rel = shard.entry.path(IDS)
                 self._need(rel)
                 path = self._path(rel)
                 columns = [c for c in pq.read_schema(path).names if c not in NOT_METADATA]
                 info = pq.read_table(path, columns=columns)
-                if info.num_rows != shard.entry["count"]:
+                if info.num_rows != shard.entry.count:
                     raise artifact.ArtifactError(f"{rel} has {info.num_rows} rows, the manifest says "
-                                                 f"{shard.entry['count']}; rebuild the index with imgsim")
+                                                 f"{shard.entry.count}; rebuild the index with imgsim")
                 shard.info = info
             return shard.info
 
@@ -231,17 +231,17 @@ class ShardedReader:
         shard = self._shards[slot]
         with self._lock:
             if shard.vectors is None:
-                rel = f"{shard.entry['dir']}/{VECTORS}"
+                rel = shard.entry.path(VECTORS)
                 self._need(rel)
-                shard.vectors = load_vectors(self._path(rel), shard.entry["count"], self._dim, mmap=True)
+                shard.vectors = load_vectors(self._path(rel), shard.entry.count, self._dim, mmap=True)
             return shard.vectors
 
     def _searcher(self, slot: int):
         shard = self._shards[slot]
         with self._lock:
             if shard.searcher is None:
-                scann_dir = f"{shard.entry['dir']}/{artifact.SCANN_DIR}"
-                self._need(*[rel for rel in shard.entry["files"] if rel.startswith(scann_dir + "/")])
+                scann_dir = shard.entry.scann_dir
+                self._need(*[rel for rel in shard.entry.files if rel.startswith(scann_dir + "/")])
                 shard.searcher = artifact.load_searcher(self.local_dir, scann_dir)
             return shard.searcher
 
@@ -281,11 +281,11 @@ class ShardedReader:
         for slot in np.unique(routes).tolist():
             asked, position = np.nonzero(routes == slot)
             entry = self._entries[slot]
-            params = self._shards[slot].params.widened(k, entry["scann"], widen)
+            params = self._shards[slot].params.widened(k, entry.scann, widen)
             found, scores = self._searcher(slot).search_batched(queries[asked],
-                                                                final_num_neighbors=min(k, entry["count"]),
+                                                                final_num_neighbors=min(k, entry.count),
                                                                 **params.kwargs())
-            answered = scatter(np.asarray(found), np.asarray(scores), entry["offset"], k)
+            answered = scatter(np.asarray(found), np.asarray(scores), entry.offset, k)
             for j in range(searched):
                 at = position == j
                 parts[j].rows[asked[at]], parts[j].scores[asked[at]] = answered.rows[at], answered.scores[at]
@@ -297,11 +297,11 @@ class ShardedReader:
         for slot, shard in enumerate(self._shards):
             with self._lock:
                 if shard.allowed is None:
-                    values, ranges = (f"{shard.entry['dir']}/{name}" for name in (VALUES_FILE, RANGES_FILE))
-                    if values not in shard.entry["files"]:
+                    values, ranges = (shard.entry.path(name) for name in (VALUES_FILE, RANGES_FILE))
+                    if values not in shard.entry.files:
                         raise FilterError(BUILT_BEFORE_FILTERS)
                     self._need(values, ranges)
-                    shard.allowed = Allowed.read(self._path(values), self._path(ranges), shard.entry["count"])
+                    shard.allowed = Allowed.read(self._path(values), self._path(ranges), shard.entry.count)
             masks.append(shard.allowed.mask(spec, described))
         return np.concatenate(masks)
 
@@ -315,7 +315,7 @@ class ShardedReader:
         return out
 
     def outliers(self) -> pa.Table:
-        if OUTLIERS not in self.manifest["files"]:
+        if OUTLIERS not in self.manifest.files:
             raise FilterError(BUILT_BEFORE_FILTERS.replace("filters", "outlier scores"))
         with self._lock:
             self._need(OUTLIERS)
@@ -329,7 +329,7 @@ class ShardedReader:
     def neighbors(self, item_id: str, row: int) -> Optional[dict]:
         slot = self._slot_of_row(row)
         local = int(row - self._offsets[slot])
-        rel = part_name(self._entries[slot]["shard"], local // BATCH_ROWS)
+        rel = part_name(self._entries[slot].shard, local // BATCH_ROWS)
         with self._lock:
             self._need(rel)
             parts = self._parts.setdefault(rel, RowGroups(self._path(rel)))
@@ -337,8 +337,8 @@ class ShardedReader:
 
     def groups(self) -> pa.Table:
         with self._lock:
-            self._need("groups.parquet")
-        return pq.read_table(self._path("groups.parquet"))
+            self._need(artifact.GROUPS)
+        return pq.read_table(self._path(artifact.GROUPS))
 
     def info_table(self) -> pa.Table:
         """Every item's id, url, sha256, size and metadata, in row order (shard after shard)."""
@@ -347,8 +347,8 @@ class ShardedReader:
     def neighbor_tables(self) -> Iterator[pa.Table]:
         """The neighbours table's parts (id, neighbor_ids, scores), in row order, one at a time."""
         for entry in self._entries:
-            for batch in range(-(-entry["count"] // BATCH_ROWS)):
-                rel = part_name(entry["shard"], batch)
+            for batch in range(-(-entry.count // BATCH_ROWS)):
+                rel = part_name(entry.shard, batch)
                 with self._lock:
                     self._need(rel)
                 yield pq.read_table(self._path(rel))

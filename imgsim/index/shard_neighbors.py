@@ -222,9 +222,10 @@ class RowIds:
     """Global rows -> ids, reading one shard's ids.parquet row group at a time (row groups of
     BATCH_ROWS) and keeping the last few: a part's neighbours mostly live in a few shards."""
 
-    def __init__(self, entries: Sequence[dict], read_row_group: Callable[[dict, int], list], keep: int = 64):
+    def __init__(self, entries: Sequence, read_row_group: Callable[[object, int], list], keep: int = 64):
+        """entries: the shards' entries (imgsim.index.artifact.ShardEntry), in row order."""
         self._entries = list(entries)
-        self._offsets = np.array([e["offset"] for e in self._entries], np.int64)
+        self._offsets = np.array([e.offset for e in self._entries], np.int64)
         self._read = read_row_group
         self._keep = keep
         self._cache: dict = {}

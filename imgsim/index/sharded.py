@@ -30,13 +30,13 @@ from imgsim.index import artifact, filters, outliers, strength
 from imgsim.index.exact import connected_groups
 from imgsim.index.fanout import Candidates, route
 from imgsim.index.kmeans import assign, split_oversized, train_centroids
-from imgsim.index.artifact import IDS, VECTORS, load_vectors, shard_dir
+from imgsim.index.artifact import IDS, VECTORS, load_vectors
 from imgsim.index.shard_build import StagedShard, stage_shard
 from imgsim.index.shard_neighbors import (BATCH_ROWS, IdsOf, Offer, Pairs, RowIds, ShardData, exact_unit,
                                           groups_report, groups_table, merged_batches, pack_offers,
                                           pairs_from_candidates, part_name, part_table, searcher_unit)
 from imgsim.index.sharding import ROUTING_SLACK, ShardPlan
-from imgsim.index.tuning import (RecallQueries, SearchParams, TableTruth, choose, params_for, recall_points,
+from imgsim.index.tuning import (RecallQueries, TableTruth, choose, params_for, recall_points,
                                  table_report)
 from imgsim.runs.outputs import vectors as table_vectors
 
@@ -73,7 +73,7 @@ def train_partitions(ids: Sequence[str], sample: np.ndarray, plan: ShardPlan, re
 class ShardedOutcome:
     """The shards as built and what the recall gate decided."""
 
-    entries: list  # manifest shard entries (without centroid rows' vectors), in shard order
+    entries: list  # artifact.ShardEntry, in shard order
     centroids: np.ndarray  # float32 (len(entries), dim): the entries' centroids, same order
     count: int
     shards_to_search: int
@@ -85,13 +85,13 @@ class ShardedOutcome:
 
     def shard_data(self, number: int, vectors: np.ndarray) -> ShardData:
         entry = self.entry(number)
-        return ShardData(number, entry["offset"], entry["count"], vectors)
+        return ShardData(number, entry.offset, entry.count, vectors)
 
-    def entry(self, number: int) -> dict:
-        return next(e for e in self.entries if e["shard"] == number)
+    def entry(self, number: int) -> artifact.ShardEntry:
+        return next(e for e in self.entries if e.shard == number)
 
     def slot(self, number: int) -> int:
-        return next(i for i, e in enumerate(self.entries) if e["shard"] == number)
+        return next(i for i, e in enumerate(self.entries) if e.shard == number)
 
 
 def recall_k(settings, count: int) -> int:
@@ -119,12 +119,11 @@ def finish_shards(staged: Sequence[StagedShard], partitions: Partitions, setting
     entries, offset = [], 0
     for row, shard in enumerate(staged):
         search = params_for(shard.config, step).to_dict()
-        entries.append({"shard": shard.number, "dir": shard_dir(shard.number), "count": shard.count,
-                        "offset": offset, "centroid": row, "scann": shard.config,
-                        **({"search": search} if search else {}), "files": shard.files})
+        entries.append(artifact.ShardEntry(shard.number, shard.count, offset, row, shard.config, shard.files,
+                                           search or None))
         offset += shard.count
     recall = {**choice.report(k, len(queries), settings.min_recall), "shards_searched": searched}
-    truth = TableTruth.of(partials, {e["shard"]: e["offset"] for e in entries}, queries, k)
+    truth = TableTruth.of(partials, {e.shard: e.offset for e in entries}, queries, k)
     return ShardedOutcome(entries, centroids, offset, searched, curve, recall, truth,
                           filters.combine([s.filters for s in staged]), choice.refused)
 
@@ -155,7 +154,7 @@ def sharded_fields(outcome: ShardedOutcome, signature: ModelSignature, settings,
         "dimension": signature.dim,
         "count": outcome.count,
         "scann": {"version": scann_version(), "distance": "dot_product",
-                  "modes": sorted({e["scann"]["mode"] for e in outcome.entries})},
+                  "modes": sorted({e.scann["mode"] for e in outcome.entries})},
         "sharding": {"shards": len(outcome.entries), "requested_shards": settings.sharding.shards,
                      "memory_mb": settings.sharding.memory_mb, "max_shard_items": plan.max_shard_items,
                      "partitioning": PARTITIONING, "sample": partitions.sample_size, "seed": 0,
@@ -206,7 +205,7 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     packs: dict[int, list] = {}
     for target in shards:
         searcher = None if uses_exact_neighbors(settings, outcome.count) else artifact.load_searcher(
-            staging, f"{outcome.entry(target.number)['dir']}/{artifact.SCANN_DIR}")
+            staging, outcome.entry(target.number).scann_dir)
         for q, offers in offers_by_query_shard(target_answers(outcome, settings, target, shards, searcher)):
             packs.setdefault(q, []).append(pack_offers(offers))
     k = neighbors_k(settings, outcome.count)
@@ -221,7 +220,7 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
             write_part(staging, query.number, b, ids_of(query.offset + np.arange(batch.start, batch.stop)), merged,
                        ids_of)
     table_, report = groups_result(Pairs.concat(pairs), settings.duplicate_threshold, ids_of)
-    artifact.write_table(table_, os.path.join(staging, "groups.parquet"))
+    artifact.write_table(table_, os.path.join(staging, artifact.GROUPS))
     rows, values = outliers.merge_most_isolated(isolated)
     artifact.write_table(outliers.table(rows, values, ids_of), os.path.join(staging, outliers.OUTLIERS))
     write_centroids(os.path.join(staging, CENTROIDS), outcome.centroids)
@@ -236,7 +235,7 @@ def target_answers(outcome: ShardedOutcome, settings, target: ShardData, queries
     """(query shard, batch, offer): what target offers each batch of every query shard, exactly
     or, given target's searcher, for the rows routed to target (searched as consumers search it)."""
     k = neighbors_k(settings, outcome.count)
-    params = SearchParams.from_dict(outcome.entry(target.number).get("search"))
+    params = outcome.entry(target.number).params
     for query in queries:
         if searcher is None:
             for b, found in exact_unit(query, target, k):
@@ -261,16 +260,16 @@ def part_outliers(first_row: int, merged: Candidates) -> tuple[np.ndarray, np.nd
 
 def read_shard(root: str, outcome: ShardedOutcome, entry: dict, dim: int, with_vectors: bool = True) -> ShardData:
     """A built shard's vectors, read back from root (a local directory)."""
-    vectors = (load_vectors(os.path.join(root, *entry["dir"].split("/"), VECTORS), entry["count"], dim)
+    vectors = (load_vectors(os.path.join(root, *entry.path(VECTORS).split("/")), entry.count, dim)
                if with_vectors else np.zeros((0, dim), np.float32))
-    return outcome.shard_data(entry["shard"], vectors)
+    return outcome.shard_data(entry.shard, vectors)
 
 
 def read_id_group(root: str, entry: dict, group: int) -> list:
     """Ids of one row group (BATCH_ROWS rows) of a built shard's ids.parquet under root."""
     import pyarrow.parquet as pq
 
-    source = pq.ParquetFile(os.path.join(root, *entry["dir"].split("/"), IDS))
+    source = pq.ParquetFile(os.path.join(root, *entry.path(IDS).split("/")))
     return source.read_row_group(group, columns=["id"]).column("id").to_pylist()
 
 
