@@ -41,7 +41,7 @@ from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.storage import ObjectStore, is_gcs, join
 from imgsim.transforms.read_embeddings import ReadRowGroups
 from imgsim.transforms.sharded_index import (HITS, ISOLATED, PAIRS, SCORES, PublishShards, ShardReader, parts_outputs,
-                                             emit_part, id_groups, report_memory, report_times)
+                                             emit_part, id_reader, report_memory, report_times)
 
 
 class GrowShardedIndex(beam.PTransform):
@@ -174,7 +174,7 @@ class _GrowShard(beam.DoFn):
                                 added.drop_columns(["embedding"]) if added is not None else None, added_vectors,
                                 old_dirty, self._settings.options, growth.queries,
                                 recall_k(self._settings, growth.count), staging, plan.shards.max_shard_items,
-                                growth.next_number + number)
+                                growth.next_number + number, growth.steps)
             for shard in shards:
                 staged = shard.staged
                 land_files(self._store, staging, self._layout.index_dir, staged.files,
@@ -282,10 +282,10 @@ class _GrowParts(beam.DoFn):
         entry = outcome.entry(number)
         k = neighbors_k(self._settings, outcome.count)
         saved = _read_npz(self._store, _work(self._layout.index_work_dir, f"shard-{number:05d}.npz"))
-        ids_of = RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir))
-        all_ids = pa.concat_arrays([
-            pa.array(ids_of(np.arange(e.offset, e.offset + e.count)).tolist(), pa.string())
-            for e in outcome.entries])
+        read = id_reader(self._store, self._layout.index_dir)
+        shard_ids = {e.shard: read(e) for e in outcome.entries}  # every id: the published lists are renumbered
+        ids_of = RowIds(outcome.entries, lambda e: shard_ids[e.shard], keep_rows=outcome.count)
+        all_ids = pa.concat_arrays([shard_ids[e.shard] for e in outcome.entries])
         scratch = tempfile.mkdtemp(prefix="imgsim-parts-")
         try:
             source = growth.entry(_source_of(number, growth))

@@ -410,12 +410,12 @@ class _AnswerTarget(beam.DoFn):
         report_memory()
 
 
-def id_groups(store, index_dir: str):
-    """(shard entry, row group) -> the ids of that row group of the shard's ids.parquet, read from
-    the index directory (local or gs://): what RowIds reads a row group at a time."""
-    def read(entry: dict, group: int) -> list:
+def id_reader(store, index_dir: str):
+    """entry -> that shard's ids, read from its ids.parquet in the index directory (local or
+    gs://): what RowIds reads a shard at a time."""
+    def read(entry) -> pa.Array:
         with store.open_read(join(index_dir, entry.path(IDS))) as f:
-            return pq.ParquetFile(f).read_row_group(group, columns=["id"]).column("id").to_pylist()
+            return pq.read_table(f, columns=["id"]).column("id").combine_chunks()
     return read
 
 
@@ -434,7 +434,7 @@ class _WriteParts(beam.DoFn):
 
     def _ids_of(self, outcome):
         if self._ids is None or self._ids[0] is not outcome:
-            self._ids = (outcome, RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir)))
+            self._ids = (outcome, RowIds(outcome.entries, id_reader(self._store, self._layout.index_dir)))
         return self._ids[1]
 
     def process(self, element, outcome):
@@ -486,19 +486,27 @@ class _ConcatPairs(beam.CombineFn):
 
 
 class _MostIsolated(beam.CombineFn):
-    """The most isolated rows over every part (imgsim.index.outliers.KEPT of them)."""
+    """The most isolated rows over every part (imgsim.index.outliers.KEPT of them): parts are
+    held until they reach twice KEPT, then cut to KEPT (sorting on every part was quadratic)."""
 
     def create_accumulator(self):
-        return outliers.merge_most_isolated([])
+        return []
 
-    def add_input(self, best, part):
-        return outliers.merge_most_isolated([best, part])
+    def add_input(self, parts, part):
+        parts.append(part)
+        return self._cut(parts)
 
     def merge_accumulators(self, accumulators):
-        return outliers.merge_most_isolated(list(accumulators))
+        return self._cut([part for parts in accumulators for part in parts])
 
-    def extract_output(self, best):
-        return best
+    def extract_output(self, parts):
+        return outliers.merge_most_isolated(parts)
+
+    @staticmethod
+    def _cut(parts):
+        if sum(len(rows) for rows, _ in parts) > 2 * outliers.KEPT:
+            return [outliers.merge_most_isolated(parts)]
+        return parts
 
 
 class _WriteOutliers(beam.DoFn):
@@ -512,7 +520,7 @@ class _WriteOutliers(beam.DoFn):
         if outcome is None or outcome.refused:
             return
         rows, values = best
-        ids_of = RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir))
+        ids_of = RowIds(outcome.entries, id_reader(self._store, self._layout.index_dir))
         yield {"file": _land_one(self._store, self._layout.index_dir, outliers.OUTLIERS,
                                  lambda path: artifact.write_table(outliers.table(rows, values, ids_of), path)),
                "kept": len(rows)}
@@ -530,7 +538,7 @@ class _WriteGroups(beam.DoFn):
         if outcome is None or outcome.refused:
             return
         table, report = groups_result(pairs, self._settings.duplicate_threshold,
-                                      RowIds(outcome.entries, id_groups(self._store, self._layout.index_dir)))
+                                      RowIds(outcome.entries, id_reader(self._store, self._layout.index_dir)))
         yield {"file": _land_one(self._store, self._layout.index_dir, artifact.GROUPS,
                                  lambda path: artifact.write_table(table, path)), "report": report}
         report_memory()

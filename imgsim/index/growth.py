@@ -33,7 +33,7 @@ from imgsim.index.exact import exact_candidates
 from imgsim.index.fanout import Candidates, route, scatter
 from imgsim.index.kmeans import assign, train_centroids
 from imgsim.index.searcher import IndexOptions
-from imgsim.index.shard_build import StagedShard, build_shard, id_order, write_shard
+from imgsim.index.shard_build import StagedShard, build_shard, id_order, tuning_steps, write_shard
 from imgsim.index.shard_neighbors import BATCH_ROWS, Offer, ShardData, part_names
 from imgsim.index.tuning import RecallQueries
 from imgsim.storage import ObjectStore, join
@@ -62,6 +62,7 @@ class Growth:
     deleted: int
     count: int  # items after growing
     queries: RecallQueries  # recall queries, drawn among the items that stay
+    steps: tuple  # the tuning ladder's steps the shards answer: up to one past the published index's
     centroids: np.ndarray  # float32, row = published shard number (zero where a number is unused)
 
     @property
@@ -134,8 +135,19 @@ def plan_growth(store: ObjectStore, plan, settings, output: str, latest) -> tupl
     removed = {number: tuple(sorted(rows)) for number, rows in removed.items()}
     queries = _recall_queries(store, base_dir, base, removed, settings.recall_queries)
     growth = Growth(latest.run_id, base_dir, base, frozenset(added), removed, frozenset(removed_ids), new, changed,
-                    deleted, len(new_rows), queries, _base_centroids(store, base_dir, base))
+                    deleted, len(new_rows), queries, growth_steps(settings.options, base.section("recall")),
+                    _base_centroids(store, base_dir, base))
     return growth, f"grown from {latest.run_id}"
+
+
+def growth_steps(options: IndexOptions, recall: dict) -> tuple:
+    """The ladder up to one step past the one the published index was tuned to: a grown index
+    keeps its recall or needs a little more (a full rebuild measures every step; measuring them
+    all cost a third of a grown build's CPU at 1M x 512)."""
+    steps = tuning_steps(options)
+    chosen = (recall.get("leaves_factor", 1), recall.get("reorder_factor", 1))
+    at = steps.index(chosen) if chosen in steps else len(steps) - 1
+    return tuple(steps[:at + 2])
 
 
 def _input_keys(store: ObjectStore, files) -> dict:
@@ -229,7 +241,8 @@ def dirty_rows(old_lists: pa.Table, removed_ids: frozenset) -> np.ndarray:
 
 def grow_shard(root: str, entry: artifact.ShardEntry, dim: int, removed_rows: Sequence[int], added: Optional[pa.Table],
                added_vectors: np.ndarray, old_dirty: np.ndarray, options: IndexOptions, queries: RecallQueries,
-               recall_k: int, staging: str, max_items: int, split_number: int) -> list[GrownShard]:
+               recall_k: int, staging: str, max_items: int, split_number: int,
+               steps: Optional[Sequence[tuple[int, int]]] = None) -> list[GrownShard]:
     """The published shard `entry` (its files under root, verified) with removed_rows deleted and
     the added rows (a table without vectors, and their vectors) appended; two shards when it
     outgrows max_items. Empty list: every row went."""
@@ -246,7 +259,8 @@ def grow_shard(root: str, entry: artifact.ShardEntry, dim: int, removed_rows: Se
     if not len(kept):
         return []
     if len(kept) > max_items and len(kept) >= 4:
-        return _split(rows, vectors, kept, dirty, entry.shard, split_number, options, queries, recall_k, staging)
+        return _split(rows, vectors, kept, dirty, entry.shard, split_number, options, queries, recall_k, staging,
+                      steps)
     searcher = artifact.load_searcher(root, entry.scann_dir)
     if deletes or m:
         for position in deletes:  # one at a time: each moves the last row into the gap
@@ -255,7 +269,7 @@ def grow_shard(root: str, entry: artifact.ShardEntry, dim: int, removed_rows: Se
             searcher.searcher.upsert([None] * m, np.ascontiguousarray(added_vectors, np.float32), UPSERT_BATCH)
         _check_rows(searcher, vectors, sorted(set(deletes) & set(range(len(kept) - m))), m, entry.shard)
     config = {key: value for key, value in entry.scann.items() if key != "count"}
-    staged = write_shard(rows, vectors, searcher, config, entry.shard, options, queries, recall_k, staging)
+    staged = write_shard(rows, vectors, searcher, config, entry.shard, options, queries, recall_k, staging, steps)
     return [GrownShard(staged, entry.shard, kept, dirty, None, "grown" if deletes or m else "kept")]
 
 
@@ -295,7 +309,7 @@ def _check_rows(searcher, vectors: np.ndarray, moved: list, appended: int, numbe
 
 def _split(rows: pa.Table, vectors: np.ndarray, kept: np.ndarray, dirty: np.ndarray, number: int,
            split_number: int, options: IndexOptions, queries: RecallQueries, recall_k: int,
-           staging: str) -> list[GrownShard]:
+           staging: str, steps) -> list[GrownShard]:
     centroids = train_centroids(vectors, 2, seed=number)
     labels = assign(vectors, centroids)
     if len(np.unique(labels)) < 2:  # nothing to split along: halves by row
@@ -307,7 +321,7 @@ def _split(rows: pa.Table, vectors: np.ndarray, kept: np.ndarray, dirty: np.ndar
         at = pa.array(at, pa.int64())
         order = pc.take(at, id_order(rows.take(at))).to_numpy()
         staged = build_shard(rows.take(pa.array(order, pa.int64())), vectors[order], new_number, options, queries,
-                             recall_k, staging)
+                             recall_k, staging, steps)
         out.append(GrownShard(staged, number, kept[order], dirty[order], centroids[half], "split"))
     return out
 

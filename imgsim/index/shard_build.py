@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -69,19 +70,20 @@ def id_order(table: pa.Table) -> pa.Array:
 
 
 def build_shard(table: pa.Table, data: np.ndarray, number: int, options: IndexOptions, queries: RecallQueries,
-                recall_k: int, staging: str) -> StagedShard:
+                recall_k: int, staging: str, steps: Optional[Sequence[tuple[int, int]]] = None) -> StagedShard:
     """A new searcher over data (rows in the order given; table without vectors), staged."""
     check_shardable(options)
     config = options.resolve(len(data), k=recall_k, shard=True)
     return write_shard(table, data, config.build(data), config.to_dict(), number, options, queries, recall_k,
-                       staging)
+                       staging, steps)
 
 
 def write_shard(table: pa.Table, data: np.ndarray, searcher, config: dict, number: int, options: IndexOptions,
-                queries: RecallQueries, recall_k: int, staging: str) -> StagedShard:
+                queries: RecallQueries, recall_k: int, staging: str,
+                steps: Optional[Sequence[tuple[int, int]]] = None) -> StagedShard:
     """Stage a shard whose searcher holds `data` (row i = table's row i; table without vectors) into
-    staging/shards/NNNNN, answering the recall queries: a new shard's or a grown one's
-    (imgsim.index.growth)."""
+    staging/shards/NNNNN, answering the recall queries at the ladder's steps (or those given): a
+    new shard's or a grown one's (imgsim.index.growth)."""
     count = len(data)
     rel = shard_dir(number)
     directory = os.path.join(staging, *rel.split("/"))
@@ -92,7 +94,7 @@ def write_shard(table: pa.Table, data: np.ndarray, searcher, config: dict, numbe
                          os.path.join(directory, IDS), row_group_rows=BATCH_ROWS)  # a neighbours part's ids
     filterable = filters.write(table, directory)
     recall = recall_partial(number, searcher, data, table.column("id").to_numpy(zero_copy_only=False),
-                            queries, recall_k, config, tuning_steps(options))
+                            queries, recall_k, config, list(steps) if steps else tuning_steps(options))
     files = {}
     for name in artifact.local_files(directory):
         path = os.path.join(directory, *name.split("/"))

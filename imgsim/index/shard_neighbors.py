@@ -192,13 +192,13 @@ IdsOf = Callable[[np.ndarray], np.ndarray]  # global rows -> their ids (object a
 def part_table(query_ids: Sequence[str], found: Candidates, ids_of: IdsOf) -> pa.Table:
     """One part of neighbors.parquet's schema: id, neighbor_ids, scores (best first)."""
     valid = found.valid
-    names = np.full(found.rows.shape, None, object)
-    names[valid] = ids_of(found.rows[valid])
-    neighbor_ids = [list(n[v]) for n, v in zip(names, valid)]
-    scores = [s[v].astype(np.float32) for s, v in zip(found.scores, valid)]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
+    names = ids_of(found.rows[valid]) if valid.any() else np.zeros(0, object)
+    neighbor_ids = pa.ListArray.from_arrays(offsets, pa.array(names, pa.string()))
+    scores = pa.ListArray.from_arrays(offsets, pa.array(found.scores[valid].astype(np.float32), pa.float32()))
     return pa.table({"id": pa.array(list(query_ids), pa.string()),
-                     "neighbor_ids": pa.array(neighbor_ids, pa.list_(pa.string())),
-                     "scores": pa.array(scores, pa.list_(pa.float32()))})
+                     "neighbor_ids": neighbor_ids,
+                     "scores": scores})
 
 
 def groups_report(groups: list[list[int]], threshold: float) -> dict:
@@ -219,33 +219,33 @@ def groups_table(groups: list[list[int]], ids_of: IdsOf) -> pa.Table:
 
 
 class RowIds:
-    """Global rows -> ids, reading one shard's ids.parquet row group at a time (row groups of
-    BATCH_ROWS) and keeping the last few: a part's neighbours mostly live in a few shards."""
+    """Global rows -> ids, reading a shard's ids (one column of its ids.parquet, as Arrow strings)
+    when first asked and keeping up to `keep_rows` of them: a part's neighbours lie anywhere in
+    the collection, and reading them a row group at a time read each group many times."""
 
-    def __init__(self, entries: Sequence, read_row_group: Callable[[object, int], list], keep: int = 64):
-        """entries: the shards' entries (imgsim.index.artifact.ShardEntry), in row order."""
+    def __init__(self, entries: Sequence, read_ids: Callable[[object], pa.Array], keep_rows: int = 4_000_000):
+        """entries: the shards' entries (imgsim.index.artifact.ShardEntry), in row order;
+        read_ids(entry): that shard's ids in row order."""
         self._entries = list(entries)
         self._offsets = np.array([e.offset for e in self._entries], np.int64)
-        self._read = read_row_group
-        self._keep = keep
+        self._read = read_ids
+        self._keep_rows = keep_rows
         self._cache: dict = {}
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         out = np.empty(len(rows), object)
         slots = np.searchsorted(self._offsets, rows, side="right") - 1
-        local = rows - self._offsets[slots]
-        groups = local // BATCH_ROWS
-        for slot, group in set(zip(slots.tolist(), groups.tolist())):
-            ids = self._group(slot, group)
-            at = (slots == slot) & (groups == group)
-            out[at] = np.asarray(ids, object)[local[at] - group * BATCH_ROWS]
+        for slot in np.unique(slots).tolist():
+            at = slots == slot
+            ids = self._ids(slot)
+            out[at] = ids.take(pa.array(rows[at] - self._offsets[slot])).to_numpy(zero_copy_only=False)
         return out
 
-    def _group(self, slot: int, group: int) -> list:
-        key = (slot, group)
-        if key not in self._cache:
-            if len(self._cache) >= self._keep:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = self._read(self._entries[slot], group)
-        return self._cache[key]
+    def _ids(self, slot: int) -> pa.Array:
+        if slot not in self._cache:
+            held = sum(len(a) for a in self._cache.values())
+            while self._cache and held + self._entries[slot].count > self._keep_rows:
+                held -= len(self._cache.pop(next(iter(self._cache))))
+            self._cache[slot] = self._read(self._entries[slot])
+        return self._cache[slot]

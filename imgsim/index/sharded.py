@@ -201,7 +201,7 @@ def build_sharded_artifact(table: pa.Table, signature: ModelSignature, staging: 
     if outcome.refused:
         return None, outcome
     shards = [read_shard(staging, outcome, e, plan.dim) for e in outcome.entries]
-    ids_of = RowIds(outcome.entries, lambda entry, group: read_id_group(staging, entry, group))
+    ids_of = RowIds(outcome.entries, lambda entry: read_ids(staging, entry))
     packs: dict[int, list] = {}
     for target in shards:
         searcher = None if uses_exact_neighbors(settings, outcome.count) else artifact.load_searcher(
@@ -265,12 +265,11 @@ def read_shard(root: str, outcome: ShardedOutcome, entry: dict, dim: int, with_v
     return outcome.shard_data(entry.shard, vectors)
 
 
-def read_id_group(root: str, entry: dict, group: int) -> list:
-    """Ids of one row group (BATCH_ROWS rows) of a built shard's ids.parquet under root."""
+def read_ids(root: str, entry) -> pa.Array:
+    """A built shard's ids (its ids.parquet under root), in row order."""
     import pyarrow.parquet as pq
 
-    source = pq.ParquetFile(os.path.join(root, *entry.path(IDS).split("/")))
-    return source.read_row_group(group, columns=["id"]).column("id").to_pylist()
+    return pq.read_table(os.path.join(root, *entry.path(IDS).split("/")), columns=["id"]).column("id").combine_chunks()
 
 
 def write_part(root: str, shard: int, batch: int, query_ids, found: Candidates, ids_of: IdsOf) -> str:
