@@ -143,7 +143,7 @@ def _verified_root(store, growth, rels: list, scratch: str) -> str:
     return growth.base_dir
 
 
-def _old_lists(store, growth, entry: dict, scratch: str) -> pa.Table:
+def _old_lists(store, growth, entry: artifact.ShardEntry, scratch: str) -> pa.Table:
     rels = part_names([(entry.shard, entry.count)])
     root = _verified_root(store, growth, rels, scratch)
     return read_old_lists(lambda rel: pq.read_table(os.path.join(root, *rel.split("/"))), entry)
@@ -249,7 +249,7 @@ class _AnswerGrowth(beam.DoFn):
         reader = ShardReader(self._store, self._layout.index_dir, outcome)
         scratch = tempfile.mkdtemp(prefix="imgsim-answer-")
         try:
-            target = reader.shard(entry, True, scratch)
+            target = reader.shard(entry, exact, scratch)  # its vectors only where scored exactly
             searcher = None
             if not exact:
                 root = reader.root(entry, [artifact.SCANN_DIR], scratch)

@@ -357,7 +357,7 @@ class ShardReader:
         self._index_dir = index_dir
         self._outcome = outcome
 
-    def root(self, entry: dict, names, scratch: str) -> str:
+    def root(self, entry, names, scratch: str) -> str:
         if not is_gcs(self._index_dir):
             return self._index_dir
         wanted = {rel: meta for rel, meta in entry.files.items()
@@ -365,7 +365,7 @@ class ShardReader:
         artifact.fetch_files(self._store, self._index_dir, scratch, wanted)
         return scratch
 
-    def shard(self, entry: dict, with_vectors: bool, scratch: str):
+    def shard(self, entry, with_vectors: bool, scratch: str):
         root = self.root(entry, [VECTORS], scratch) if with_vectors else scratch
         return read_shard(root, self._outcome, entry, self._outcome.centroids.shape[1], with_vectors)
 
@@ -449,7 +449,8 @@ class _WriteParts(beam.DoFn):
         report_memory()
 
 
-def emit_part(store, index_dir: str, settings, outcome, entry: dict, batch: int, rows: slice, found, ids_of):
+def emit_part(store, index_dir: str, settings, outcome, entry: artifact.ShardEntry, batch: int, rows: slice, found,
+              ids_of):
     """Land one neighbours part (its rows' merged lists) and yield its file and what the rest of the
     build takes from it: recall hits, the most isolated rows, score counts and near-duplicate pairs."""
     first_row = entry.offset + rows.start

@@ -258,7 +258,8 @@ def part_outliers(first_row: int, merged: Candidates) -> tuple[np.ndarray, np.nd
     return outliers.most_isolated(first_row + np.arange(len(merged)), outliers.scores(merged.scores))
 
 
-def read_shard(root: str, outcome: ShardedOutcome, entry: dict, dim: int, with_vectors: bool = True) -> ShardData:
+def read_shard(root: str, outcome: ShardedOutcome, entry: artifact.ShardEntry, dim: int,
+               with_vectors: bool = True) -> ShardData:
     """A built shard's vectors, read back from root (a local directory)."""
     vectors = (load_vectors(os.path.join(root, *entry.path(VECTORS).split("/")), entry.count, dim)
                if with_vectors else np.zeros((0, dim), np.float32))
