@@ -417,7 +417,9 @@
     const o = S.site.outliers || { count: 0 };
     const grid = el("div", { class: "grid", id: "outliers" });
     main.replaceChildren(el("div", { class: "toolbar" }, el("h2", {
-      text: o.count ? `The ${plural(o.count, "item")} least like any other` : "No outlier scores in this site",
+      text: !o.count ? "No outlier scores in this site"
+        : o.count >= S.site.count ? "Every item, the least like any other first"
+        : `The ${plural(o.count, "item")} least like any other`,
     })), el("p", { class: "note", text: "Most isolated first: blank frames, mis-scans and wrongly catalogued items tend to gather here. Isolation is " + (o.score || "") + "." }), grid);
     if (!o.count) return;
     const list = await getJSON("data/outliers.json");
