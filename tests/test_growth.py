@@ -174,3 +174,48 @@ def test_the_run_pipelines_index_step_grows_the_index_through_its_searchers(tmp_
     assert agree >= 0.99, agree
     assert grown["neighbors"]["recall"]["value"] >= full["neighbors"]["recall"]["value"] - 0.01
     assert grown["recall"]["value"] >= full["recall"]["value"] - 0.01
+
+
+def test_the_plan_grows_a_small_change_and_says_why_it_builds_a_large_one_whole(tmp_path):
+    """By (id, sha256): a repeated id counts once (its first row), a missing sha256 counts as
+    changed, and past 10% of the published items the index is built whole, with the reason."""
+    from imgsim.index.build import IndexSettings
+    from imgsim.index.growth import plan_growth
+    from imgsim.index.latest import read_latest
+    from imgsim.index.sharding import ShardingOptions
+    from imgsim.index.sources import file_infos, plan_index
+    from imgsim.storage import ObjectStore
+    from test_index import publish_table
+
+    n, dim = 600, 8
+    vectors = clustered(n + 10, dim=dim, seed=41)
+    ids = np.array([f"item-{i:04d}" for i in range(n + 10)], dtype=object)
+    settings = IndexSettings(sharding=ShardingOptions(shards=2), recall_queries=50)
+    out, store = str(tmp_path / "out"), ObjectStore()
+    publish_table(with_hashes(embeddings_table(vectors[:n], ids=list(ids[:n])), vectors[:n]), out, "r1", settings)
+
+    def plan(keep, changed=(), unhashed=(), repeat=None):
+        directory = tmp_path / f"v{len(list((tmp_path).glob('v*')))}"
+        v = vectors.copy()
+        v[list(changed)] = clustered(len(changed), dim=dim, seed=42)
+        write_collection(str(directory), ids[keep], v[keep], files=2, row_group_rows=100)
+        if unhashed or repeat is not None:
+            rows = list(unhashed) or [repeat]
+            table = with_hashes(embeddings_table(v[rows], ids=list(ids[rows])), v[rows])
+            if unhashed:
+                table = table.set_column(table.schema.get_field_index("sha256"), "sha256",
+                                         pa.array([None] * len(rows), pa.string()))
+            pq.write_table(table, str(directory / ("a-first.parquet" if unhashed else "z-later.parquet")))
+        files = sorted(str(p) for p in directory.glob("*.parquet"))
+        return plan_growth(store, plan_index(file_infos(store, files), settings), settings, out,
+                           read_latest(store, out))
+
+    everything = np.arange(n + 10)
+    growth, why = plan(np.setdiff1d(everything, [3, 4]), changed=[7, 8, 9], unhashed=[11], repeat=20)
+    assert why == "grown from r1"
+    # new: 10; changed: 7, 8, 9 and 11 (no sha256: its first row, in a-first, wins); deleted: 3, 4
+    assert (growth.new, growth.changed, growth.deleted, growth.count) == (10, 4, 2, n + 8)
+    assert growth.removed_ids == {ids[i] for i in (3, 4, 7, 8, 9, 11)}
+    assert sum(len(rows) for rows in growth.removed.values()) == 6 and len(growth.added) == 14
+    growth, why = plan(everything[:n], changed=range(0, 70))
+    assert growth is None and why == "70 of 600 items are new, changed or deleted (more than 10%)"

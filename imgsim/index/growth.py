@@ -96,47 +96,34 @@ def plan_growth(store: ObjectStore, plan, settings, output: str, latest) -> tupl
         return None, "the published index is one searcher"
     if base.section("build").get("settings") != settings.growth_key():
         return None, "the published index was built with other index settings"
-    signature = base.signature
-    if not signature.matches(plan.signature):
+    if not base.signature.matches(plan.signature):
         return None, "the published index holds another model's vectors"
-    new_rows = _input_keys(store, plan.files)
-    old_rows = {}
-    for entry in base.shards:
-        with store.open_read(join(base_dir, entry.path(IDS))) as f:
-            table = pq.read_table(f, columns=["id", "sha256"])
-        for row, (item, sha) in enumerate(zip(table.column("id").to_pylist(), table.column("sha256").to_pylist())):
-            old_rows[item] = (sha, entry.shard, row)
-    added, removed, removed_ids = set(), {}, set()
-    new = changed = 0
-    for item, (sha, number, row) in new_rows.items():
-        old = old_rows.get(item)
-        if old is not None and sha is not None and old[0] == sha:
-            continue
-        added.add((number, row))
-        if old is None:
-            new += 1
-        else:
-            changed += 1
-            removed.setdefault(old[1], []).append(old[2])
-            removed_ids.add(item)
-    deleted = 0
-    for item, (_, shard, row) in old_rows.items():
-        if item not in new_rows:
-            deleted += 1
-            removed.setdefault(shard, []).append(row)
-            removed_ids.add(item)
-    share = (new + changed + deleted) / max(1, len(old_rows))
+    diff = _diff(_input_keys(store, plan.files), _published_keys(store, base_dir, base))
+    in_new, in_old = diff.column("number").is_valid(), diff.column("shard").is_valid()
+    same = pc.fill_null(pc.and_(pc.and_(in_new, in_old), pc.equal(diff.column("sha256"), diff.column("old_sha256"))),
+                        False)
+    new = pc.sum(pc.and_not(in_new, in_old)).as_py() or 0
+    changed = pc.sum(pc.and_not(pc.and_(in_new, in_old), same)).as_py() or 0
+    deleted = pc.sum(pc.and_not(in_old, in_new)).as_py() or 0
+    count, published = pc.sum(in_new).as_py() or 0, pc.sum(in_old).as_py() or 0
+    share = (new + changed + deleted) / max(1, published)
     if share > GROWTH_MAX_SHARE:
-        return None, (f"{new + changed + deleted:,} of {len(old_rows):,} items are new, changed or deleted "
+        return None, (f"{new + changed + deleted:,} of {published:,} items are new, changed or deleted "
                       f"(more than {GROWTH_MAX_SHARE:.0%})")
+    goes = diff.filter(pc.and_not(in_old, same))  # deleted, or changed: the published version goes
+    added = diff.filter(pc.and_not(in_new, same))  # new, or changed: the input's version comes
+    removed = {}
+    for shard, row in zip(goes.column("shard").to_pylist(), goes.column("old_row").to_pylist()):
+        removed.setdefault(shard, []).append(row)
+    removed_ids = frozenset(goes.column("id").to_pylist())
+    added = frozenset(zip(added.column("number").to_pylist(), added.column("row").to_pylist()))
     exact_before = base.section("neighbors").get("exact")
-    if exact_before != (len(new_rows) <= settings.exact_neighbors_max):
+    if exact_before != (count <= settings.exact_neighbors_max):
         return None, "the neighbours table crosses --exact-neighbors-max"
     removed = {number: tuple(sorted(rows)) for number, rows in removed.items()}
     queries = _recall_queries(store, base_dir, base, removed, settings.recall_queries)
-    growth = Growth(latest.run_id, base_dir, base, frozenset(added), removed, frozenset(removed_ids), new, changed,
-                    deleted, len(new_rows), queries, growth_steps(settings.options, base.section("recall")),
-                    _base_centroids(store, base_dir, base))
+    growth = Growth(latest.run_id, base_dir, base, added, removed, removed_ids, new, changed, deleted, count, queries,
+                    growth_steps(settings.options, base.section("recall")), _base_centroids(store, base_dir, base))
     return growth, f"grown from {latest.run_id}"
 
 
@@ -150,15 +137,37 @@ def growth_steps(options: IndexOptions, recall: dict) -> tuple:
     return tuple(steps[:at + 2])
 
 
-def _input_keys(store: ObjectStore, files) -> dict:
-    """id -> (sha256, file number, row) of each id's first row (file number, then row)."""
-    out = {}
+def _input_keys(store: ObjectStore, files) -> pa.Table:
+    """id, sha256, number, row: each id's first row in the input (file number, then row)."""
+    tables = []
     for info in sorted(files, key=lambda i: i.number):
         with store.open_read(info.path) as f:
             table = pq.read_table(f, columns=["id", "sha256"])
-        for row, (item, sha) in enumerate(zip(table.column("id").to_pylist(), table.column("sha256").to_pylist())):
-            out.setdefault(item, (sha, info.number, row))
-    return out
+        tables.append(table.append_column("number", pa.array(np.full(table.num_rows, info.number, np.int64)))
+                      .append_column("row", pa.array(np.arange(table.num_rows, dtype=np.int64))))
+    table = pa.concat_tables(tables) if tables else pa.table({"id": pa.array([], pa.string())})
+    keep_nulls = pc.ScalarAggregateOptions(skip_nulls=False)
+    first = table.group_by("id", use_threads=False).aggregate(  # in input order: the first row of each id
+        [(name, "first", keep_nulls) for name in ("sha256", "number", "row")])
+    return first.rename_columns(["id", "sha256", "number", "row"])
+
+
+def _published_keys(store: ObjectStore, base_dir: str, base: artifact.Manifest) -> pa.Table:
+    """id, old_sha256, shard, old_row of every published item."""
+    tables = []
+    for entry in base.shards:
+        with store.open_read(join(base_dir, entry.path(IDS))) as f:
+            table = pq.read_table(f, columns=["id", "sha256"])
+        tables.append(pa.table({"id": table.column("id"), "old_sha256": table.column("sha256"),
+                                "shard": pa.array(np.full(table.num_rows, entry.shard, np.int64)),
+                                "old_row": pa.array(np.arange(table.num_rows, dtype=np.int64))}))
+    return pa.concat_tables(tables)
+
+
+def _diff(new: pa.Table, old: pa.Table) -> pa.Table:
+    """Every id of either side, with the other's columns null where it is missing (a hash join:
+    Arrow strings, not a Python object per id)."""
+    return new.join(old, keys="id", join_type="full outer", use_threads=False)
 
 
 def _base_centroids(store: ObjectStore, base_dir: str, base: artifact.Manifest) -> np.ndarray:
