@@ -40,8 +40,9 @@ from imgsim.index.sharded import Partitions, finish_shards, neighbors_k, recall_
 from imgsim.runs.outputs import vectors as table_vectors
 from imgsim.storage import ObjectStore, is_gcs, join
 from imgsim.transforms.read_embeddings import ReadRowGroups
-from imgsim.transforms.sharded_index import (HITS, ISOLATED, PAIRS, SCORES, PublishShards, ShardReader, parts_outputs,
-                                             emit_part, id_reader, report_memory, report_times)
+from imgsim.transforms.sharded_index import (HITS, ISOLATED, PAIRS, SCORES, PublishShards, ShardReader, emit_part,
+                                             id_reader, parts_outputs, read_rows, report_memory, report_times,
+                                             targets, write_rows)
 
 
 class GrowShardedIndex(beam.PTransform):
@@ -75,7 +76,7 @@ class GrowShardedIndex(beam.PTransform):
         built = beam.pvalue.AsSingleton(finished | "Built" >> beam.Map(lambda f: f[2]), default_value=None)
         written = (p
                    | "OnceNeighbors" >> beam.Create([None])
-                   | "Targets" >> beam.FlatMap(_targets, outcome=outcome)
+                   | "Targets" >> beam.FlatMap(targets, outcome=outcome)
                    | "SpreadTargets" >> beam.Reshuffle()
                    | "Answer" >> beam.ParDo(_AnswerGrowth(layout, settings), outcome=outcome)
                    | "OffersByShard" >> beam.GroupByKey()
@@ -113,11 +114,7 @@ class _AssignAdded(beam.DoFn):
         labels = numbers[assign(table_vectors(table), growth.centroids[numbers])]
         for shard in np.unique(labels).tolist():
             path = _work(self._work_dir, f"added-{shard:05d}", f"{number:06d}-{first:012d}.arrow")
-            sink = pa.BufferOutputStream()
-            rows = table.take(np.flatnonzero(labels == shard))
-            with pa.ipc.new_stream(sink, rows.schema) as stream:
-                stream.write_table(rows)
-            self._store.write_bytes(path, sink.getvalue().to_pybytes())
+            write_rows(self._store, path, table.take(np.flatnonzero(labels == shard)))
             yield shard, path
 
 
@@ -160,21 +157,19 @@ class _GrowShard(beam.DoFn):
         started, cpu = time.monotonic(), time.thread_time()
         number, paths = element
         growth = plan.growth
-        entry = growth.entry(number)
+        entry = growth.base.entry(number)
         scratch = tempfile.mkdtemp(prefix="imgsim-grow-")
         staging = tempfile.mkdtemp(prefix="imgsim-shard-")
         try:
             root = _verified_root(self._store, growth, list(entry.files), scratch)
             old_dirty = dirty_rows(_old_lists(self._store, growth, entry, scratch), growth.removed_ids)
-            tables = [pa.ipc.open_stream(self._store.read_bytes(path)).read_all()
-                      for path in sorted({path for path in paths if path})]
-            added = pa.concat_tables(tables, promote_options="default") if tables else None
+            added = read_rows(self._store, paths) if any(paths) else None
             added_vectors = table_vectors(added) if added is not None else None
             shards = grow_shard(root, entry, plan.signature.dim, growth.removed.get(number, ()),
                                 added.drop_columns(["embedding"]) if added is not None else None, added_vectors,
                                 old_dirty, self._settings.options, growth.queries,
                                 recall_k(self._settings, growth.count), staging, plan.shards.max_shard_items,
-                                growth.next_number + number, growth.steps)
+                                growth.split_number(number), growth.steps)
             for shard in shards:
                 staged = shard.staged
                 land_files(self._store, staging, self._layout.index_dir, staged.files,
@@ -212,13 +207,6 @@ def _finish(shards, plan, settings):
     hows = [how for _, _, _, how in shards]
     built = {**growth.report(), "shards": {how: hows.count(how) for how in ("kept", "grown", "split")}}
     return outcome, partitions, built
-
-
-def _targets(_, outcome):
-    if outcome is None or outcome.refused:
-        return
-    for entry in outcome.entries:
-        yield entry.shard
 
 
 def _read_npz(store, path: str) -> dict:
@@ -288,7 +276,7 @@ class _GrowParts(beam.DoFn):
         all_ids = pa.concat_arrays([shard_ids[e.shard] for e in outcome.entries])
         scratch = tempfile.mkdtemp(prefix="imgsim-parts-")
         try:
-            source = growth.entry(_source_of(number, growth))
+            source = growth.base.entry(growth.source_of(number))
             old = old_candidates(_old_lists(self._store, growth, source, scratch), saved["kept"], saved["dirty"],
                                  all_ids, k)
         finally:
@@ -299,9 +287,3 @@ class _GrowParts(beam.DoFn):
             yield from emit_part(self._store, self._layout.index_dir, self._settings, outcome, entry, batch, rows,
                                  merged, ids_of)
         report_memory()
-
-
-def _source_of(number: int, growth) -> int:
-    """The published shard a grown shard's rows come from (a split's second half is numbered
-    next_number + its source)."""
-    return number if number < growth.next_number else number - growth.next_number

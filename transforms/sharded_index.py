@@ -131,6 +131,9 @@ class BuildShardedIndex(beam.PTransform):
                    | "IdsByBucket" >> beam.GroupByKey()
                    | "RepeatedRows" >> beam.FlatMap(_repeated_rows)
                    | "AllRepeatedRows" >> beam.CombineGlobally(_RowSet()).as_singleton_view())
+        repeated = beam.pvalue.AsSingleton(p
+                                           | "OnceRepeated" >> beam.Create([None])
+                                           | "CountRepeated" >> beam.Map(lambda _, rows: len(rows), rows=repeats))
         partitions_side = beam.pvalue.AsSingleton(partitions, default_value=None)
 
         staged = (infos
@@ -147,7 +150,7 @@ class BuildShardedIndex(beam.PTransform):
 
         answers = (p
                    | "OnceNeighbors" >> beam.Create([None])
-                   | "Targets" >> beam.FlatMap(_targets, outcome=outcome_side)
+                   | "Targets" >> beam.FlatMap(targets, outcome=outcome_side)
                    | "SpreadTargets" >> beam.Reshuffle()
                    | "Answer" >> beam.ParDo(_AnswerTarget(layout, settings), outcome=outcome_side))
         written = (answers
@@ -156,7 +159,7 @@ class BuildShardedIndex(beam.PTransform):
                        PAIRS, HITS, ISOLATED, SCORES, main="files"))
         return ({**parts_outputs(written), "counts": pcolls["counts"]}
                 | "PublishShards" >> PublishShards(self._layout, self._settings, self._input_description, self._generation,
-                                            plan, partitions_side, outcome_side, repeats, self._model,
+                                            plan, partitions_side, outcome_side, repeated, self._model,
                                             self._model_dir))
 
 
@@ -171,12 +174,12 @@ class PublishShards(beam.PTransform):
     sharded index and of a grown one (transforms/grow_index.py). The other inputs are side inputs;
     built: how the index was built, for the manifest (None: built whole)."""
 
-    def __init__(self, layout, settings, input_description, generation, plan, partitions, outcome, repeats,
+    def __init__(self, layout, settings, input_description, generation, plan, partitions, outcome, repeated,
                  model=None, model_dir=None, built=None):
         super().__init__()
         self._publish = _Publish(layout, settings, input_description, generation, model, model_dir)
         self._layout, self._settings = layout, settings
-        self._plan, self._partitions, self._outcome, self._repeats = plan, partitions, outcome, repeats
+        self._plan, self._partitions, self._outcome, self._repeated = plan, partitions, outcome, repeated
         self._built = built
 
     def expand(self, pcolls):
@@ -197,7 +200,7 @@ class PublishShards(beam.PTransform):
                     parts=beam.pvalue.AsList(written["files"]), hits=beam.pvalue.AsList(written[HITS]),
                     groups=beam.pvalue.AsList(groups), isolated=beam.pvalue.AsList(isolated),
                     scores=beam.pvalue.AsList(written[SCORES]),
-                    counts=beam.pvalue.AsList(pcolls["counts"]), repeats=self._repeats, **built
+                    counts=beam.pvalue.AsList(pcolls["counts"]), repeated=self._repeated, **built
                 ).with_output_types(dict))
 
 
@@ -221,6 +224,21 @@ class _SampleAndBucketIds(beam.DoFn):
         for bucket in np.unique(bucket_of).tolist():
             rows = np.flatnonzero(bucket_of == bucket)
             yield beam.pvalue.TaggedOutput(IDS_TAG, (bucket, (number, first + rows, [ids[r] for r in rows])))
+
+
+def write_rows(store, path: str, rows: pa.Table) -> None:
+    """Rows on their way to their shard, as one file in Arrow's own format (no encoding to undo)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as stream:
+        stream.write_table(rows)
+    store.write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_rows(store, paths) -> pa.Table:
+    """The rows of write_rows's files (None and repeated names skipped: a retried bundle writes the
+    same name)."""
+    tables = [pa.ipc.open_stream(store.read_bytes(path)).read_all() for path in sorted({p for p in paths if p})]
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def _train(blocks, plan, settings):
@@ -291,11 +309,7 @@ class _Assign(beam.DoFn):
         labels = assign(table_vectors(table), partitions.centroids)
         for shard in np.unique(labels).tolist():
             path = join(self._work_dir, f"shard-{shard:05d}", f"{number:06d}-{first:012d}.arrow")
-            rows = table.take(np.flatnonzero(labels == shard))
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, rows.schema) as stream:  # Arrow's own format: no encoding to undo
-                stream.write_table(rows)
-            self._store.write_bytes(path, sink.getvalue().to_pybytes())
+            write_rows(self._store, path, table.take(np.flatnonzero(labels == shard)))
             yield shard, path
         _release_arrow_memory()
 
@@ -311,11 +325,7 @@ class _BuildShard(beam.DoFn):
     def process(self, element, plan, partitions):
         started, cpu = time.monotonic(), time.thread_time()
         number, paths = element
-        tables = []
-        for path in sorted(set(paths)):
-            tables.append(pa.ipc.open_stream(self._store.read_bytes(path)).read_all())
-        table = pa.concat_tables(tables, promote_options="default")
-        del tables
+        table = read_rows(self._store, paths)
         staging = tempfile.mkdtemp(prefix="imgsim-shard-")
         try:
             staged = stage_shard(table, number, self._settings.options, partitions.queries,
@@ -341,7 +351,8 @@ def _finish(staged, partitions, settings):
 
 # neighbours and groups --------------------------------------------------------------------------
 
-def _targets(_, outcome):
+def targets(_, outcome):
+    """Every shard of a built (not refused) index, once: one neighbours unit each."""
     if outcome is None or outcome.refused:
         return
     for entry in outcome.entries:
@@ -571,10 +582,10 @@ class _Publish(beam.DoFn):
     def setup(self):
         self._store = ObjectStore()
 
-    def process(self, _, plan, partitions, outcome, parts, hits, groups, isolated, scores, counts, repeats,
+    def process(self, _, plan, partitions, outcome, parts, hits, groups, isolated, scores, counts, repeated,
                 built=None):
-        """repeats: the repeated rows left out (or their number); built: how the index was built
-        (a grown one's report; else why it was built whole)."""
+        """repeated: how many rows repeated an earlier row's id (left out); built: how the index
+        was built (a grown one's report; else why it was built whole)."""
         if outcome is None:
             return
         self._store.delete_prefix(self._layout.index_work_dir)  # the shards are built
@@ -599,7 +610,7 @@ class _Publish(beam.DoFn):
         fields = sharded_fields(outcome, plan.signature, self._settings, plan.shards, partitions,
                                 run_id=self._layout.run_id, input_description=self._input_description,
                                 counts={**add_counts(counts), "indexed": outcome.count,
-                                        "repeated_ids": repeats if isinstance(repeats, int) else len(repeats)},
+                                        "repeated_ids": repeated},
                                 groups=groups[0]["report"], table_hits=hits, outliers_kept=isolated[0]["kept"],
                                 score_counts=scores, model=self._model,
                                 build=built or {"built_whole": plan.built_whole or "a new index"})

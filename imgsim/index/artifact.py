@@ -595,13 +595,19 @@ def self_query_shard(local_dir: str, number: int, count: int, dim: int, sample: 
     self_query(load_searcher(local_dir, f"{directory}/{SCANN_DIR}"), data, sample, f" (shard {number})")
 
 
-def self_query(searcher, data: np.ndarray, sample: int = 20, where: str = "", tolerance: float = 1e-3) -> None:
-    """Query a searcher with a spread of its own rows: each must come back first (or a duplicate
-    scoring the same); ArtifactError otherwise. Every partition of a tree is searched: this checks
-    that the searcher's rows are the artifact's vectors, not recall (measured while building): a
-    tree searching its nearest 5% of partitions can miss a point's own, as it did for 2 of 20
-    sampled rows of a 238,000-item shard of the 2,000,000-vector benchmark."""
-    rows = np.unique(np.linspace(0, len(data) - 1, min(sample, len(data))).astype(np.int64))
+def self_query(searcher, data: np.ndarray, sample: int = 20, where: str = "", tolerance: float = 1e-3,
+               rows: Optional[Sequence[int]] = None) -> None:
+    """Query a searcher with a spread of its own rows (or the rows given): each must come back
+    first (or a duplicate scoring the same); ArtifactError otherwise. Every partition of a tree is
+    searched: this checks that the searcher's rows are the artifact's vectors, not recall
+    (measured while building): a tree searching its nearest 5% of partitions can miss a point's
+    own, as it did for 2 of 20 sampled rows of a 238,000-item shard of the 2,000,000-vector
+    benchmark."""
+    if rows is None:
+        rows = np.linspace(0, len(data) - 1, min(sample, len(data)))
+    rows = np.unique(np.asarray(rows).astype(np.int64))
+    if not len(rows):
+        return
     queries = np.asarray(data[rows], np.float32)
     found, scores = searcher.search_batched(queries, final_num_neighbors=1, leaves_to_search=EVERY_LEAF)
     own = np.einsum("ij,ij->i", queries, queries)

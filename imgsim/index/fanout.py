@@ -61,6 +61,17 @@ def route(queries: np.ndarray, centroids: np.ndarray, shards_to_search: int) -> 
     return nearest(queries, centroids, shards_to_search)
 
 
+def without_own(found: np.ndarray, scores: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A searcher's answers (its rows, -1 where none; their scores) with each query's own row
+    (own: -1 or outside where the query is no row of it) left out: the kept answers first, in
+    score order, then -1 and -inf."""
+    keep = (found >= 0) & (found != own[:, None])
+    order = np.argsort(~keep, axis=1, kind="stable")
+    kept = np.take_along_axis(keep, order, 1)
+    return (np.where(kept, np.take_along_axis(found, order, 1), -1),
+            np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32))
+
+
 def scatter(found_rows: np.ndarray, found_scores: np.ndarray, offset: int, k: int,
             found_ids: Optional[np.ndarray] = None) -> Candidates:
     """A shard's answers (its own row numbers, -1 or missing columns where it had fewer) as

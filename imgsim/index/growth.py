@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from imgsim.index import artifact
 from imgsim.index.artifact import IDS, VECTORS, load_vectors
 from imgsim.index.exact import exact_candidates
-from imgsim.index.fanout import Candidates, route, scatter
-from imgsim.index.kmeans import assign, train_centroids
+from imgsim.index.fanout import Candidates, route, scatter, without_own
+from imgsim.index.kmeans import assign, normalised, train_centroids
 from imgsim.index.searcher import IndexOptions
 from imgsim.index.shard_build import StagedShard, build_shard, id_order, tuning_steps, write_shard
 from imgsim.index.shard_neighbors import BATCH_ROWS, Offer, ShardData, part_names
@@ -69,12 +69,17 @@ class Growth:
     def entries(self) -> tuple:
         return self.base.shards
 
-    def entry(self, number: int) -> artifact.ShardEntry:
-        return next(e for e in self.entries if e.shard == number)
-
     @property
     def next_number(self) -> int:
         return max(e.shard for e in self.entries) + 1
+
+    def split_number(self, source: int) -> int:
+        """The number of the second half of a published shard that splits (after every published one)."""
+        return self.next_number + source
+
+    def source_of(self, number: int) -> int:
+        """The published shard a grown shard's rows come from."""
+        return number if number < self.next_number else number - self.next_number
 
     def report(self) -> dict:
         return {"grown_from": self.base_run, "new": self.new, "changed": self.changed, "deleted": self.deleted,
@@ -84,7 +89,7 @@ class Growth:
 def plan_growth(store: ObjectStore, plan, settings, output: str, latest) -> tuple[Optional[Growth], str]:
     """The growth from LATEST's index to the files of `plan` (an IndexPlan), or None and why the
     index is built whole."""
-    if getattr(settings, "full_rebuild", False):
+    if settings.full_rebuild:
         return None, "--full-rebuild"
     if not plan.sharded:
         return None, "one searcher: built whole"
@@ -276,7 +281,12 @@ def grow_shard(root: str, entry: artifact.ShardEntry, dim: int, removed_rows: Se
             searcher.searcher.delete([position])
         if m:
             searcher.searcher.upsert([None] * m, np.ascontiguousarray(added_vectors, np.float32), UPSERT_BATCH)
-        _check_rows(searcher, vectors, sorted(set(deletes) & set(range(len(kept) - m))), m, entry.shard)
+        moved = sorted(set(deletes) & set(range(len(kept) - m)))[:CHECKED_ROWS]
+        appended = list(range(len(kept) - min(m, CHECKED_ROWS), len(kept)))
+        try:  # the rows a growth moved or appended must come back as themselves
+            artifact.self_query(searcher, vectors, where=f" (shard {entry.shard}, grown)", rows=moved + appended)
+        except artifact.ArtifactError as e:
+            raise GrowthError(f"{e}; rebuild with --full-rebuild") from None
     config = {key: value for key, value in entry.scann.items() if key != "count"}
     staged = write_shard(rows, vectors, searcher, config, entry.shard, options, queries, recall_k, staging, steps)
     return [GrownShard(staged, entry.shard, kept, dirty, None, "grown" if deletes or m else "kept")]
@@ -300,22 +310,6 @@ def _swap_removed(count: int, removed_rows: Sequence[int]) -> tuple[np.ndarray, 
     return kept[:size].copy(), deletes
 
 
-def _check_rows(searcher, vectors: np.ndarray, moved: list, appended: int, number: int) -> None:
-    """The rows a growth moved or appended must come back as themselves from the searcher."""
-    last = len(vectors)
-    rows = np.array(sorted(set(moved[:CHECKED_ROWS]) | set(range(last - min(appended, CHECKED_ROWS), last))),
-                    np.int64)
-    if not len(rows):
-        return
-    found, scores = searcher.search_batched(vectors[rows], final_num_neighbors=1, leaves_to_search=artifact.EVERY_LEAF)
-    own = np.einsum("ij,ij->i", vectors[rows], vectors[rows])
-    bad = [int(r) for r, f, s, o in zip(rows, np.asarray(found)[:, 0], np.asarray(scores)[:, 0], own)
-           if f != r and s < o - 1e-3]
-    if bad:
-        raise GrowthError(f"shard {number}: the grown searcher does not hold rows {bad[:5]} where expected; "
-                          "rebuild with --full-rebuild")
-
-
 def _split(rows: pa.Table, vectors: np.ndarray, kept: np.ndarray, dirty: np.ndarray, number: int,
            split_number: int, options: IndexOptions, queries: RecallQueries, recall_k: int,
            staging: str, steps) -> list[GrownShard]:
@@ -323,7 +317,7 @@ def _split(rows: pa.Table, vectors: np.ndarray, kept: np.ndarray, dirty: np.ndar
     labels = assign(vectors, centroids)
     if len(np.unique(labels)) < 2:  # nothing to split along: halves by row
         labels = (np.arange(len(vectors)) >= len(vectors) // 2).astype(np.int32)
-        centroids = np.stack([_unit(vectors[labels == half].mean(axis=0)) for half in (0, 1)])
+        centroids = normalised(np.stack([vectors[labels == half].mean(axis=0) for half in (0, 1)]))
     out = []
     for half, new_number in enumerate((number, split_number)):
         at = np.flatnonzero(labels == half)
@@ -333,10 +327,6 @@ def _split(rows: pa.Table, vectors: np.ndarray, kept: np.ndarray, dirty: np.ndar
                              recall_k, staging, steps)
         out.append(GrownShard(staged, number, kept[order], dirty[order], centroids[half], "split"))
     return out
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / max(float(np.linalg.norm(x)), 1e-12)).astype(np.float32)
 
 
 # neighbours -------------------------------------------------------------------------------------
@@ -393,22 +383,14 @@ def grow_offers(outcome, k: int, target: ShardData, dirty: Dirty, exact: bool,
             found, scores = searcher.search_batched(dirty.vectors[routed],
                                                     final_num_neighbors=min(2 * k + 1, target.count),
                                                     **params.kwargs())
-            local, scores = _without_own(np.asarray(found, np.int64), np.asarray(scores, np.float32),
-                                         dirty.rows[routed] - target.offset)
+            local, scores = without_own(np.asarray(found, np.int64), np.asarray(scores, np.float32),
+                                        dirty.rows[routed] - target.offset)
             offers.append((dirty.shard[routed], dirty.position[routed],
                            scatter(local[:, :k], scores[:, :k], target.offset, k)))
             entering = _entering(local, scores, dirty.rows[routed], dirty.added[routed], others, k)
             if entering is not None:
                 offers.append((np.full(len(entering[0]), target.number), *entering))
     return _by_batch(offers, outcome)
-
-
-def _without_own(found: np.ndarray, scores: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keep = (found >= 0) & (found != own[:, None])
-    order = np.argsort(~keep, axis=1, kind="stable")
-    kept = np.take_along_axis(keep, order, 1)
-    return (np.where(kept, np.take_along_axis(found, order, 1), -1),
-            np.where(kept, np.take_along_axis(scores, order, 1), -np.inf).astype(np.float32))
 
 
 def _entering(local: np.ndarray, scores: np.ndarray, rows: np.ndarray, added: np.ndarray, others: np.ndarray,

@@ -19,7 +19,7 @@ import numpy as np
 _BLOCK_ELEMENTS = 1 << 24  # dot products per block in assignment: 64 MiB of float32
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
+def normalised(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
@@ -84,7 +84,7 @@ def _update(sample: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> bo
     present = np.flatnonzero(counts)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
     sums[present] = np.add.reduceat(sample[order], starts, axis=0)
-    fresh = _normalised(sums)
+    fresh = normalised(sums)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         served = np.einsum("ij,ij->i", sample, fresh[labels])

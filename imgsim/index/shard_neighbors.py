@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from imgsim.index.exact import exact_candidates
-from imgsim.index.fanout import Candidates, merge, route, scatter
+from imgsim.index.fanout import Candidates, merge, route, scatter, without_own
 from imgsim.index.tuning import SearchParams
 
 BATCH_ROWS = 8192
@@ -166,12 +166,9 @@ def searcher_unit(searcher, target: ShardData, centroids: np.ndarray, target_slo
             continue
         found, scores = searcher.search_batched(query.vectors[rows][picked],
                                                 final_num_neighbors=min(k + 1, target.count), **params.kwargs())
-        found, scores = np.asarray(found, np.int64), np.asarray(scores, np.float32)
         own = query.offset + rows.start + picked - target.offset  # the query's row in target, if it is there
-        keep = (found >= 0) & (found != own[:, None])
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept answers first, in score order
-        found = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
-        answered = scatter(found, np.take_along_axis(scores, order, 1), target.offset, k)
+        found, scores = without_own(np.asarray(found, np.int64), np.asarray(scores, np.float32), own)
+        answered = scatter(found[:, :k], scores[:, :k], target.offset, k)
         yield b, Offer(rows.stop - rows.start, picked.astype(np.int64), answered)
 
 

@@ -267,6 +267,7 @@ def recall_partial(number: int, searcher, data: np.ndarray, ids: np.ndarray, que
     import time
 
     from imgsim.index.exact import exact_candidates
+    from imgsim.index.fanout import without_own
 
     q = len(queries)
     vectors = queries.vectors
@@ -294,9 +295,7 @@ def recall_partial(number: int, searcher, data: np.ndarray, ids: np.ndarray, que
                                            **params.kwargs()) if q else (np.zeros((0, 0)), None)
         timings.append((time.perf_counter() - started) * 1000 / max(1, q))
         found = np.asarray(found, np.int64).reshape(q, -1)
-        keep = (found >= 0) & (found != own[:, None])
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept answers first, in score order
-        rows = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(found, order, 1), -1)
+        rows = without_own(found, np.zeros(found.shape, np.float32), own)[0][:, :k]
         width = rows.shape[1]
         keys[s, :, :width] = np.where(rows >= 0, (number << KEY_BITS) | np.maximum(rows, 0), -1)
         for start in range(0, q, 256):  # (256, dim) at a time, never (q, k, dim)
